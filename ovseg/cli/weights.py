@@ -1,0 +1,139 @@
+"""``ovseg weights list | download NAME | verify [NAME ...]``: manage SAM checkpoints.
+
+Handlers return an exit code (0 ok, 1 failure); expected errors print one line to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ovseg import weights
+
+CLIP_NOTE = (
+    "CLIP weights are not stored here: give an open_clip pretrained tag as ARCH/TAG "
+    "(e.g. ViT-B-16/openai) or a Hugging Face id as hf:ORG/NAME; open_clip and huggingface_hub "
+    "fetch them on first use into their own cache (HF_HOME, default ~/.cache/huggingface)."
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``weights`` command and its ``list``/``download``/``verify`` subcommands."""
+    parser = subparsers.add_parser(
+        "weights",
+        help="list, download and verify SAM checkpoints",
+        description=f"Manage SAM checkpoints in {weights.ENV_VAR} "
+        f"(default: the repository's weights/ folder or ~/.cache/ovseg/weights).",
+    )
+    parser.set_defaults(func=lambda args: _usage(parser))
+    sub = parser.add_subparsers(dest="weights_command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="show known checkpoints and their cache status")
+    p.add_argument("--quick", action="store_true",
+                   help="check file sizes only, do not hash cached files")
+    p.add_argument("--clip", action="store_true",
+                   help="also print every open_clip ARCH/TAG pretrained name")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("download", help="download and verify a checkpoint")
+    p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(weights.SAM_CHECKPOINTS)}")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument("--dir", default=None, help="destination folder (default: weights folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("verify", help="check cached checkpoints' size and SHA-256")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="checkpoints to verify (default: every cached one)")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _error(message: object) -> int:
+    print(f"ovseg weights: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _human(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value, units = float(size), ["B", "KiB", "MiB", "GiB"]
+    while value >= 1024 and len(units) > 1:
+        value /= 1024
+        units.pop(0)
+    return f"{value:.1f} {units[0]}" if units[0] != "B" else f"{size} B"
+
+
+def _status(name: str, quick: bool) -> str:
+    checkpoint = weights.get_checkpoint(name)
+    path = weights.cached_path(name)
+    if not path.is_file():
+        return "missing"
+    if quick:
+        size = path.stat().st_size
+        return "present" if checkpoint.size in (None, size) else "bad size"
+    try:
+        weights.verify(path, checkpoint)
+    except (ValueError, OSError):
+        return "BAD"
+    return "verified"
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = [("NAME", "ARCH", "SIZE", "STATUS", "PATH")]
+    for name, checkpoint in weights.SAM_CHECKPOINTS.items():
+        rows.append((name, checkpoint.arch, _human(checkpoint.size),
+                     _status(name, args.quick), str(weights.cached_path(name))))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print(f"SAM checkpoints in {weights.weights_dir()} (override with {weights.ENV_VAR}):")
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
+        print("  " + "  ".join([*cells, row[4]]))
+    print()
+    print(CLIP_NOTE)
+    try:
+        import open_clip
+
+        tags = [f"{arch}/{tag}" for arch, tag in open_clip.list_pretrained()]
+    except ImportError:
+        print("open_clip is not installed; pip install open_clip_torch to use its tags.")
+        return 0
+    if args.clip:
+        print("\n".join(tags))
+    else:
+        print(f"{len(tags)} open_clip pretrained tags are known; `ovseg weights list --clip` "
+              "prints them.")
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    try:
+        path = weights.download(args.name, force=args.force, progress=not args.no_progress,
+                                dest_dir=args.dir)
+    except (ValueError, OSError) as e:
+        return _error(e)
+    print(path)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    names = args.names or [n for n in weights.SAM_CHECKPOINTS if weights.cached_path(n).is_file()]
+    if not names:
+        print(f"no cached checkpoints in {weights.weights_dir()}; nothing to verify")
+        return 0
+    failed = 0
+    for name in names:
+        try:
+            checkpoint = weights.get_checkpoint(name)
+            path = weights.cached_path(name)
+            weights.verify(path, checkpoint)
+        except (ValueError, OSError) as e:
+            failed += 1
+            _error(e)
+            continue
+        print(f"ok  {name}  {path}")
+    return 1 if failed else 0
