@@ -163,8 +163,11 @@ class SegDataset(Sequence):
     def load_label(self, index: int) -> np.ndarray:
         """Converted label of item ``index``: int64 (H, W) in [0, K) or IGNORE."""
         path = self.items[index][2]
-        with Image.open(path) as im:
-            raw = np.asarray(im)
+        try:
+            with Image.open(path) as im:
+                raw = np.asarray(im)
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated files
+            raise ValueError(f"cannot read label {path}: {e}") from e
         if raw.ndim != 2:
             raise ValueError(f"label {path} must be single-channel, got shape {raw.shape}")
         if not np.issubdtype(raw.dtype, np.integer) or raw.min() < 0:
