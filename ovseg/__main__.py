@@ -1,0 +1,5 @@
+import sys
+
+from ovseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""Automatic proposals: SAM decoded over a grid of point prompts, filtered at low resolution.
+
+Same model, same grid and the same quality filters as ``SamAutomaticMaskGenerator`` (one crop
+layer), reorganised for speed:
+
+- the grid is decoded in large batches straight from the cached image embedding;
+- predicted-IoU and stability filters and box NMS run on SAM's low-resolution logits
+  (256x256 for the official models); only the survivors are upsampled to the input size, with
+  SAM's own ``postprocess_masks``, so a surviving mask is pixel-identical to the plain
+  generator's. Stability and NMS boxes measured at low resolution can differ from the
+  full-resolution ones near the thresholds: that is the documented tolerance of this path;
+- ``adaptive=True`` decodes a coarse grid (half the points per side) first, then only the
+  fine-grid points that no kept mask covers. It saves most decoder calls when the coarse masks
+  already cover the image, at the risk of missing small parts inside covered regions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from segment_anything.utils.amg import build_point_grid
+from torchvision.ops import batched_nms
+
+from ovseg.proposals import Masks, Proposer
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    """Options of the automatic grid (names and defaults as in ``SamAutomaticMaskGenerator``)."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 128
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    adaptive: bool = False
+    max_masks: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.points_per_side, int) or self.points_per_side < 1:
+            raise ValueError(f"points_per_side must be a positive int, got {self.points_per_side}")
+        if self.points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be >= 1, got {self.points_per_batch}")
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+@dataclass
+class _LowRes:
+    logits: torch.Tensor  # (M, S, S) float, SAM's padded low-resolution frame
+    scores: torch.Tensor  # (M,) predicted IoU
+
+
+def automatic_masks(proposer: Proposer, options: GridOptions = GridOptions()) -> Masks:
+    """Grid proposals for the image set on ``proposer``; masks sorted by predicted IoU."""
+    with proposer.lock, torch.inference_mode():
+        h, w = proposer.image_shape
+        if options.adaptive and options.points_per_side >= 4:
+            coarse = _decode(proposer, _grid(options.points_per_side // 2, h, w), options)
+            fine = _grid(options.points_per_side, h, w)
+            uncovered = ~_covered(proposer, coarse, fine)
+            extra = _decode(proposer, fine[uncovered], options)
+            low = _LowRes(torch.cat([coarse.logits, extra.logits]),
+                          torch.cat([coarse.scores, extra.scores]))
+        else:
+            low = _decode(proposer, _grid(options.points_per_side, h, w), options)
+        low = _nms(proposer, low, options.box_nms_thresh)
+        order = torch.argsort(low.scores, descending=True)
+        if options.max_masks is not None:
+            order = order[: options.max_masks]
+        return _upsample(proposer, _LowRes(low.logits[order], low.scores[order]))
+
+
+def _grid(n: int, h: int, w: int) -> np.ndarray:
+    return build_point_grid(n) * np.array([[w, h]], dtype=np.float64)
+
+
+def _decode(proposer: Proposer, points: np.ndarray, o: GridOptions) -> _LowRes:
+    p, model = proposer.predictor, proposer.model
+    side = 4 * model.prompt_encoder.image_embedding_size[0]
+    logits, scores = [], []
+    dense_pe = model.prompt_encoder.get_dense_pe()
+    for start in range(0, len(points), o.points_per_batch):
+        batch = p.transform.apply_coords(points[start : start + o.points_per_batch],
+                                         p.original_size)
+        coords = torch.as_tensor(batch, dtype=torch.float32, device=p.device)[:, None]
+        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=p.device)
+        sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low, iou = model.mask_decoder(
+            image_embeddings=p.features, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=True,
+        )
+        low, iou = low.flatten(0, 1), iou.flatten(0, 1)
+        if o.pred_iou_thresh > 0:
+            keep = iou > o.pred_iou_thresh
+            low, iou = low[keep], iou[keep]
+        if o.stability_score_thresh > 0 and len(low):
+            stab = _stability(_valid(low, p, side), model.mask_threshold, o.stability_score_offset)
+            keep = stab >= o.stability_score_thresh
+            low, iou = low[keep], iou[keep]
+        logits.append(low)
+        scores.append(iou)
+    empty = torch.zeros((0, side, side), device=p.device)
+    return _LowRes(torch.cat(logits) if logits else empty,
+                   torch.cat(scores) if scores else torch.zeros(0, device=p.device))
+
+
+def _valid(low: torch.Tensor, p, side: int) -> torch.Tensor:
+    """Crop the padded low-resolution frame to the part that holds the image."""
+    img = p.model.image_encoder.img_size
+    lh = -(-p.input_size[0] * side // img)
+    lw = -(-p.input_size[1] * side // img)
+    return low[:, :lh, :lw]
+
+
+def _stability(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    inter = (logits > threshold + offset).sum((-1, -2), dtype=torch.int32)
+    union = (logits > threshold - offset).sum((-1, -2), dtype=torch.int32)
+    return inter / union.clamp(min=1)
+
+
+def _boxes(proposer: Proposer, logits: torch.Tensor) -> torch.Tensor:
+    """Low-res logits -> XYXY boxes in input-image pixels (x1, y1 exclusive)."""
+    p = proposer.predictor
+    side = logits.shape[-1]
+    fg = _valid(logits, p, side) > proposer.model.mask_threshold
+    rows, cols = fg.any(-1), fg.any(-2)
+    idx_r = torch.arange(rows.shape[-1], device=fg.device)
+    idx_c = torch.arange(cols.shape[-1], device=fg.device)
+    big = 1 << 20
+    x0 = torch.where(cols, idx_c, big).amin(-1)
+    x1 = torch.where(cols, idx_c, -1).amax(-1) + 1
+    y0 = torch.where(rows, idx_r, big).amin(-1)
+    y1 = torch.where(rows, idx_r, -1).amax(-1) + 1
+    scale = max(p.original_size) / side
+    boxes = torch.stack([x0, y0, x1, y1], -1).float() * scale
+    return torch.where(fg.flatten(1).any(-1, keepdim=True), boxes, torch.zeros_like(boxes))
+
+
+def _nms(proposer: Proposer, low: _LowRes, thresh: float) -> _LowRes:
+    if len(low.scores) == 0 or thresh >= 1.0:
+        return low
+    boxes = _boxes(proposer, low.logits)
+    keep = batched_nms(boxes, low.scores.float(), torch.zeros_like(low.scores, dtype=torch.long),
+                       iou_threshold=thresh)
+    return _LowRes(low.logits[keep], low.scores[keep])
+
+
+def _covered(proposer: Proposer, low: _LowRes, points: np.ndarray) -> np.ndarray:
+    """bool (P,): whether each (x, y) point falls inside any kept low-resolution mask."""
+    p = proposer.predictor
+    if len(low.scores) == 0:
+        return np.zeros(len(points), bool)
+    side = low.logits.shape[-1]
+    union = (low.logits > proposer.model.mask_threshold).any(0).cpu().numpy()
+    scale = side / max(p.original_size)
+    xs = np.clip((points[:, 0] * scale).astype(int), 0, side - 1)
+    ys = np.clip((points[:, 1] * scale).astype(int), 0, side - 1)
+    return union[ys, xs]
+
+
+def _upsample(proposer: Proposer, low: _LowRes, chunk: int = 32) -> Masks:
+    p, model = proposer.predictor, proposer.model
+    h, w = p.original_size
+    out = np.zeros((len(low.scores), h, w), bool)
+    for s in range(0, len(low.scores), chunk):
+        up = model.postprocess_masks(low.logits[s : s + chunk, None], p.input_size, p.original_size)
+        out[s : s + chunk] = (up[:, 0] > model.mask_threshold).cpu().numpy()
+    return Masks.from_masks(out, low.scores.float().cpu().numpy())

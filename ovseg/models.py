@@ -1,0 +1,191 @@
+"""Build SAM and CLIP from a registry name, a checkpoint path, or an already built model.
+
+SAM specs: ``"vit_b" | "vit_l" | "vit_h"`` (official checkpoints from the weights cache), a
+path to a SAM ``.pth``/``.safetensors`` file (architecture read from the weights), a
+``segment_anything.modeling.Sam``, or ``"tiny-random"``.
+
+CLIP specs: ``"ARCH/TAG"`` (an open_clip architecture and pretrained tag, e.g.
+``"ViT-B-16/openai"``), ``"ARCH:PATH"`` (open_clip architecture, local checkpoint file),
+``"hf:ORG/NAME"`` or a local Hugging Face model folder (transformers CLIP/SigLIP), an open_clip
+model, a ``(model, tokenizer)`` pair, a :class:`~ovseg.clip_backends.ClipBackend`,
+``"tiny-random"`` (open_clip) or ``"hf-tiny-random"`` (transformers).
+
+``random_weights=True`` builds a registered architecture (``sam="vit_b"``, ``clip="ViT-B-16"``)
+with random weights, for timing only: it warns, and its labels are meaningless.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from ovseg.clip_backends import ClipBackend, HFClipBackend, OpenClipBackend
+
+TINY = "tiny-random"
+HF_TINY = "hf-tiny-random"
+_SAM_WIDTH_TO_ARCH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+_RANDOM_WARNING = (
+    "ovseg: building {what} with RANDOM weights (random_weights=True). Its masks and labels are "
+    "meaningless; use this only to measure speed."
+)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks CUDA when available, else CPU; other values go to ``torch.device``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be like 'cpu', 'cuda' or 'cuda:0', got {device!r}") from e
+
+
+def sam_names() -> list[str]:
+    from ovseg.weights import SAM_CHECKPOINTS
+
+    return [TINY, *SAM_CHECKPOINTS]
+
+
+def build_sam(spec, device=None, *, random_weights: bool = False):
+    """Return a ``segment_anything.modeling.Sam`` in eval mode on ``device``."""
+    from segment_anything import sam_model_registry
+    from segment_anything.modeling import Sam
+
+    from ovseg import weights
+
+    device = resolve_device(device)
+    if isinstance(spec, Sam):
+        return spec.eval().to(device)
+    if isinstance(spec, Path):
+        spec = str(spec)
+    if not isinstance(spec, str):
+        raise TypeError(f"sam must be a name, a checkpoint path or a Sam model, got {type(spec)}")
+    if spec == TINY:
+        from ovseg.testing import tiny_sam
+
+        return tiny_sam().to(device)
+    if spec in weights.SAM_CHECKPOINTS:
+        arch = weights.SAM_CHECKPOINTS[spec].arch
+        if random_weights:
+            warnings.warn(_RANDOM_WARNING.format(what=f"SAM {spec}"), UserWarning, stacklevel=2)
+            return sam_model_registry[arch]().eval().to(device)
+        path = weights.ensure_checkpoint(spec)
+        return _sam_from_state(weights.load_state_dict(path), path).to(device)
+    if Path(spec).suffix in (".pth", ".pt", ".safetensors", ".bin") or Path(spec).exists():
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"SAM checkpoint not found: {path}")
+        return _sam_from_state(weights.load_state_dict(path), path).to(device)
+    raise ValueError(f"unknown SAM model {spec!r}; known names: {', '.join(sam_names())}, "
+                     "or a path to a SAM checkpoint file")
+
+
+def _sam_from_state(state: dict, path: Path):
+    from segment_anything import sam_model_registry
+
+    key = "image_encoder.patch_embed.proj.weight"
+    if key not in state:
+        raise ValueError(f"{path} is not a SAM checkpoint (no {key})")
+    width = int(state[key].shape[0])
+    if width not in _SAM_WIDTH_TO_ARCH:
+        raise ValueError(f"{path}: unknown SAM encoder width {width}")
+    sam = sam_model_registry[_SAM_WIDTH_TO_ARCH[width]]()
+    sam.load_state_dict(state)
+    return sam.eval()
+
+
+def build_clip(spec, device=None, *, random_weights: bool = False) -> ClipBackend:
+    """Return a :class:`ClipBackend` on ``device`` (see the module docstring for ``spec``)."""
+    device = resolve_device(device)
+    if isinstance(spec, ClipBackend):
+        spec.model.to(device)
+        return spec
+    if isinstance(spec, tuple) and len(spec) == 2:
+        model, tokenizer = spec
+        return _wrap_model(model, tokenizer, type(model).__name__, device)
+    if isinstance(spec, torch.nn.Module):
+        return _wrap_model(spec, None, type(spec).__name__, device)
+    if isinstance(spec, Path):
+        spec = str(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise TypeError(f"clip must be a name, a path or a model, got {spec!r}")
+    if spec == TINY:
+        from ovseg.testing import tiny_clip
+
+        return OpenClipBackend(tiny_clip().to(device), name=TINY)
+    if spec == HF_TINY:
+        from ovseg.testing import tiny_hf_clip
+
+        model, tokenizer = tiny_hf_clip()
+        return HFClipBackend(model.to(device), tokenizer, name=HF_TINY)
+    if spec.startswith("hf:") or (Path(spec).is_dir() and (Path(spec) / "config.json").exists()):
+        return _hf_clip(spec.removeprefix("hf:"), device, random_weights)
+    return _open_clip(spec, device, random_weights)
+
+
+def _wrap_model(model, tokenizer, name, device) -> ClipBackend:
+    if hasattr(model, "get_image_features"):
+        if tokenizer is None:
+            raise ValueError("a transformers model needs its tokenizer: pass (model, tokenizer)")
+        return HFClipBackend(model.to(device), tokenizer, name=name)
+    if hasattr(model, "encode_image") and hasattr(model, "encode_text"):
+        return OpenClipBackend(model.to(device), tokenizer, name=name)
+    raise TypeError(f"{name} is neither an open_clip nor a transformers CLIP model")
+
+
+def _open_clip(spec: str, device, random_weights: bool) -> ClipBackend:
+    import open_clip
+
+    from ovseg.weights import weights_dir
+
+    arch, sep, tag = spec.partition(":") if ":" in spec else spec.partition("/")
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown CLIP model {spec!r}: {arch!r} is not an open_clip architecture "
+                         f"(e.g. ViT-B-16, ViT-L-14; `open_clip.list_models()` lists them), and "
+                         f"names for other backends are {TINY!r}, {HF_TINY!r}, 'hf:ORG/NAME'")
+    if random_weights:
+        warnings.warn(_RANDOM_WARNING.format(what=f"CLIP {arch}"), UserWarning, stacklevel=3)
+        model = open_clip.create_model(arch, pretrained=None, device=device)
+        return OpenClipBackend(model, open_clip.get_tokenizer(arch), name=f"{arch}/random")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if not tag:
+        raise ValueError(f"CLIP {arch!r} needs pretrained weights: name one as "
+                         f"'{arch}/TAG' with TAG in {tags}, or 'ARCH:PATH' for a local file, "
+                         "or pass random_weights=True for timing")
+    if sep == ":":
+        if not Path(tag).expanduser().is_file():
+            raise FileNotFoundError(f"CLIP checkpoint not found: {tag}")
+    elif tag not in tags:
+        raise ValueError(f"unknown pretrained tag {tag!r} for {arch}; known: {tags}")
+    cache = weights_dir() / "open_clip"
+    try:
+        model = open_clip.create_model(arch, pretrained=str(Path(tag).expanduser()) if sep == ":"
+                                       else tag, device=device, cache_dir=str(cache))
+        tokenizer = open_clip.get_tokenizer(arch)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise FileNotFoundError(
+            f"CLIP weights {spec!r} are not cached in {cache} and could not be fetched ({e}). "
+            f"On a machine with network access run: ovseg weights download {spec}"
+        ) from e
+    return OpenClipBackend(model, tokenizer, name=spec)
+
+
+def _hf_clip(model_id: str, device, random_weights: bool) -> ClipBackend:
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    if random_weights:
+        raise ValueError("random_weights is supported for open_clip architectures only")
+    try:
+        model = AutoModel.from_pretrained(model_id)
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+        processor = AutoImageProcessor.from_pretrained(model_id)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"Hugging Face model {model_id!r} is neither a local folder nor in the Hugging Face "
+            f"cache, and could not be fetched ({e}). On a machine with network access run: "
+            f"ovseg weights download hf:{model_id}"
+        ) from e
+    return HFClipBackend(model.to(device), tokenizer, name=f"hf:{model_id}",
+                         image_processor=processor)

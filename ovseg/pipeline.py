@@ -1,0 +1,177 @@
+"""Segmenter: SAM proposals -> CLIP region scores -> fused semantic map.
+
+``ovseg.segment`` is a one-call front to a cached default :class:`Segmenter`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ovseg.grid import GridOptions, automatic_masks
+from ovseg.image import load_image
+from ovseg.models import build_clip, build_sam, resolve_device
+from ovseg.prompts import make_prompt
+from ovseg.proposals import Masks, Proposer
+from ovseg.result import SegmentationResult
+from ovseg.scoring import make_scorer
+from ovseg.vocabulary import Vocabulary
+
+DEFAULT_SAM = "vit_b"
+DEFAULT_CLIP = "ViT-B-16/openai"
+
+
+class Segmenter:
+    """Open-vocabulary segmentation with one SAM and one CLIP model.
+
+    Args:
+        sam: a SAM registry name (``"vit_b"``, ``"vit_l"``, ``"vit_h"``), a checkpoint path, a
+            built ``Sam``, or ``"tiny-random"``.
+        clip: an open_clip ``"ARCH/TAG"``, ``"ARCH:PATH"``, ``"hf:ORG/NAME"``, a built model, or
+            ``"tiny-random"`` / ``"hf-tiny-random"``.
+        device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
+        random_weights: build registered architectures with random weights (timing only; warns;
+            labels are meaningless). ``"tiny-random"`` models are random too.
+        templates: prompt-template set name or list (see :mod:`ovseg.vocabulary`).
+        scorer: ``"crop"`` (one CLIP pass per mask crop), ``"dense"`` (one pass per image) or
+            ``"both"``.
+        score_threshold: default minimum class probability for a mask to label pixels.
+        grid: automatic-grid options (:class:`~ovseg.grid.GridOptions`).
+        scorer_options: passed to the scorer (e.g. ``margin``, ``fill`` for ``"crop"``).
+    """
+
+    def __init__(self, sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None, *,
+                 random_weights: bool = False, templates: str | Sequence[str] = "imagenet",
+                 scorer: str = "crop", score_threshold: float = 0.0,
+                 grid: GridOptions | None = None, **scorer_options):
+        self.device = resolve_device(device)
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        self.proposer = Proposer(build_sam(sam, self.device, random_weights=random_weights))
+        self.clip = build_clip(clip, self.device, random_weights=random_weights)
+        self.scorer = make_scorer(scorer, self.clip, **scorer_options)
+        self.templates = templates
+        self.score_threshold = score_threshold
+        self.grid = grid or GridOptions()
+        self._image: np.ndarray | None = None
+        self.lock = threading.RLock()
+
+    @property
+    def image(self) -> np.ndarray:
+        if self._image is None:
+            raise RuntimeError("no image set: call set_image(image) first")
+        return self._image
+
+    def set_image(self, image) -> np.ndarray:
+        """Load ``image`` (path, PIL image, array) and compute its SAM embedding (cached by
+        content). Returns the RGB uint8 (H, W, 3) array."""
+        array = load_image(image)
+        with self.lock:
+            self.proposer.set_image(array)
+            self._image = array
+        return array
+
+    def _use(self, image) -> np.ndarray:
+        return self.image if image is None else self.set_image(image)
+
+    def vocabulary(self, classes, background=(), templates=None) -> Vocabulary:
+        return Vocabulary(classes, self.templates if templates is None else templates, background)
+
+    @torch.inference_mode()
+    def propose(self, image=None, *, points=None, point_labels=None, boxes=None, mask_input=None,
+                scribble=None, **grid_options) -> Masks:
+        """Class-agnostic masks of ``image`` (or of the image already set).
+
+        With any prompt, the prompted object(s); without, the automatic grid
+        (``grid_options`` override fields of :class:`~ovseg.grid.GridOptions`).
+        """
+        with self.lock:
+            array = self._use(image)
+            prompt = make_prompt(array.shape[:2], points, point_labels, boxes, mask_input,
+                                 scribble)
+            if not prompt.is_empty:
+                if grid_options:
+                    raise ValueError(f"grid options {sorted(grid_options)} apply to automatic "
+                                     "mode only, not with prompts")
+                return self.proposer.predict(prompt)
+            try:
+                options = replace(self.grid, **grid_options)
+            except TypeError as e:
+                raise ValueError(f"unknown grid option in {sorted(grid_options)}; known: "
+                                 f"{sorted(GridOptions.__dataclass_fields__)}") from e
+            return automatic_masks(self.proposer, options)
+
+    @torch.inference_mode()
+    def score(self, masks: Masks, classes, image=None, *, background=(),
+              templates=None) -> np.ndarray:
+        """Class probabilities float32 (N, K) of each mask (see ``Vocabulary.probabilities``)."""
+        vocab = self.vocabulary(classes, background, templates)
+        with self.lock:
+            array = self._use(image)
+            if masks.shape != array.shape[:2]:
+                raise ValueError(f"masks are {masks.shape}, the image is {array.shape[:2]}")
+            if len(masks) == 0:
+                return np.zeros((0, len(vocab)), np.float32)
+            return vocab.probabilities(self.scorer.embed(array, masks), self.clip)
+
+    def segment(self, image, classes, *, points=None, point_labels=None, boxes=None,
+                mask_input=None, scribble=None, background=(), templates=None,
+                score_threshold: float | None = None, **grid_options) -> SegmentationResult:
+        """Segment ``image`` into ``classes``: see :func:`ovseg.segment`."""
+        from ovseg.fusion import fuse
+
+        vocab = self.vocabulary(classes, background, templates)
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        with self.lock:
+            array = self._use(image)
+            masks = self.propose(points=points, point_labels=point_labels, boxes=boxes,
+                                 mask_input=mask_input, scribble=scribble, **grid_options)
+            scores = self.score(masks, vocab.classes, background=vocab.background,
+                                templates=vocab.templates)
+        return fuse(masks.masks, scores, vocab.classes, score_threshold=threshold, image=array,
+                    proposal_scores=masks.scores)
+
+
+_DEFAULTS: dict[tuple, Segmenter] = {}
+_DEFAULTS_LOCK = threading.Lock()
+
+
+def default_segmenter(sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None,
+                      random_weights: bool = False) -> Segmenter:
+    """A Segmenter cached per (sam, clip, device, random_weights) for named models."""
+    key = (sam, clip, str(resolve_device(device)), random_weights)
+    try:
+        hash(key)
+    except TypeError:
+        return Segmenter(sam, clip, device, random_weights=random_weights)
+    with _DEFAULTS_LOCK:
+        if key not in _DEFAULTS:
+            _DEFAULTS[key] = Segmenter(sam, clip, device, random_weights=random_weights)
+        return _DEFAULTS[key]
+
+
+def segment(image, classes: Sequence[str], *, sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None,
+            random_weights: bool = False, **options) -> SegmentationResult:
+    """Segment an image into an open vocabulary.
+
+    Args:
+        image: a path, a ``PIL.Image``, or a uint8 array (H, W, 3) or (H, W).
+        classes: K distinct non-blank names; ``"road; street"`` gives synonyms.
+        sam, clip, device, random_weights: models (see :class:`Segmenter`); cached across calls.
+        **options: ``points`` (P, 2) ``(x, y)`` pixels, ``point_labels`` (P,) 1/0, ``boxes``
+            (B, 4) XYXY pixels, ``mask_input`` (H, W) rough mask, ``scribble`` (H, W) strokes,
+            ``background`` names, ``templates``, ``score_threshold``, and grid options. With no
+            prompt, proposals come from the automatic grid.
+
+    Returns:
+        A :class:`~ovseg.result.SegmentationResult`: ``label_map`` int32 (H, W) with class
+        indices or ``ovseg.UNLABELED`` (-1), ``confidence`` float32 (H, W), ``segments``.
+    """
+    from ovseg.vocabulary import validate_classes
+
+    validate_classes(classes)
+    return default_segmenter(sam, clip, device, random_weights).segment(image, classes, **options)

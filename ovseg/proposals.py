@@ -1,0 +1,186 @@
+"""Class-agnostic mask proposals from SAM: prompts (points, boxes, rough masks, scribbles) and
+the automatic grid.
+
+:class:`Proposer` wraps ``segment_anything.SamPredictor``. ``set_image`` computes the image
+embedding once and keeps the last few in a small cache keyed by the image's content, so further
+prompts on the same image cost only the prompt encoder and mask decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ovseg.prompts import Prompt
+
+_MASK_PROMPT_LOGIT = 8.0
+
+
+@dataclass
+class Masks:
+    """N class-agnostic masks of one image.
+
+    Attributes:
+        masks: bool (N, H, W), input-image size.
+        scores: float32 (N,), SAM's predicted IoU of each mask.
+        boxes: float32 (N, 4), XYXY pixels with x1, y1 exclusive (0 where a mask is empty).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    def __getitem__(self, index) -> Masks:
+        index = np.atleast_1d(np.arange(len(self))[index])
+        return Masks(self.masks[index], self.scores[index], self.boxes[index])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.masks.shape[1]), int(self.masks.shape[2])
+
+    @classmethod
+    def from_masks(cls, masks: np.ndarray, scores: np.ndarray | None = None) -> Masks:
+        """Build from bool (N, H, W) masks; boxes are derived, scores default to 1."""
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 3:
+            raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+        n = masks.shape[0]
+        scores = np.ones(n, np.float32) if scores is None else np.asarray(scores, np.float32)
+        return cls(masks, scores, masks_to_boxes(masks))
+
+    @classmethod
+    def cat(cls, items: list[Masks], shape: tuple[int, int]) -> Masks:
+        if not items:
+            return cls(np.zeros((0, *shape), bool), np.zeros(0, np.float32),
+                       np.zeros((0, 4), np.float32))
+        return cls(np.concatenate([m.masks for m in items]),
+                   np.concatenate([m.scores for m in items]),
+                   np.concatenate([m.boxes for m in items]))
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """bool (N, H, W) -> float32 (N, 4) XYXY, x1/y1 exclusive; empty masks give zeros."""
+    n = masks.shape[0]
+    boxes = np.zeros((n, 4), np.float32)
+    if n == 0:
+        return boxes
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    nonempty = rows.any(axis=1)
+    h, w = masks.shape[1:]
+    boxes[:, 0] = np.argmax(cols, axis=1)
+    boxes[:, 1] = np.argmax(rows, axis=1)
+    boxes[:, 2] = w - np.argmax(cols[:, ::-1], axis=1)
+    boxes[:, 3] = h - np.argmax(rows[:, ::-1], axis=1)
+    boxes[~nonempty] = 0
+    return boxes
+
+
+def image_key(image: np.ndarray) -> str:
+    """A content hash of an image array, used to cache embeddings."""
+    digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16)
+    digest.update(str(image.shape).encode())
+    return digest.hexdigest()
+
+
+class Proposer:
+    """SAM proposals for one image at a time.
+
+    Args:
+        sam: a ``segment_anything.modeling.Sam``.
+        cache_size: how many image embeddings to keep (an LRU keyed by image content).
+    """
+
+    def __init__(self, sam, cache_size: int = 4):
+        from segment_anything import SamPredictor
+
+        self.predictor = SamPredictor(sam)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple] = OrderedDict()
+        self._key: str | None = None
+        self.lock = threading.RLock()
+        self.encoder_calls = 0
+
+    @property
+    def model(self):
+        return self.predictor.model
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        if self._key is None:
+            raise RuntimeError("no image set: call set_image(image) first")
+        return tuple(self.predictor.original_size)
+
+    def set_image(self, image: np.ndarray) -> bool:
+        """Embed ``image`` (RGB uint8 (H, W, 3)) unless cached. Returns True if it was computed."""
+        key = image_key(image)
+        with self.lock:
+            if key == self._key:
+                return False
+            p = self.predictor
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                p.features, p.original_size, p.input_size = self._cache[key]
+                p.is_image_set = True
+                self._key = key
+                return False
+            with torch.inference_mode():
+                p.set_image(image, image_format="RGB")
+            self.encoder_calls += 1
+            self._key = key
+            self._cache[key] = (p.features, p.original_size, p.input_size)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return True
+
+    def predict(self, prompt: Prompt) -> Masks:
+        """Masks for a validated :class:`~ovseg.prompts.Prompt` on the current image.
+
+        One object per box (points and a rough mask join a single box); without boxes, the points
+        (given, or sampled from the rough mask or scribble) are one object. A single point gives
+        SAM's three candidates and keeps the one with the highest predicted IoU, as
+        ``SamPredictor`` recommends; other prompts ask for one mask.
+        """
+        with self.lock, torch.inference_mode():
+            self.image_shape  # noqa: B018  (raises if no image)
+            points, labels = prompt.all_points()
+            mask_logits = self._mask_logits(prompt.mask) if prompt.mask is not None else None
+            multimask = prompt.boxes is None and points is not None and len(points) == 1 \
+                and mask_logits is None
+            if prompt.boxes is not None and len(prompt.boxes) > 1:
+                return self._predict_boxes(prompt.boxes)
+            box = None if prompt.boxes is None else prompt.boxes[0]
+            masks, scores, _ = self.predictor.predict(
+                point_coords=points, point_labels=labels, box=box, mask_input=mask_logits,
+                multimask_output=multimask,
+            )
+            best = int(np.argmax(scores))
+            return Masks.from_masks(masks[best : best + 1], scores[best : best + 1])
+
+    def _predict_boxes(self, boxes: np.ndarray) -> Masks:
+        p = self.predictor
+        tboxes = p.transform.apply_boxes_torch(torch.as_tensor(boxes, device=p.device),
+                                               p.original_size)
+        masks, scores, _ = p.predict_torch(None, None, boxes=tboxes, multimask_output=False)
+        return Masks.from_masks(masks[:, 0].cpu().numpy(), scores[:, 0].float().cpu().numpy())
+
+    def _mask_logits(self, mask: np.ndarray) -> np.ndarray:
+        """bool (H, W) -> SAM's low-resolution mask prompt (1, 4h, 4w) in its padded frame."""
+        p = self.predictor
+        side = 4 * p.model.prompt_encoder.image_embedding_size[0]
+        h, w = p.original_size
+        scale = side / max(h, w)
+        nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+        t = torch.from_numpy(mask.astype(np.float32))[None, None]
+        small = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)[0, 0]
+        logits = torch.full((side, side), -_MASK_PROMPT_LOGIT)
+        logits[:nh, :nw] = torch.where(small > 0.5, _MASK_PROMPT_LOGIT, -_MASK_PROMPT_LOGIT)
+        return logits[None].numpy()
