@@ -145,8 +145,7 @@ def _check_labels(label_map: np.ndarray, n_classes: int) -> np.ndarray:
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < _UNLABELED or labels.max() >= n_classes):
         raise ValueError(
-            f"label_map values must be in [-1, {n_classes}); "
-            f"found [{labels.min()}, {labels.max()}]"
+            f"label_map values must be in [-1, {n_classes}); found [{labels.min()}, {labels.max()}]"
         )
     return labels
 
@@ -155,9 +154,7 @@ def _check_confidence(confidence: np.ndarray) -> np.ndarray:
     conf = np.asarray(confidence, dtype=np.float32)
     if conf.ndim != 2:
         raise ValueError(f"confidence must be 2-D (H, W); got shape {conf.shape}")
-    if conf.size and (
-        not np.isfinite(conf).all() or conf.min() < 0.0 or conf.max() > 1.0
-    ):
+    if conf.size and (not np.isfinite(conf).all() or conf.min() < 0.0 or conf.max() > 1.0):
         raise ValueError(
             f"confidence must be finite and in [0, 1]; found [{conf.min()}, {conf.max()}]"
         )
