@@ -1,0 +1,97 @@
+"""``ovseg eval``: score a method on a segmentation benchmark and write JSON/markdown reports.
+
+Handlers return an exit code (0 ok, 1 failure); expected errors print one line to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ovseg.eval.datasets import KINDS
+from ovseg.eval.runner import PROTOCOL_DEFAULTS, SCORERS
+
+EPILOG = """examples:
+  ovseg eval --data ../shared/data/camvid-val --sam tiny-random --clip tiny-random --limit 2 \\
+      --out runs/camvid_tiny.json
+  ovseg eval --data VOCdevkit/VOC2012 --dataset voc21 --sam vit_h --clip ViT-B-16/openai \\
+      --out runs/voc21.json
+  ovseg eval --data ../shared/data/camvid-val --scorer oracle --out runs/camvid_oracle.json
+  ovseg eval --data ../shared/data/camvid-val --predictions my_pngs/ --out runs/mine.json
+
+Protocol defaults per benchmark (short side, background threshold): """ + ", ".join(
+    f"{k} ({v['short_side'] or 'as is'}, {v['score_threshold']})"
+    for k, v in PROTOCOL_DEFAULTS.items()) + "."
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` command."""
+    p = subparsers.add_parser(
+        "eval", help="evaluate on a benchmark (mIoU report)", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Segment every image of a benchmark (or read saved label PNGs) and report "
+        "mIoU, per-class IoU, fwIoU, pixel and mean accuracy, with a confusion-matrix plot. "
+        "Predictions are cached next to the report, so an interrupted run resumes.")
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder")
+    p.add_argument("--dataset", choices=KINDS, default=None, metavar="KIND",
+                   help=f"dataset layout, one of: {', '.join(KINDS)} (default: detected)")
+    p.add_argument("--split", default="val", help="split to read (default: val)")
+    p.add_argument("--ignore-index", type=int, default=None, metavar="V",
+                   help="label value to ignore for folder/camvid layouts (default 255 / K)")
+    p.add_argument("--out", required=True, metavar="REPORT.json",
+                   help="JSON report path; .md, _confusion.png and _cache/ go next to it")
+    p.add_argument("--predictions", metavar="PRED_DIR", default=None,
+                   help="score label PNGs (value i = class i, 255 = unlabeled, STEM.png) "
+                   "instead of running a model")
+    p.add_argument("--sam", default="vit_b", help="SAM name, checkpoint path or tiny-random")
+    p.add_argument("--clip", default="ViT-B-16/openai",
+                   help="CLIP ARCH/TAG, hf:ORG/NAME or tiny-random")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="build the architectures with random weights (timing only)")
+    p.add_argument("--scorer", choices=SCORERS, default="crop",
+                   help="region scorer; 'oracle' labels each proposal with its majority "
+                   "ground-truth class (the proposals' ceiling)")
+    p.add_argument("--templates", default="imagenet",
+                   help="prompt template set: imagenet (default, 80), simple, photo, none")
+    p.add_argument("--threshold", type=float, default=None, metavar="P",
+                   help="minimum class probability for a mask to label pixels "
+                   "(default: the benchmark's protocol value)")
+    p.add_argument("--short-side", type=int, default=-1, metavar="PX",
+                   help="resize inputs to this short side; 0 keeps the size "
+                   "(default: the benchmark's protocol value)")
+    grid = p.add_argument_group("automatic grid")
+    grid.add_argument("--points-per-side", type=int, default=None)
+    grid.add_argument("--pred-iou-thresh", type=float, default=None)
+    grid.add_argument("--stability-score-thresh", type=float, default=None)
+    grid.add_argument("--box-nms-thresh", type=float, default=None)
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="evaluate only the first N images")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ovseg.eval.runner import evaluate
+
+    grid = {k: getattr(args, k) for k in ("points_per_side", "pred_iou_thresh",
+                                          "stability_score_thresh", "box_nms_thresh")
+            if getattr(args, k) is not None}
+    try:
+        report = evaluate(
+            args.data, args.out, kind=args.dataset, split=args.split,
+            ignore_index=args.ignore_index, predictions=args.predictions, sam=args.sam,
+            clip=args.clip, scorer=args.scorer, templates=args.templates,
+            score_threshold=args.threshold, short_side=args.short_side or None, grid=grid,
+            limit=args.limit, device=args.device, random_weights=args.random_weights,
+            progress=not args.no_progress)
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        print(f"ovseg eval: error: {e}", file=sys.stderr)
+        return 1
+    miou = report["miou"]
+    shown = "n/a" if miou is None else f"{100 * miou:.2f}"
+    print(f"{report['dataset']['kind']} ({report['mode']}): mIoU {shown} over "
+          f"{report['counts']['images']} images")
+    for kind, path in report["files"].items():
+        print(f"  {kind}: {path}")
+    return 0

@@ -1,0 +1,97 @@
+"""Reports of an evaluation: JSON, markdown and a confusion-matrix plot (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ovseg.eval.metrics import ConfusionMatrix
+
+HEADLINE = (("miou", "mIoU"), ("fwiou", "fwIoU"), ("pixel_accuracy", "pixel acc."),
+            ("mean_accuracy", "mean acc."))
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{100 * value:.2f}"
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Markdown summary: headline metrics (percent), per-class IoU table, configuration."""
+    ds, counts = report["dataset"], report["counts"]
+    lines = [f"# ovseg eval: {ds['kind']} ({report['mode']})", "",
+             f"{counts['images']} of {counts['images_in_dataset']} images, "
+             f"{counts['pixels']} labelled pixels "
+             f"({counts['unlabeled_pixels']} predicted unlabeled).", "",
+             "| " + " | ".join(label for _, label in HEADLINE) + " |",
+             "|" + "---:|" * len(HEADLINE),
+             "| " + " | ".join(_pct(report[key]) for key, _ in HEADLINE) + " |", "",
+             "| class | IoU | accuracy | pixels |", "|---|---:|---:|---:|"]
+    for name, iou in report["per_class_iou"].items():
+        acc = report["per_class_accuracy"][name]
+        lines.append(f"| {name} | {_pct(iou)} | {_pct(acc)} | {counts['class_pixels'][name]} |")
+    lines += ["", "Configuration:", "", "```json",
+              json.dumps(report["config"], indent=2, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (rows: truth, columns: prediction + unlabeled) as PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = len(classes)
+    rows = matrix.sum(axis=1, keepdims=True)
+    norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
+    side = min(4 + 0.3 * k, 40)
+    fig = Figure(figsize=(side + 1, side))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true pixels")
+    font = max(4, 10 - k // 20)
+    ax.set_xticks(range(k + 1), [*classes, "unlabeled"], rotation=90, fontsize=font)
+    ax.set_yticks(range(k), classes, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_reports(report: dict[str, Any], out: Path, cm: ConfusionMatrix) -> dict[str, Path]:
+    """Write ``out`` (JSON), ``out.with_suffix('.md')`` and ``<stem>_confusion.png``."""
+    paths = {"json": out, "markdown": out.with_suffix(".md"),
+             "plot": out.with_name(f"{out.stem}_confusion.png")}
+    plot_confusion(cm.matrix, report["dataset"]["classes"], paths["plot"],
+                   f"{report['dataset']['kind']} ({report['mode']}): mIoU "
+                   f"{_pct(report['miou'])}")
+    _atomic_text(paths["markdown"], markdown(report))
+    report = report | {"files": {k: str(v) for k, v in paths.items()}}
+    _atomic_text(paths["json"], json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return paths

@@ -1,0 +1,326 @@
+"""The evaluation runner behind ``ovseg eval``: predict (or read) label maps, score, report.
+
+Three modes:
+
+- ``model``: a :class:`~ovseg.pipeline.Segmenter` segments each image into the benchmark's
+  classes (prompts with synonyms from its class-name file);
+- ``oracle``: the same SAM proposals, but each proposal takes the majority ground-truth class of
+  its pixels (ignored pixels excluded; a proposal of only ignored pixels gets none), then the
+  same fusion: the mIoU ceiling the proposals allow;
+- ``predictions``: saved label PNGs (class ``i`` = value ``i``, 255 = unlabeled, matched by
+  stem as ``STEM.png`` or ``STEM_labels.png``) are scored without any model.
+
+Protocol: on benchmarks with a background class (VOC21, Context60, COCO-Object) the background
+words of the class-name file are background names, and pixels left unlabeled (no mask, a mask
+won by a background name, or a class probability below the threshold) become background.
+Elsewhere unlabeled pixels count as misses. The input may be resized to a short side before
+prediction; predictions are resized back to the label size with nearest neighbour, so scores
+are always computed at the original label resolution.
+
+Predictions of model and oracle runs are cached as label PNGs (the ``predictions`` format) in
+``<report stem>_cache/<config hash>/`` next to the report, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ovseg.eval.datasets import IGNORE, SegDataset, open_dataset
+from ovseg.eval.metrics import UNLABELED, ConfusionMatrix
+
+SCORERS = ("crop", "dense", "both", "oracle")
+# Published training-free protocol (SCLIP configs): input short side, background threshold.
+PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "voc21": {"short_side": 336, "score_threshold": 0.1},
+    "voc20": {"short_side": 336, "score_threshold": 0.0},
+    "context60": {"short_side": 336, "score_threshold": 0.1},
+    "context59": {"short_side": 336, "score_threshold": 0.0},
+    "coco_object": {"short_side": 336, "score_threshold": 0.1},
+    "coco_stuff171": {"short_side": 448, "score_threshold": 0.0},
+    "cityscapes": {"short_side": 560, "score_threshold": 0.0},
+    "ade150": {"short_side": 336, "score_threshold": 0.0},
+    "camvid": {"short_side": None, "score_threshold": 0.0},
+    "folder": {"short_side": None, "score_threshold": 0.0},
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything that determines the predictions (hashed to key the cache).
+
+    ``short_side``: resize the input so its short side has this many pixels (None: as is).
+    ``score_threshold``: minimum class probability for a mask to label pixels.
+    ``grid``: automatic-grid options passed to ``Segmenter.segment`` / ``propose``.
+    """
+
+    data: str
+    kind: str
+    split: str = "val"
+    sam: str = "vit_b"
+    clip: str = "ViT-B-16/openai"
+    scorer: str = "crop"
+    templates: str = "imagenet"
+    score_threshold: float = 0.0
+    short_side: int | None = None
+    random_weights: bool = False
+    grid: Mapping[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        """12-hex-digit hash of the configuration."""
+        text = json.dumps(asdict(self) | {"grid": dict(self.grid)}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def oracle_scores(masks: np.ndarray, label: np.ndarray, num_classes: int,
+                  ignore_index: int = IGNORE) -> np.ndarray:
+    """One-hot scores float32 (N, K): each mask's majority ground-truth class.
+
+    ``masks`` bool (N, H, W); ``label`` int (H, W) in [0, K) or ``ignore_index``. Ignored pixels
+    do not vote; a mask covering only ignored pixels gets an all-zero row (fusion drops it).
+    """
+    masks = np.asarray(masks, bool)
+    label = np.asarray(label)
+    if masks.ndim != 3 or masks.shape[1:] != label.shape:
+        raise ValueError(f"masks {masks.shape} must be (N, H, W) with (H, W) = {label.shape}")
+    valid = label != ignore_index
+    votes = label[valid].astype(np.int64)
+    flat = masks[:, valid]
+    scores = np.zeros((len(masks), num_classes), np.float32)
+    for i, m in enumerate(flat):
+        counts = np.bincount(votes[m], minlength=num_classes)
+        if counts.sum():
+            scores[i, counts.argmax()] = 1.0
+    return scores
+
+
+def resize_short_side(image: np.ndarray, short_side: int | None) -> np.ndarray:
+    """Resize RGB uint8 (H, W, 3) so min(H, W) == short_side (bicubic, aspect kept)."""
+    if not short_side:
+        return image
+    h, w = image.shape[:2]
+    scale = short_side / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+
+
+def resize_labels(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an int (H, W) map (values kept, -1 included) to ``shape``."""
+    if label.shape == tuple(shape):
+        return label
+    h, w = label.shape
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * h / shape[0], h - 1).astype(int)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * w / shape[1], w - 1).astype(int)
+    return label[rows[:, None], cols[None, :]]
+
+
+def write_label_png(path: Path, prediction: np.ndarray) -> None:
+    """Atomically write int (H, W) in [-1, 255) as a uint8 PNG (-1 -> 255)."""
+    array = np.where(prediction < 0, 255, prediction).astype(np.uint8)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(array).save(fh, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_prediction(pred_dir: Path, stem: str) -> tuple[Path, np.ndarray]:
+    """Read ``PRED_DIR/STEM.png`` (or ``STEM_labels.png``) as int32 (H, W), 255 -> -1."""
+    from ovseg.result import read_label_png
+
+    for name in (f"{stem}.png", f"{stem}_labels.png"):
+        if (pred_dir / name).is_file():
+            return pred_dir / name, read_label_png(pred_dir / name)
+    raise FileNotFoundError(f"no prediction for {stem!r}: expected {pred_dir / (stem + '.png')}")
+
+
+class _Predictor:
+    """Model or oracle predictions for one dataset, in dataset class indices at label size."""
+
+    def __init__(self, config: EvalConfig, dataset: SegDataset, segmenter=None, device=None):
+        from ovseg.pipeline import Segmenter
+
+        self.config, self.dataset = config, dataset
+        scorer = "crop" if config.scorer == "oracle" else config.scorer
+        self.segmenter = segmenter or Segmenter(
+            config.sam, config.clip, device, random_weights=config.random_weights,
+            templates=config.templates, scorer=scorer)
+        k, bg = len(dataset.classes), dataset.background_index
+        self.fg = np.array([i for i in range(k) if i != bg], np.int64)
+        self.background: list[str] = []
+        if bg is not None:
+            used = {s.strip().lower() for i in self.fg for s in dataset.prompts[i].split(";")}
+            self.background = [s.strip() for s in dataset.prompts[bg].split(";")
+                               if s.strip().lower() not in used]
+
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> np.ndarray:
+        from ovseg.fusion import fuse
+
+        cfg, ds = self.config, self.dataset
+        small = resize_short_side(image, cfg.short_side)
+        if cfg.scorer == "oracle":
+            masks = self.segmenter.propose(small, **cfg.grid)
+            gt = resize_labels(label, small.shape[:2])
+            scores = oracle_scores(masks.masks, gt, len(ds.classes), ds.ignore_index)
+            pred = fuse(masks.masks, scores, ds.classes, proposal_scores=masks.scores).label_map
+        else:
+            result = self.segmenter.segment(
+                small, [ds.prompts[i] for i in self.fg], background=self.background,
+                templates=cfg.templates, score_threshold=cfg.score_threshold, **cfg.grid)
+            lab = result.label_map
+            pred = np.where(lab >= 0, self.fg[np.maximum(lab, 0)], UNLABELED)
+        if ds.background_index is not None:
+            pred = np.where(pred == UNLABELED, ds.background_index, pred)
+        return resize_labels(pred.astype(np.int64), label.shape)
+
+
+def evaluate(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | None = None,
+             split: str = "val", ignore_index: int | None = None,
+             predictions: str | os.PathLike | None = None, sam: str = "vit_b",
+             clip: str = "ViT-B-16/openai", scorer: str = "crop", templates: str = "imagenet",
+             score_threshold: float | None = None, short_side: int | None = -1,
+             grid: Mapping[str, Any] | None = None, limit: int | None = None, device=None,
+             random_weights: bool = False, segmenter=None, progress: bool = True
+             ) -> dict[str, Any]:
+    """Evaluate on the dataset at ``data`` and write the reports (see :mod:`ovseg.eval.report`).
+
+    Args:
+        data: dataset folder; ``kind`` as in :data:`ovseg.eval.KINDS` (None: detected).
+        out: path of the JSON report; the markdown report (``.md``), the confusion plot
+            (``_confusion.png``) and the prediction cache (``_cache/``) go next to it.
+        predictions: folder of label PNGs to score instead of running a model.
+        scorer: ``"crop"``, ``"dense"``, ``"both"`` (CLIP scorers) or ``"oracle"``.
+        score_threshold: None takes the benchmark default (:data:`PROTOCOL_DEFAULTS`).
+        short_side: input short side in pixels; -1 takes the benchmark default, None or 0 keeps
+            the input size.
+        grid: automatic-grid options (e.g. ``{"points_per_side": 16}``).
+        limit: evaluate only the first ``limit`` images.
+        segmenter: an already built Segmenter to use (its models must match ``sam``/``clip``).
+
+    Returns:
+        The report dict (also written as JSON): ``miou``, ``per_class_iou``... in [0, 1].
+    """
+    from ovseg.eval.report import write_reports
+
+    start = time.perf_counter()
+    dataset = open_dataset(data, kind, split=split, ignore_index=ignore_index)
+    if scorer not in SCORERS:
+        raise ValueError(f"unknown scorer {scorer!r}; allowed: {', '.join(SCORERS)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit}")
+    defaults = PROTOCOL_DEFAULTS[dataset.kind]
+    if short_side == -1:
+        short_side = defaults["short_side"]
+    if short_side is not None and short_side < 0:
+        raise ValueError("short_side must be positive, 0/None (no resizing) or -1 (default)")
+    threshold = defaults["score_threshold"] if score_threshold is None else score_threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1], got {threshold}")
+    out = Path(out)
+    if out.suffix != ".json":
+        raise ValueError(f"--out must name a .json file, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    cm = ConfusionMatrix(len(dataset.classes), dataset.ignore_index)
+    config = EvalConfig(str(Path(data).resolve()), dataset.kind, split, str(sam), str(clip),
+                        scorer, str(templates), float(threshold), short_side or None,
+                        random_weights, dict(grid or {}))
+    counts = {"images": count, "images_in_dataset": len(dataset), "cached": 0, "computed": 0}
+    if predictions is not None:
+        mode, cache_dir = "predictions", None
+        _score_predictions(dataset, Path(predictions), count, cm, progress)
+    else:
+        mode = "oracle" if scorer == "oracle" else "model"
+        cache_dir = out.parent / f"{out.stem}_cache" / config.key()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        (cache_dir / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
+        predictor = None
+        for i in tqdm(range(count), desc=f"ovseg eval {dataset.kind}", disable=not progress):
+            name = dataset.items[i][0]
+            path = cache_dir / f"{name}.png"
+            if path.is_file():
+                label = dataset.load_label(i)
+                _, pred = read_prediction(cache_dir, name)
+                counts["cached"] += 1
+            else:
+                sample = dataset[i]
+                label = sample.label
+                predictor = predictor or _Predictor(config, dataset, segmenter, device)
+                pred = predictor(sample.image, label)
+                write_label_png(path, pred)
+                counts["computed"] += 1
+            cm.update(pred, label)
+    report = _report(dataset, cm, mode, config, counts, predictions, cache_dir)
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    report["files"] = {k: str(v) for k, v in write_reports(report, out, cm).items()}
+    return report
+
+
+def _score_predictions(dataset: SegDataset, pred_dir: Path, count: int, cm: ConfusionMatrix,
+                       progress: bool) -> None:
+    if not pred_dir.is_dir():
+        raise FileNotFoundError(f"predictions folder {pred_dir} does not exist")
+    for i in tqdm(range(count), desc="ovseg eval predictions", disable=not progress):
+        path, pred = read_prediction(pred_dir, dataset.items[i][0])
+        label = dataset.load_label(i)
+        if pred.shape != label.shape:
+            raise ValueError(f"prediction {path} is {pred.shape[::-1]} (W, H) but its label "
+                             f"{dataset.items[i][2]} is {label.shape[::-1]}")
+        try:
+            cm.update(pred, label)
+        except ValueError as e:
+            raise ValueError(f"prediction {path}: {e}") from e
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def _report(dataset: SegDataset, cm: ConfusionMatrix, mode: str, config: EvalConfig,
+            counts: dict, predictions, cache_dir: Path | None) -> dict[str, Any]:
+    import ovseg
+
+    s = cm.scores()
+    names = dataset.classes
+    cfg = asdict(config) | {"grid": dict(config.grid), "hash": config.key()}
+    if mode == "predictions":
+        cfg = {"data": config.data, "kind": config.kind, "split": config.split,
+               "predictions": str(Path(predictions).resolve())}
+    return {
+        "miou": _nan_to_none(s["miou"]),
+        "fwiou": _nan_to_none(s["fwiou"]),
+        "pixel_accuracy": _nan_to_none(s["pixel_accuracy"]),
+        "mean_accuracy": _nan_to_none(s["mean_accuracy"]),
+        "per_class_iou": {n: _nan_to_none(v) for n, v in zip(names, s["iou"], strict=True)},
+        "per_class_accuracy": {n: _nan_to_none(v)
+                               for n, v in zip(names, s["accuracy"], strict=True)},
+        "mode": mode,
+        "dataset": {"root": config.data, "kind": dataset.kind, "split": config.split,
+                    "classes": names, "prompts": dataset.prompts,
+                    "background_index": dataset.background_index},
+        "config": cfg,
+        "counts": counts | {"pixels": cm.total,
+                            "unlabeled_pixels": int(cm.matrix[:, -1].sum()),
+                            "class_pixels": dict(zip(names, cm.matrix.sum(1).tolist(),
+                                                     strict=True))},
+        "confusion_matrix": cm.matrix.tolist(),
+        "confusion_columns": [*names, "unlabeled"],
+        "cache": str(cache_dir) if cache_dir else None,
+        "ovseg_version": getattr(ovseg, "__version__", None),
+    }
