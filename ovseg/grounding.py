@@ -1,0 +1,438 @@
+"""Language grounding: referring phrases -> the best region(s) of an image.
+
+``ground(image, "the red truck")`` scores candidate regions (SAM proposals, your own masks, or
+masks from prompts) against a phrase with the segmenter's CLIP region scorer and returns a
+:class:`GroundingResult`: the best region's mask, box, score and grasp point, plus every
+candidate ranked.
+
+Scores (all computed with :class:`~ovseg.vocabulary.Vocabulary`, i.e. template-averaged text
+embeddings, ``;`` synonyms reduced by max, CLIP's logit scale):
+
+- ``similarity``: cosine between the region embedding and the phrase embedding, in [-1, 1];
+- ``score``: the phrase's probability in a softmax over the entries
+  ``[phrase, *negatives, *background]`` with logits ``logit_scale * cosine``, in [0, 1].
+  Candidates are ranked by ``score`` (ties by ``similarity``, then candidate order). With no
+  negatives and no background every score is 1 and the ranking is by cosine alone, so the
+  default keeps one background name, ``"background"``, to make scores absolute.
+
+Rules:
+
+- **negatives** join the softmax, so a region that resembles a negative scores lower; with
+  ``drop_negatives=True`` (default) a region for which some negative is more probable than the
+  phrase (equivalently: more similar) is removed from the ranking and listed in ``rejected``;
+- **category** mode keeps only regions whose most probable entry among
+  ``[category, *distractors, *background]`` is the category, then ranks those by the phrase
+  (e.g. ``category="cup"``, phrase ``"blue cup"`` or ``"blue"``);
+- **threshold**: ``None`` answers the single best region; a number answers every ranked region
+  with ``score >= threshold`` (possibly none);
+- no candidate regions at all (an empty candidate list, or an automatic grid that kept nothing)
+  raise ``ValueError``; candidates that are all filtered out give an empty result
+  (``found`` is False, ``mask``/``box``/``score``/``point`` are None).
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from ovseg.proposals import Masks
+from ovseg.scoring import DenseScorer, EnsembleScorer
+from ovseg.viz import palette
+from ovseg.vocabulary import Vocabulary, validate_classes
+
+__all__ = ["DEFAULT_BACKGROUND", "GroundingResult", "Region", "grasp_point", "ground",
+           "heatmap", "phrase_from_instruction"]
+
+DEFAULT_BACKGROUND = ("background",)
+HEATMAP_MODES = ("softmax", "minmax")
+
+
+@dataclass
+class Region:
+    """One candidate region scored against a phrase.
+
+    Attributes:
+        index: position in the candidate list (``Masks`` order).
+        mask: bool (H, W).
+        box: (x0, y0, x1, y1) int pixels, x1 and y1 exclusive.
+        score: the phrase's softmax probability in [0, 1] (see the module docstring).
+        similarity: cosine between region and phrase embeddings, in [-1, 1].
+        proposal_score: the proposer's quality score (SAM predicted IoU; 1 for hand-made masks).
+    """
+
+    index: int
+    mask: np.ndarray = field(repr=False)
+    box: tuple[int, int, int, int]
+    score: float
+    similarity: float
+    proposal_score: float
+
+    @cached_property
+    def point(self) -> tuple[int, int]:
+        """The grasp point ``(x, y)`` (see :func:`grasp_point`)."""
+        return grasp_point(self.mask)
+
+
+@dataclass
+class GroundingResult:
+    """The answer to one phrase.
+
+    Attributes:
+        phrase: the phrase as given (stripped).
+        candidates: the eligible regions, ranked best first.
+        matches: the answer: ``candidates[:1]`` without a threshold, else every candidate with
+            ``score >= threshold``; empty when nothing qualifies.
+        rejected: candidate index -> why it left the ranking (a negative or the category test).
+        threshold: the threshold used, or None.
+        image: the RGB uint8 (H, W, 3) image, for drawing.
+    """
+
+    phrase: str
+    candidates: list[Region]
+    matches: list[Region]
+    rejected: dict[int, str] = field(default_factory=dict)
+    threshold: float | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def found(self) -> bool:
+        return bool(self.matches)
+
+    @property
+    def best(self) -> Region | None:
+        return self.matches[0] if self.matches else None
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """bool (H, W) of the best match, or None."""
+        return None if self.best is None else self.best.mask
+
+    @property
+    def box(self) -> tuple[int, int, int, int] | None:
+        return None if self.best is None else self.best.box
+
+    @property
+    def score(self) -> float | None:
+        return None if self.best is None else self.best.score
+
+    @property
+    def point(self) -> tuple[int, int] | None:
+        """Grasp point ``(x, y)`` of the best match (``mask[y, x]`` is True), or None."""
+        return None if self.best is None else self.best.point
+
+    @property
+    def scores(self) -> np.ndarray:
+        """float32 (M,): the ranked candidates' scores, non-increasing."""
+        return np.asarray([r.score for r in self.candidates], np.float32)
+
+    def overlay(self, alpha: float = 0.45, *, label: bool = True) -> Image.Image:
+        """The matches drawn on the image: tinted mask, box, grasp point (a ringed cross) and
+        ``phrase score`` text. Returns an RGB ``PIL.Image`` of the image size."""
+        if self.image is None:
+            raise RuntimeError("this result holds no image to draw on")
+        out = self.image.astype(np.float32)
+        colours = palette(max(len(self.matches), 1))
+        for region, colour in zip(self.matches, colours, strict=False):
+            out[region.mask] = (1 - alpha) * out[region.mask] + alpha * colour
+        canvas = Image.fromarray(out.round().astype(np.uint8))
+        draw = ImageDraw.Draw(canvas)
+        size = int(np.clip(min(canvas.size) / 24, 10, 20))
+        try:
+            font = ImageFont.load_default(size=size)
+        except (OSError, ImportError):  # Pillow without FreeType
+            font = ImageFont.load_default()
+        for region, colour in zip(self.matches, colours, strict=False):
+            c = tuple(int(v) for v in colour)
+            x0, y0, x1, y1 = region.box
+            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=c, width=2)
+            x, y = region.point
+            r = max(3, size // 2)
+            draw.ellipse([x - r, y - r, x + r, y + r], outline=(255, 255, 255), width=2)
+            draw.line([x - r, y, x + r, y], fill=c, width=2)
+            draw.line([x, y - r, x, y + r], fill=c, width=2)
+            if label:
+                text = f"{self.phrase} {region.score:.2f}"
+                draw.text((x0 + 2, max(y0 - size - 2, 0)), text, fill=c, font=font,
+                          stroke_width=2, stroke_fill=(0, 0, 0))
+        return canvas
+
+
+def grasp_point(mask: np.ndarray) -> tuple[int, int]:
+    """The pixel ``(x, y)`` of a bool (H, W) mask farthest from the mask's border.
+
+    Depth is the number of erosions a pixel survives, alternating 4- and 8-neighbour steps (an
+    octagonal approximation of the Euclidean distance; outside the image counts as outside the
+    mask). Among the deepest pixels, the one nearest their centroid is returned (ties: first in
+    row-major order), so the point always lies inside the mask: ``mask[y, x]`` is True.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2 or m.dtype != np.bool_:
+        raise ValueError(f"mask must be a bool (H, W) array, got {m.dtype} {m.shape}")
+    ys, xs = np.nonzero(m)
+    if len(ys) == 0:
+        raise ValueError("mask is empty: no pixel is set")
+    oy, ox = ys.min(), xs.min()
+    crop = m[oy : ys.max() + 1, ox : xs.max() + 1]
+    depth = np.zeros(crop.shape, np.int32)
+    cur, step = np.pad(crop, 1), 0
+    while True:
+        inner = cur[1:-1, 1:-1]
+        if not inner.any():
+            break
+        depth += inner
+        eroded = inner & cur[:-2, 1:-1] & cur[2:, 1:-1] & cur[1:-1, :-2] & cur[1:-1, 2:]
+        if step % 2:
+            eroded &= cur[:-2, :-2] & cur[:-2, 2:] & cur[2:, :-2] & cur[2:, 2:]
+        cur, step = np.pad(eroded, 1), step + 1
+    dy, dx = np.nonzero(depth == depth.max())
+    i = int(np.argmin((dy - dy.mean()) ** 2 + (dx - dx.mean()) ** 2))
+    return int(dx[i] + ox), int(dy[i] + oy)
+
+
+_INSTRUCTION = re.compile(
+    r"^(?:please\s+)?(?:(?:pick\s+up|pick|grab|grasp|take|get|fetch|find|locate|select|touch|"
+    r"push|move|point\s+(?:to|at)|show\s+me|hand\s+me|bring\s+me|give\s+me)\s+)?"
+    r"(?:the|a|an)?\s*", re.IGNORECASE)
+
+
+def phrase_from_instruction(text: str) -> str:
+    """Strip a leading robot verb and article: ``"pick up the blue cup."`` -> ``"blue cup"``.
+    Returns the stripped input when nothing would be left."""
+    if not isinstance(text, str):
+        raise TypeError(f"instruction must be a string, got {type(text).__name__}")
+    phrase = _INSTRUCTION.sub("", text.strip(), count=1).strip(" .!?")
+    return phrase or text.strip()
+
+
+def _names(value, what: str) -> list[str]:
+    """A name list (one string is one name), validated like class lists."""
+    return validate_classes([value] if isinstance(value, str) else value, what, allow_empty=True)
+
+
+def _phrases(phrase) -> tuple[list[str], bool]:
+    if isinstance(phrase, str):
+        items, single = [phrase], True
+    elif isinstance(phrase, (list, tuple)):
+        items, single = list(phrase), False
+        if not items:
+            raise ValueError("phrase list is empty: give at least one phrase")
+    else:
+        raise TypeError(f"phrase must be a string or a list of strings, got "
+                        f"{type(phrase).__name__}")
+    for p in items:
+        if not isinstance(p, str):
+            raise TypeError(f"phrases must be strings, got {p!r} ({type(p).__name__})")
+        if not p.replace(";", "").strip():
+            raise ValueError(f"phrase is empty or blank: {p!r}")
+    return [p.strip() for p in items], single
+
+
+def _competitors(phrase: str, negatives: list[str], background: list[str]) -> None:
+    low = phrase.lower()
+    for what, names in (("negatives", negatives), ("background", background)):
+        if low in (n.lower() for n in names):
+            raise ValueError(f"{what} contain the phrase itself: {phrase!r}")
+    both = {n.lower() for n in negatives} & {b.lower() for b in background}
+    if both:
+        raise ValueError(f"names are both negatives and background: {sorted(both)}")
+
+
+def _segmenter(segmenter, sam, clip, device):
+    from ovseg.pipeline import Segmenter, default_segmenter
+
+    if segmenter is None:
+        return default_segmenter(sam, clip, device)
+    if not isinstance(segmenter, Segmenter):
+        raise TypeError(f"segmenter must be an ovseg.Segmenter, got {type(segmenter).__name__}")
+    return segmenter
+
+
+def _candidates(seg, array: np.ndarray, candidates, grid_options: dict) -> Masks:
+    shape = array.shape[:2]
+    if grid_options and candidates is not None:
+        raise ValueError(f"grid options {sorted(grid_options)} apply only without candidates=")
+    if candidates is None:
+        masks = seg.propose(**grid_options)
+        if len(masks) == 0:
+            raise ValueError("no candidate regions: the automatic grid kept no mask; lower its "
+                             "filters (e.g. pred_iou_thresh=0, stability_score_thresh=0) or pass "
+                             "candidates= (Masks, bool masks, or prompts)")
+        return masks
+    if isinstance(candidates, dict):
+        masks = seg.propose(**candidates)
+    elif isinstance(candidates, Masks):
+        masks = candidates
+    elif isinstance(candidates, (list, tuple)) and candidates and \
+            all(isinstance(c, dict) for c in candidates):
+        masks = Masks.cat([seg.propose(**c) for c in candidates], shape)
+    elif isinstance(candidates, (np.ndarray, list, tuple)):
+        arr = np.asarray(candidates) if len(candidates) else np.zeros((0, *shape), bool)
+        if arr.dtype != np.bool_:
+            raise TypeError(f"candidate masks must be bool arrays, got dtype {arr.dtype}")
+        masks = Masks.from_masks(arr[None] if arr.ndim == 2 else arr)
+    else:
+        raise TypeError("candidates must be None, Masks, bool masks (N, H, W), a prompt dict "
+                        f"or a list of prompt dicts, got {type(candidates).__name__}")
+    if len(masks) == 0:
+        raise ValueError("no candidate regions: candidates= is empty")
+    if masks.shape != shape:
+        raise ValueError(f"candidate masks are {masks.shape}, the image is {shape}")
+    if not masks.masks.reshape(len(masks), -1).any(1).all():
+        raise ValueError("candidate masks must not be empty (every mask needs a pixel)")
+    return masks
+
+
+def _rank(phrase: str, masks: Masks, emb: torch.Tensor, backend, templates, negatives,
+          background, eligible: np.ndarray, rejected: dict[int, str], drop_negatives: bool,
+          threshold: float | None, image: np.ndarray) -> GroundingResult:
+    _competitors(phrase, negatives, background)
+    vocab = Vocabulary([phrase, *negatives, *background], templates)
+    probs = vocab.probabilities(emb, backend)
+    text = vocab.text_embeddings(backend)[torch.as_tensor(vocab.owners == 0)]
+    sims = (emb.float() @ text.to(emb.device).T).max(1).values.cpu().numpy()
+    score = probs[:, 0]
+    keep, rejected = eligible.copy(), dict(rejected)
+    if negatives and drop_negatives:
+        neg = probs[:, 1 : 1 + len(negatives)]
+        for i in np.flatnonzero(keep & (neg.max(1) > score)):
+            keep[i] = False
+            rejected[int(i)] = f"negative {negatives[int(neg[i].argmax())]!r}"
+    idx = np.flatnonzero(keep)
+    idx = idx[np.lexsort((idx, -sims[idx], -score[idx]))]
+    ranked = [Region(int(i), masks.masks[i], tuple(int(v) for v in masks.boxes[i]),
+                     float(score[i]), float(sims[i]), float(masks.scores[i])) for i in idx]
+    matches = ranked[:1] if threshold is None else [r for r in ranked if r.score >= threshold]
+    return GroundingResult(phrase, ranked, matches, rejected, threshold, image)
+
+
+def ground(image, phrase: str | Sequence[str], *, candidates=None,
+           negatives: str | Sequence[str] = (), category: str | None = None,
+           distractors: str | Sequence[str] = (),
+           background: str | Sequence[str] = DEFAULT_BACKGROUND, threshold: float | None = None,
+           drop_negatives: bool = True, templates: str | Sequence[str] | None = None,
+           segmenter=None, sam="vit_b", clip="ViT-B-16/openai", device=None,
+           **grid_options) -> GroundingResult | list[GroundingResult]:
+    """Find the region of ``image`` a referring phrase names (rules: see the module docstring).
+
+    Args:
+        image: a path, ``PIL.Image`` or uint8 array (H, W, 3) / (H, W).
+        phrase: a phrase (``"the red truck"``; ``;`` separates synonyms), or a list of phrases:
+            then a list of results, one per phrase, from one set of candidates and embeddings.
+        candidates: None (the automatic grid; ``grid_options`` apply), a ``Masks``, bool masks
+            (N, H, W) or (H, W) or a list of (H, W), a prompt dict (``points``,
+            ``point_labels``, ``boxes``, ``mask_input``, ``scribble``, as for
+            ``Segmenter.propose``), or a list of prompt dicts (one proposal set each).
+        negatives: names a region must not be (``["person"]``).
+        category, distractors: category mode: keep regions whose best entry among
+            ``[category, *distractors, *background]`` is ``category``.
+        background: names that compete in every softmax (default ``("background",)``).
+        threshold: None for the best region, or a score in [0, 1]: every region at or above it.
+        drop_negatives: remove regions a negative beats (True) or only down-weight them.
+        templates: prompt-template set or list; None uses the segmenter's.
+        segmenter: an ``ovseg.Segmenter``; None uses the cached default for ``sam``, ``clip``,
+            ``device`` (as :func:`ovseg.segment`).
+
+    Returns:
+        A :class:`GroundingResult`, or a list of them when ``phrase`` is a list.
+
+    Raises:
+        ValueError: blank phrase, empty phrase list, no candidate regions, candidate masks of
+            the wrong size or empty, bad threshold, a phrase repeated among its competitors.
+        TypeError: a phrase, name list, candidates or segmenter of the wrong type.
+    """
+    phrases, single = _phrases(phrase)
+    negatives = _names(negatives, "negatives")
+    background = _names(background, "background")
+    distractors = _names(distractors, "distractors")
+    if category is not None:
+        if not isinstance(category, str):
+            raise TypeError(f"category must be one string, got {type(category).__name__}")
+        category = _phrases(category)[0][0]
+        _competitors(category, distractors, background)
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)):
+            raise TypeError(f"threshold must be a number or None, got {type(threshold).__name__}")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        threshold = float(threshold)
+    seg = _segmenter(segmenter, sam, clip, device)
+    templates = seg.templates if templates is None else templates
+    with seg.lock, torch.inference_mode():
+        array = seg.set_image(image)
+        masks = _candidates(seg, array, candidates, grid_options)
+        emb = seg.scorer.embed(array, masks)
+    eligible, rejected = np.ones(len(masks), bool), {}
+    if category is not None:
+        vocab = Vocabulary([category, *distractors, *background], templates)
+        winner = vocab.probabilities(emb, seg.clip).argmax(1)
+        entries = [*vocab.classes]
+        for i in np.flatnonzero(winner != 0):
+            eligible[i] = False
+            rejected[int(i)] = f"category: best entry {entries[int(winner[i])]!r}"
+    results = [_rank(p, masks, emb, seg.clip, templates, negatives, background, eligible,
+                     rejected, drop_negatives, threshold, array) for p in phrases]
+    return results[0] if single else results
+
+
+_DENSE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _dense_scorer(seg) -> DenseScorer:
+    if isinstance(seg.scorer, DenseScorer):
+        return seg.scorer
+    if isinstance(seg.scorer, EnsembleScorer):
+        return seg.scorer.dense
+    if seg not in _DENSE:
+        _DENSE[seg] = DenseScorer(seg.clip)
+    return _DENSE[seg]
+
+
+def heatmap(image, phrase: str | Sequence[str], *, negatives: str | Sequence[str] = (),
+            background: str | Sequence[str] = DEFAULT_BACKGROUND, mode: str = "softmax",
+            templates: str | Sequence[str] | None = None, segmenter=None, sam="vit_b",
+            clip="ViT-B-16/openai", device=None) -> np.ndarray | list[np.ndarray]:
+    """Similarity of a phrase over the image: float32 (H, W) in [0, 1] (a list for a list).
+
+    The patch features of one dense CLIP pass (``DenseScorer.feature_map``) are scored per patch
+    and upsampled bilinearly to the image size. ``mode="softmax"``: the phrase's probability
+    against ``negatives`` and ``background`` per patch, as region scores are (needs at least one
+    competitor); ``mode="minmax"``: the upsampled cosine rescaled to span exactly [0, 1] over
+    this image (a relative map; all zeros when the cosine is constant).
+    """
+    if mode not in HEATMAP_MODES:
+        raise ValueError(f"mode must be one of {HEATMAP_MODES}, got {mode!r}")
+    phrases, single = _phrases(phrase)
+    negatives, background = _names(negatives, "negatives"), _names(background, "background")
+    if mode == "softmax" and not negatives and not background:
+        raise ValueError("mode='softmax' needs at least one negative or background name")
+    seg = _segmenter(segmenter, sam, clip, device)
+    templates = seg.templates if templates is None else templates
+    with seg.lock, torch.inference_mode():
+        array = seg.set_image(image)
+        feats = _dense_scorer(seg).feature_map(array)
+    fh, fw, d = feats.shape
+    flat = feats.reshape(fh * fw, d)
+    out = []
+    for p in phrases:
+        _competitors(p, negatives, background)
+        vocab = Vocabulary([p, *negatives, *background], templates)
+        if mode == "softmax":
+            values = torch.from_numpy(vocab.probabilities(flat, seg.clip)[:, 0])
+        else:
+            text = vocab.text_embeddings(seg.clip)[torch.as_tensor(vocab.owners == 0)]
+            values = (flat.float() @ text.to(flat.device).T).max(1).values.cpu()
+        up = F.interpolate(values.reshape(1, 1, fh, fw).float(), size=array.shape[:2],
+                           mode="bilinear", align_corners=False)[0, 0]
+        if mode == "minmax":
+            span = up.max() - up.min()
+            up = (up - up.min()) / span if span > 0 else torch.zeros_like(up)
+        out.append(up.clamp(0, 1).numpy().astype(np.float32))
+    return out[0] if single else out
