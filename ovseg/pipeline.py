@@ -126,6 +126,8 @@ class Segmenter:
 
         vocab = self.vocabulary(classes, background, templates)
         threshold = self.score_threshold if score_threshold is None else score_threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {threshold}")
         with self.lock:
             array = self._use(image)
             masks = self.propose(points=points, point_labels=point_labels, boxes=boxes,

@@ -1,0 +1,95 @@
+import warnings
+
+import pytest
+import torch
+
+from ovseg.clip_backends import HFClipBackend, OpenClipBackend
+from ovseg.models import build_clip, build_sam, resolve_device
+from ovseg.testing import tiny_clip, tiny_hf_clip, tiny_sam
+
+
+def test_tiny_models_are_deterministic_real_architectures():
+    from open_clip.model import CLIP
+    from segment_anything.modeling import Sam
+
+    a, b = tiny_sam(), tiny_sam()
+    assert isinstance(a, Sam)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    assert isinstance(tiny_clip(), CLIP)
+
+
+def test_build_sam_accepts_names_objects_and_paths(tmp_path):
+    sam = tiny_sam(seed=3)
+    assert build_sam(sam, "cpu") is sam
+    assert isinstance(build_sam("tiny-random", "cpu"), type(sam))
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        build_sam(str(missing), "cpu")
+    path = tmp_path / "tiny.pth"
+    torch.save(sam.state_dict(), path)
+    with pytest.raises(ValueError, match="SAM encoder width"):
+        build_sam(path, "cpu")  # a tiny encoder is none of vit_b/l/h
+
+
+def test_build_sam_unknown_name_lists_known_ones():
+    with pytest.raises(ValueError, match="vit_b.*vit_l.*vit_h|vit_h.*vit_l.*vit_b"):
+        build_sam("vit_xxl", "cpu")
+
+
+def test_registered_sam_without_weights_names_file_and_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVSEG_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as e:
+        build_sam("vit_b", "cpu")
+    msg = str(e.value)
+    assert "sam_vit_b_01ec64.pth" in msg and str(tmp_path) in msg
+    assert "ovseg weights download vit_b" in msg
+
+
+def test_random_weights_build_real_architecture_and_warn_loudly():
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        clip = build_clip("RN50", "cpu", random_weights=True)
+    assert isinstance(clip, OpenClipBackend) and clip.image_size == 224
+
+
+def test_build_clip_specs():
+    assert isinstance(build_clip("tiny-random", "cpu"), OpenClipBackend)
+    assert isinstance(build_clip("hf-tiny-random", "cpu"), HFClipBackend)
+    model = tiny_clip()
+    assert build_clip(model, "cpu").model is model
+    backend = build_clip(tiny_hf_clip(), "cpu")
+    assert isinstance(backend, HFClipBackend)
+    assert build_clip(backend, "cpu") is backend
+
+
+@pytest.mark.parametrize("spec, error, match", [
+    ("NoSuchNet/openai", ValueError, "not an open_clip architecture"),
+    ("ViT-B-16", ValueError, "needs pretrained weights"),
+    ("ViT-B-16/not-a-tag", ValueError, "unknown pretrained tag"),
+    ("ViT-B-16:/no/such/file.pt", FileNotFoundError, "not found"),
+    (42, TypeError, "clip must be"),
+])
+def test_bad_clip_specs(spec, error, match):
+    with pytest.raises(error, match=match):
+        build_clip(spec, "cpu")
+
+
+def test_missing_hf_model_is_file_not_found_with_command(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="ovseg weights download hf:"):
+        build_clip("hf:ovseg-nonexistent/clip-model", "cpu")
+
+
+def test_missing_open_clip_weights_are_file_not_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVSEG_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(FileNotFoundError, match="ovseg weights download ViT-B-32/openai"):
+            build_clip("ViT-B-32/openai", "cpu")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("toaster")
