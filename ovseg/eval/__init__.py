@@ -2,14 +2,18 @@
 
 from ovseg.eval.datasets import KINDS, Sample, SegDataset, detect_kind, open_dataset
 from ovseg.eval.metrics import ConfusionMatrix, PanopticQuality, semantic_to_segments
+from ovseg.eval.runner import PROTOCOL_DEFAULTS, evaluate, oracle_scores
 
 __all__ = [
     "KINDS",
+    "PROTOCOL_DEFAULTS",
     "ConfusionMatrix",
     "PanopticQuality",
     "Sample",
     "SegDataset",
     "detect_kind",
+    "evaluate",
     "open_dataset",
+    "oracle_scores",
     "semantic_to_segments",
 ]
