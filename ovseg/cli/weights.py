@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("download", help="download and verify a checkpoint")
-    p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(weights.SAM_CHECKPOINTS)}")
+    p.add_argument("name", metavar="NAME",
+                   help=f"one of: {', '.join(weights.SAM_CHECKPOINTS)}, or a CLIP spec "
+                   "(ARCH/TAG for open_clip, hf:ORG/NAME)")
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.add_argument("--dir", default=None, help="destination folder (default: weights folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -111,12 +113,27 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
+    if args.name not in weights.SAM_CHECKPOINTS and ("/" in args.name or ":" in args.name):
+        return _download_clip(args.name)
     try:
         path = weights.download(args.name, force=args.force, progress=not args.no_progress,
                                 dest_dir=args.dir)
     except (ValueError, OSError) as e:
         return _error(e)
     print(path)
+    return 0
+
+
+def _download_clip(spec: str) -> int:
+    """CLIP weights: open_clip tags and Hugging Face ids are fetched by those libraries into
+    their own caches (open_clip's under the weights folder), by building the model once."""
+    from ovseg.models import build_clip
+
+    try:
+        backend = build_clip(spec, "cpu")
+    except (ValueError, TypeError, OSError) as e:
+        return _error(e)
+    print(f"{backend.name}: cached")
     return 0
 
 
