@@ -227,3 +227,54 @@ def test_cli_tiny_oracle(camvid, tmp_path):
     report = json.loads(out.read_text())
     assert report["config"]["short_side"] == 180 and report["config"]["scorer"] == "oracle"
     assert report["miou"] > 0
+
+
+def _fake_voc(root: Path, n: int = 2) -> Path:
+    base = root / "VOC2012"
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        (base / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        (base / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+        image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(image).save(base / "JPEGImages" / f"im{i}.jpg")
+        label = np.zeros((48, 64), np.uint8)
+        label[10:30, 20:50] = 15  # person
+        label[0, :] = 255
+        Image.fromarray(label).save(base / "SegmentationClass" / f"im{i}.png")
+    return root
+
+
+def test_background_protocol_voc21(segmenter, tmp_path):
+    data = _fake_voc(tmp_path / "voc")
+    report = evaluate(data, tmp_path / "voc.json", kind="voc21", sam="tiny-random",
+                      clip="tiny-random", templates="simple", grid=GRID, segmenter=segmenter,
+                      progress=False)
+    # unlabeled pixels become background; the protocol's defaults are recorded
+    assert report["counts"]["unlabeled_pixels"] == 0
+    assert report["config"]["short_side"] == 336 and report["config"]["score_threshold"] == 0.1
+    assert report["dataset"]["background_index"] == 0
+    assert report["counts"]["pixels"] == 2 * 47 * 64
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((48, 64), 255, np.uint8)).save(blank / f"im{i}.png")
+    voc20 = evaluate(data, tmp_path / "voc20.json", kind="voc20", predictions=blank,
+                     progress=False)
+    assert voc20["counts"]["pixels"] == 2 * 20 * 30  # background ignored
+    assert voc20["counts"]["unlabeled_pixels"] == voc20["counts"]["pixels"]
+
+
+def test_background_names_skip_class_synonyms(segmenter, tmp_path):
+    from ovseg.eval.datasets import open_dataset
+    from ovseg.eval.runner import _Predictor
+
+    root = tmp_path / "coco"
+    (root / "images" / "val2017").mkdir(parents=True)
+    (root / "annotations" / "val2017").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "val2017" / "1.jpg")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(
+        root / "annotations" / "val2017" / "1_instanceTrainIds.png")
+    ds = open_dataset(root)
+    predictor = _Predictor(EvalConfig(str(root), ds.kind), ds, segmenter)
+    assert "bed" in ds.classes and "bed" not in predictor.background
+    assert "sky" in predictor.background and 0 not in predictor.fg
