@@ -13,7 +13,8 @@ from ovseg.eval.runner import PROTOCOL_DEFAULTS, SCORERS
 
 EPILOG = """examples:
   ovseg eval --data ../shared/data/camvid-val --sam tiny-random --clip tiny-random --limit 2 \\
-      --out runs/camvid_tiny.json
+      --points-per-side 8 --pred-iou-thresh 0 --stability-score-thresh 0 --box-nms-thresh 1 \\
+      --out runs/camvid_tiny.json    # tiny random SAM passes no default quality filter
   ovseg eval --data VOCdevkit/VOC2012 --dataset voc21 --sam vit_h --clip ViT-B-16/openai \\
       --out runs/voc21.json
   ovseg eval --data ../shared/data/camvid-val --scorer oracle --out runs/camvid_oracle.json
@@ -60,11 +61,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--short-side", type=int, default=-1, metavar="PX",
                    help="resize inputs to this short side; 0 keeps the size "
                    "(default: the benchmark's protocol value)")
-    grid = p.add_argument_group("automatic grid")
-    grid.add_argument("--points-per-side", type=int, default=None)
-    grid.add_argument("--pred-iou-thresh", type=float, default=None)
-    grid.add_argument("--stability-score-thresh", type=float, default=None)
-    grid.add_argument("--box-nms-thresh", type=float, default=None)
+    grid = p.add_argument_group("automatic grid (default: SAM's automatic generator values)")
+    grid.add_argument("--points-per-side", type=int, default=None, metavar="N",
+                      help="grid points per image side (32)")
+    grid.add_argument("--pred-iou-thresh", type=float, default=None, metavar="T",
+                      help="keep masks with predicted IoU >= T (0.88)")
+    grid.add_argument("--stability-score-thresh", type=float, default=None, metavar="T",
+                      help="keep masks with stability >= T (0.95)")
+    grid.add_argument("--box-nms-thresh", type=float, default=None, metavar="T",
+                      help="box NMS IoU threshold, 1 disables (0.7)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="evaluate only the first N images")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
