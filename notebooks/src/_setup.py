@@ -58,21 +58,31 @@ def main_part(mask):
 
 
 def demo_frame(min_pixels=300):
-    """(image, objects): the first CamVid frame with, per class present, the ground-truth part
-    around its deepest pixel (name -> bool (H, W)); or the generated scene and its layout."""
-    if CAMVID is not None:
-        from PIL import Image
+    """(image, objects): the first CamVid frame and its ground-truth objects (name -> bool
+    (H, W): per class, the connected part around its deepest pixel, and a second part named
+    "<class> 2" when one is left), or the generated scene and its layout."""
+    if CAMVID is None:
+        image = street_scene()
+        colours = {"sky": (135, 190, 235), "building": (170, 120, 90), "road": (95, 95, 100),
+                   "tree": (40, 130, 50), "car": (200, 30, 35), "car 2": (40, 60, 200)}
+        return image, {k: (image == c).all(-1) for k, c in colours.items()}
+    from PIL import Image
 
-        name = sorted((CAMVID / "images").glob("*.png"))[0].name
-        image = ovseg.load_image(CAMVID / "images" / name)
-        truth = np.asarray(Image.open(CAMVID / "labels" / name))
-        classes = [c for c in (CAMVID / "classes.txt").read_text().splitlines() if c.strip()]
-        parts = {c: main_part(truth == i) for i, c in enumerate(classes) if (truth == i).any()}
-        return image, {c: m for c, m in parts.items() if m.sum() >= min_pixels}
-    image = street_scene()
-    colours = {"sky": (135, 190, 235), "building": (170, 120, 90), "road": (95, 95, 100),
-               "tree": (40, 130, 50), "car": (200, 30, 35), "blue car": (40, 60, 200)}
-    return image, {k: (image == c).all(-1) for k, c in colours.items()}
+    name = sorted((CAMVID / "images").glob("*.png"))[0].name
+    image = ovseg.load_image(CAMVID / "images" / name)
+    truth = np.asarray(Image.open(CAMVID / "labels" / name))
+    classes = [c for c in (CAMVID / "classes.txt").read_text().splitlines() if c.strip()]
+    objects = {}
+    for i, c in enumerate(classes):
+        rest = truth == i
+        for key in (c, f"{c} 2"):
+            if rest.sum() < min_pixels:
+                break
+            part = main_part(rest)
+            if part.sum() >= min_pixels:
+                objects[key] = part
+            rest = rest & ~part
+    return image, objects
 
 
 CAMVID = find_camvid()
