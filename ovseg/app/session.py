@@ -1,0 +1,132 @@
+"""Per-user state of the app: :class:`Session`, its prompted objects and the page's
+:class:`Settings`. Plain data, no Gradio; one Session per browser session, never shared.
+
+Coordinates: points are ``(x, y)`` image pixels; boxes ``(x0, y0, x1, y1)`` pixels with
+``x1, y1`` exclusive; masks bool ``(H, W)`` of the image size.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ovseg.proposals import Masks
+from ovseg.result import SegmentationResult
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+MODES = ("automatic", "points", "boxes", "scribble")
+POINT_ACTIONS = ("new", "add", "remove")  # positive new object / positive or negative refinement
+BRUSH_KINDS = ("scribble", "mask")  # strokes on the object / a rough mask of it
+MAX_HISTORY = 64
+
+Progress = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the page's controls say: the class text box, template set and score threshold."""
+
+    classes: str = ""
+    templates: str = "imagenet"
+    score_threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class PromptObject:
+    """One prompted object: its prompt, SAM's mask for it and the mask's CLIP embedding.
+
+    Attributes:
+        kind: ``"points"``, ``"box"``, ``"scribble"`` or ``"mask"``.
+        points: ``(x, y)`` pixels; ``labels``: 1 positive, 0 negative, one per point.
+        box: ``(x0, y0, x1, y1)`` pixels, ``x1, y1`` exclusive, or None.
+        brush: bool (H, W) strokes or rough mask, or None.
+        mask: bool (H, W), SAM's mask; ``score``: its predicted IoU.
+        embedding: float (D,) unit-norm CLIP embedding of the masked region (CPU).
+    """
+
+    kind: str
+    mask: np.ndarray
+    score: float
+    embedding: torch.Tensor
+    points: tuple[tuple[float, float], ...] = ()
+    labels: tuple[int, ...] = ()
+    box: tuple[int, int, int, int] | None = None
+    brush: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class AutoProposals:
+    """The automatic grid's masks and their CLIP embeddings float (N, D) (CPU)."""
+
+    masks: Masks
+    embeddings: torch.Tensor
+
+
+@dataclass
+class Session:
+    """All state of one user: never shared between users.
+
+    Attributes:
+        image: RGB uint8 (H, W, 3) or None; ``name``: a file-name stem for downloads.
+        objects: prompted objects, oldest first; ``auto``: automatic proposals or None.
+        corner: the first corner ``(x, y)`` of a box awaiting its second click, or None.
+        history: snapshots ``(objects, auto, corner)`` for undo, oldest first.
+        result: the last fused result, or None; ``hidden``: class names not drawn.
+        downloads: ``{"labels": png path, "json": path}`` of the last result.
+        status, warning: the message for the page and whether it reports a problem.
+    """
+
+    image: np.ndarray | None = None
+    name: str = "image"
+    objects: list[PromptObject] = field(default_factory=list)
+    auto: AutoProposals | None = None
+    corner: tuple[int, int] | None = None
+    history: list[tuple] = field(default_factory=list)
+    result: SegmentationResult | None = None
+    hidden: set[str] = field(default_factory=set)
+    downloads: dict[str, Path] = field(default_factory=dict)
+    status: str = ""
+    warning: bool = False
+    workdir: Path | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def say(self, message: str, warning: bool = False) -> Session:
+        self.status, self.warning = message, warning
+        return self
+
+    def folder(self) -> Path:
+        """This session's own temporary folder for downloads (created on first use)."""
+        if self.workdir is None or not self.workdir.is_dir():
+            self.workdir = Path(tempfile.mkdtemp(prefix="ovseg-app-"))
+        return self.workdir
+
+    def close(self) -> None:
+        """Delete the session's temporary folder."""
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def _snapshot(self) -> None:
+        self.history.append((tuple(self.objects), self.auto, self.corner))
+        del self.history[:-MAX_HISTORY]
+
+
+def example_images() -> list[str]:
+    """The bundled example images (paths), sorted."""
+    suffixes = {".png", ".jpg", ".jpeg", ".webp"}
+    return sorted(str(p) for p in ASSETS.glob("*") if p.suffix.lower() in suffixes)
+
+
+def file_stem(name: str | None) -> str:
+    stem = Path(str(name)).stem if name else "image"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._")
+    return stem[:80] or "image"
