@@ -255,24 +255,29 @@ def _segmenter(segmenter, sam, clip, device):
     return segmenter
 
 
+def _nonempty(masks: Masks) -> Masks:
+    return masks[np.flatnonzero(masks.masks.any(axis=(1, 2)))]
+
+
 def _candidates(seg, array: np.ndarray, candidates, grid_options: dict) -> Masks:
+    """Candidate masks; empty SAM masks are dropped, empty hand-made masks are an error."""
     shape = array.shape[:2]
     if grid_options and candidates is not None:
         raise ValueError(f"grid options {sorted(grid_options)} apply only without candidates=")
     if candidates is None:
-        masks = seg.propose(**grid_options)
+        masks = _nonempty(seg.propose(**grid_options))
         if len(masks) == 0:
             raise ValueError("no candidate regions: the automatic grid kept no mask; lower its "
                              "filters (e.g. pred_iou_thresh=0, stability_score_thresh=0) or pass "
                              "candidates= (Masks, bool masks, or prompts)")
         return masks
     if isinstance(candidates, dict):
-        masks = seg.propose(**candidates)
-    elif isinstance(candidates, Masks):
-        masks = candidates
+        masks = _nonempty(seg.propose(**candidates))
     elif isinstance(candidates, (list, tuple)) and candidates and \
             all(isinstance(c, dict) for c in candidates):
-        masks = Masks.cat([seg.propose(**c) for c in candidates], shape)
+        masks = _nonempty(Masks.cat([seg.propose(**c) for c in candidates], shape))
+    elif isinstance(candidates, Masks):
+        masks = candidates
     elif isinstance(candidates, (np.ndarray, list, tuple)):
         arr = np.asarray(candidates) if len(candidates) else np.zeros((0, *shape), bool)
         if arr.dtype != np.bool_:
@@ -282,10 +287,11 @@ def _candidates(seg, array: np.ndarray, candidates, grid_options: dict) -> Masks
         raise TypeError("candidates must be None, Masks, bool masks (N, H, W), a prompt dict "
                         f"or a list of prompt dicts, got {type(candidates).__name__}")
     if len(masks) == 0:
-        raise ValueError("no candidate regions: candidates= is empty")
+        raise ValueError("no candidate regions: candidates= is empty (or its prompts gave only "
+                         "empty masks)")
     if masks.shape != shape:
         raise ValueError(f"candidate masks are {masks.shape}, the image is {shape}")
-    if not masks.masks.reshape(len(masks), -1).any(1).all():
+    if not masks.masks.any(axis=(1, 2)).all():
         raise ValueError("candidate masks must not be empty (every mask needs a pixel)")
     return masks
 
