@@ -1,0 +1,95 @@
+"""The fast grid path against segment_anything's own generator, and the fused-attention patch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamAutomaticMaskGenerator
+
+from ovseg.grid import GridOptions, automatic_masks, fused_attention, uses_fused_attention
+from ovseg.proposals import Proposer
+from ovseg.testing import tiny_sam
+
+
+def _ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    fa = torch.from_numpy(a).flatten(1).float()
+    fb = torch.from_numpy(b).flatten(1).float()
+    inter = fa @ fb.T
+    return (inter / (fa.sum(1, keepdim=True) + fb.sum(1) - inter).clamp(min=1)).numpy()
+
+
+def _both(image, seed=0, **options):
+    sam = tiny_sam(seed)
+    plain = SamAutomaticMaskGenerator(sam, **options).generate(image)
+    proposer = Proposer(sam)
+    proposer.set_image(image)
+    ours = automatic_masks(proposer, GridOptions(**options))
+    return np.array([r["segmentation"] for r in plain]).reshape(-1, *image.shape[:2]), ours
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_filters_off_every_plain_mask_is_identical(synthetic_image, seed):
+    plain, ours = _both(synthetic_image, seed, points_per_side=6, points_per_batch=32,
+                        pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    assert len(plain) == 3 * 36
+    assert len(ours) == len(plain)
+    ours_set = {m.tobytes() for m in ours.masks}
+    assert all(m.tobytes() in ours_set for m in plain)
+    assert np.all(np.diff(ours.scores) <= 0)  # sorted by predicted IoU
+
+
+def test_filters_on_match_within_tolerance(synthetic_image):
+    """Predicted-IoU filter (same values on both sides) + NMS on low-resolution boxes: every
+    plain mask has an ovseg mask at IoU >= 0.9 and the counts differ by at most 10%."""
+    plain, ours = _both(synthetic_image, 0, points_per_side=8, pred_iou_thresh=0.1,
+                        stability_score_thresh=0.0, box_nms_thresh=0.9)
+    assert len(plain) > 0
+    assert abs(len(ours) - len(plain)) <= max(1, len(plain) // 10)
+    assert (_ious(plain, ours.masks).max(1) >= 0.9).all()
+
+
+def test_max_masks_and_adaptive(synthetic_image):
+    proposer = Proposer(tiny_sam())
+    proposer.set_image(synthetic_image)
+    options = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                   box_nms_thresh=1.0)
+    full = automatic_masks(proposer, GridOptions(**options))
+    top = automatic_masks(proposer, GridOptions(max_masks=5, **options))
+    np.testing.assert_array_equal(top.masks, full.masks[:5])
+    adaptive = automatic_masks(proposer, GridOptions(adaptive=True, **options))
+    # The coarse 4x4 grid's masks cover every fine point on this image, so only coarse points
+    # (3 masks each) are decoded.
+    assert len(adaptive) == 3 * 16
+    assert adaptive.masks.shape[1:] == synthetic_image.shape[:2]
+
+
+@pytest.mark.parametrize("bad", [dict(points_per_side=0), dict(pred_iou_thresh=1.5),
+                                 dict(points_per_batch=0), dict(box_nms_thresh=-0.1)])
+def test_grid_options_validation(bad):
+    with pytest.raises(ValueError):
+        GridOptions(**bad)
+
+
+def test_fused_attention_matches_original_and_switches_back():
+    sam = tiny_sam()
+    with torch.no_grad():
+        for m in sam.image_encoder.modules():
+            if getattr(m, "use_rel_pos", False):  # non-zero relative positions: exercise the bias
+                m.rel_pos_h.normal_(std=0.5)
+                m.rel_pos_w.normal_(std=0.5)
+    x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = sam.image_encoder(x)
+        assert fused_attention(sam) == 2 and uses_fused_attention(sam)
+        fused = sam.image_encoder(x)
+        assert fused_attention(sam, enabled=False) == 2 and not uses_fused_attention(sam)
+        restored = sam.image_encoder(x)
+    torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-4)
+    assert torch.equal(restored, reference)
+
+
+def test_fused_attention_is_per_instance():
+    a, b = tiny_sam(), tiny_sam()
+    fused_attention(a)
+    assert uses_fused_attention(a) and not uses_fused_attention(b)
