@@ -1,0 +1,355 @@
+"""Side-by-side benchmark: the plain SAM + CLIP pipeline vs ovseg, in one process, on the same
+images, the same models (shared weights) and the same mask sets.
+
+Fairness, as reported in every result:
+
+- proposals: both sides run the same grid (points per side) and the same quality filters;
+  each side reports how many masks it produced;
+- scoring: both sides score the same fixed, realistic mask set: the connected components
+  (area >= ``min_area`` pixels) of the frame's ground-truth label map (CamVid), or of a
+  generated label map when CamVid is absent;
+- end to end = encoder + proposals + scoring of the fixed set + fusion of the fixed set;
+- a click = one positive point after ``set_image`` (SAM's best candidate) + scoring that one
+  region + fusion, vs ``SamPredictor.predict`` + one per-mask CLIP crop.
+
+The plain pipeline lives in :mod:`ovseg.bench_plain`; reports in :mod:`ovseg.bench_report`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ovseg.bench_plain import PlainPipeline, label_components, synthetic_scene
+
+CAMVID = Path("../shared/data/camvid-val")
+CAMVID_IGNORE = (11,)
+SYNTHETIC_CLASSES = ["sky", "road", "building", "car"]
+STAGES = ("encoder", "proposals", "scoring", "fusion")
+
+
+@dataclass
+class BenchConfig:
+    """What ``ovseg bench`` runs (see ``ovseg bench --help``)."""
+
+    sam: str = "vit_b"
+    clip: str = "ViT-B-16"
+    device: str | None = None
+    images: int = 1
+    repeats: int = 1
+    data: str | None = str(CAMVID)
+    points_per_side: int = 32
+    filters: bool = True
+    scorers: tuple[str, ...] = ("crop", "dense")
+    fused: bool = True
+    half: bool = False
+    adaptive: bool = True
+    clicks: int = 3
+    min_area: int = 64
+    threads: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        for name in ("images", "repeats", "points_per_side", "clicks", "min_area"):
+            if getattr(self, name) < (0 if name in ("clicks", "min_area") else 1):
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)}")
+        if not self.scorers or any(s not in ("crop", "dense", "both") for s in self.scorers):
+            raise ValueError(f"scorers must be among crop, dense, both; got {self.scorers}")
+
+    @property
+    def tiny(self) -> bool:
+        return self.sam == "tiny-random"
+
+
+def load_frames(config: BenchConfig) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[str],
+                                                 tuple[int, ...], str]:
+    """[(name, RGB uint8 (H, W, 3), label map (H, W))], class names, ignored labels, source."""
+    from PIL import Image
+
+    root = Path(config.data) if config.data else None
+    if root is not None and (root / "images").is_dir() and (root / "labels").is_dir():
+        files = sorted((root / "images").glob("*.png"))[: config.images]
+        if files:
+            classes = (root / "classes.txt").read_text().split("\n")
+            frames = [(f.stem, np.asarray(Image.open(f).convert("RGB")),
+                       np.asarray(Image.open(root / "labels" / f.name))) for f in files]
+            return frames, [c.strip() for c in classes if c.strip()], CAMVID_IGNORE, str(root)
+    frames = [(f"synthetic_{i}", *synthetic_scene(i)) for i in range(config.images)]
+    return frames, SYNTHETIC_CLASSES, (), "generated (CamVid not found)"
+
+
+class _Peak:
+    """Peak memory above the level at entry: CUDA allocator peak on GPU, else the process RSS
+    sampled every 5 ms (psutil), falling back to ``ru_maxrss`` growth."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb, self.method = device, 0.0, ""
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.method = "torch.cuda.max_memory_allocated"
+            return self
+        try:
+            import psutil
+        except ImportError:
+            import resource
+
+            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            self.method = "ru_maxrss growth (lower bound)"
+            return self
+        proc = psutil.Process()
+        self._base = self._max = proc.memory_info().rss / 2**20
+        self.method = "RSS sampled every 5 ms (psutil)"
+
+        def sample():
+            while not self._stop.wait(0.005):
+                self._max = max(self._max, proc.memory_info().rss / 2**20)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = self._max - self._base
+        else:
+            import resource
+
+            self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self._base
+        return False
+
+
+class _Counter:
+    """Counts calls of one bound method (CLIP image passes), by wrapping it on the instance."""
+
+    def __init__(self, obj, name: str):
+        self.obj, self.name, self.calls = obj, name, 0
+        original = getattr(obj, name)
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        setattr(obj, name, counted)
+
+    def close(self) -> None:
+        self.obj.__dict__.pop(self.name, None)
+
+
+def _timed(fn, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+def _forget(segmenter) -> None:
+    """Drop ovseg's cached image embedding and dense feature maps so a repeat pays them again."""
+    segmenter.proposer._cache.clear()
+    segmenter.proposer._key = None
+    segmenter._image = None
+    for scorer in (segmenter.scorer, getattr(segmenter.scorer, "dense", None)):
+        if hasattr(scorer, "_cache"):
+            scorer._cache = None
+
+
+def build(config: BenchConfig):
+    """Shared models -> (PlainPipeline, Segmenter, device)."""
+    import warnings
+
+    from ovseg.grid import GridOptions
+    from ovseg.models import build_clip, build_sam, resolve_device
+    from ovseg.pipeline import Segmenter
+
+    device = resolve_device(config.device)
+    if config.half and device.type != "cuda":
+        raise ValueError("--half needs a CUDA device (float16 is slow or unsupported on CPU)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # random weights: timing only, stated below
+        sam = build_sam(config.sam, device, random_weights=not config.tiny)
+        clip = build_clip(config.clip, device, random_weights=not config.tiny)
+    filters = {} if config.filters else dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    grid = GridOptions(points_per_side=config.points_per_side, **filters)
+    plain = PlainPipeline(sam, clip.model, clip.image_size, clip.mean, clip.std,
+                          grid=dict(points_per_side=config.points_per_side, **filters))
+    segmenter = Segmenter(sam, clip, device, grid=grid, scorer=config.scorers[0])
+    return plain, segmenter, device
+
+
+def run_benchmark(config: BenchConfig, progress=print) -> dict:
+    """Run the side-by-side benchmark; returns the results dict (see :mod:`ovseg.bench_report`)."""
+    from ovseg.bench_report import machine_info, summarize
+    from ovseg.grid import fused_attention
+    from ovseg.proposals import Masks
+    from ovseg.scoring import make_scorer
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    frames, classes, ignore, source = load_frames(config)
+    plain, seg, device = build(config)
+    scorers = {k: make_scorer(k, seg.clip) for k in config.scorers}
+    autocast = (torch.autocast("cuda", dtype=torch.float16) if config.half
+                else contextlib.nullcontext())
+    text = plain.text_features(classes)  # per vocabulary, once, untimed on both sides
+    seg.vocabulary(classes).text_embeddings(seg.clip)
+    records = []
+    for i, (name, image, label) in enumerate(frames):
+        fixed = Masks.from_masks(label_components(label, ignore, config.min_area))
+        if i == 0:
+            progress(f"[{name}] warm-up (untimed) ...")
+            _warmup(plain, seg, scorers, image, fixed, classes, text, config.fused)
+        rec = {"image": name, "shape": list(image.shape[:2]), "scored_masks": len(fixed),
+               "plain": [], "ovseg": [], "adaptive": []}
+        for r in range(config.repeats):
+            progress(f"[{name} {r + 1}/{config.repeats}] plain ...")
+            rec["plain"].append(_run_plain(plain, seg, image, fixed, text, device))
+            progress(f"[{name} {r + 1}/{config.repeats}] ovseg ...")
+            run, ours = _run_ovseg(config, seg, scorers, image, fixed, classes, device, autocast)
+            rec["ovseg"].append(run)
+            if config.adaptive:
+                with autocast:
+                    adaptive, t_ad = _timed(lambda: seg.propose(adaptive=True), device)
+                rec["adaptive"].append(dict(proposals=t_ad, masks=len(adaptive),
+                                            recall=_recall(ours.masks, adaptive.masks)))
+        rec["clicks"] = _clicks(config, plain, seg, scorers, image, fixed, classes, text, device,
+                                autocast)
+        records.append(rec)
+    fused_attention(seg.proposer.model, config.fused)
+    return {"config": asdict(config), "machine": machine_info(device), "classes": classes,
+            "data": source, "records": records, "summary": summarize(records, config)}
+
+
+def _run_plain(plain, seg, image, fixed, text, device) -> dict:
+    """One timed plain run: generator (encoder timed inside), per-mask crops, painting."""
+    from ovseg.grid import fused_attention
+
+    fused_attention(seg.proposer.model, False)
+    plain.clip_calls = 0
+    with _Peak(device) as peak:
+        (masks, t_enc, t_prop), _ = _timed(lambda: plain.proposals(image), device)
+        probs, t_score = _timed(lambda: plain.score(image, fixed.masks, text), device)
+        _, t_fuse = _timed(lambda: plain.fuse(fixed.masks, probs), device)
+    return dict(encoder=t_enc, proposals=t_prop, scoring=t_score, fusion=t_fuse,
+                masks=len(masks), peak_mb=peak.peak_mb, clip_passes=plain.clip_calls)
+
+
+def _run_ovseg(config, seg, scorers, image, fixed, classes, device, autocast):
+    """One timed ovseg run: set_image, grid proposals, then each scorer on the fixed masks.
+    Returns (record, grid Masks)."""
+    from ovseg.fusion import fuse
+    from ovseg.grid import fused_attention
+
+    fused_attention(seg.proposer.model, config.fused)
+    _forget(seg)
+    with autocast, _Peak(device) as peak:
+        _, t_enc = _timed(lambda: seg.set_image(image), device)
+        ours, t_prop = _timed(seg.propose, device)
+        run = dict(encoder=t_enc, proposals=t_prop, masks=len(ours))
+        for kind, scorer in scorers.items():
+            seg.scorer = scorer
+            _forget(seg)
+            seg.set_image(image)  # back from the embedding cache: a content hash
+            passes = [_Counter(seg.clip, "encode_images"), _Counter(seg.clip, "dense_features")]
+            p, t_score = _timed(lambda: seg.score(fixed, classes), device)
+            for c in passes:
+                c.close()
+            _, t_fuse = _timed(lambda p=p: fuse(fixed.masks, p, classes, image=image), device)
+            run[kind] = dict(scoring=t_score, fusion=t_fuse,
+                             clip_passes=sum(c.calls for c in passes))
+    run["peak_mb"] = peak.peak_mb
+    return run, ours
+
+
+def _warmup(plain, seg, scorers, image, fixed, classes, text, seg_fused: bool) -> None:
+    """One untimed pass through each code path (the encoder with each attention), so no timed
+    stage pays first-call costs (allocator growth, thread pools, lazy initialisation)."""
+    from ovseg.grid import fused_attention
+
+    fused_attention(seg.proposer.model, False)
+    plain.predictor.set_image(image)
+    point = _click_points(fixed, 1)[0] if len(fixed) else (image.shape[1] / 2, image.shape[0] / 2)
+    plain.click(point, image, text)
+    plain.score(image, fixed.masks[:2], text)
+    fused_attention(seg.proposer.model, seg_fused)
+    seg.set_image(image)
+    for scorer in scorers.values():
+        seg.scorer = scorer
+        seg.score(seg.propose(points=[point]), classes)
+        seg.score(fixed[:2], classes)
+    _forget(seg)
+
+
+def _recall(reference: np.ndarray, candidate: np.ndarray, iou: float = 0.9) -> float | None:
+    """Fraction of reference masks matched by a candidate mask at IoU >= ``iou``."""
+    if len(reference) == 0:
+        return None
+    if len(candidate) == 0:
+        return 0.0
+    ref = torch.from_numpy(reference).flatten(1).float()
+    cand = torch.from_numpy(candidate).flatten(1).float()
+    inter = ref @ cand.T
+    union = ref.sum(1, keepdim=True) + cand.sum(1) - inter
+    return float(((inter / union.clamp(min=1)).amax(1) >= iou).float().mean())
+
+
+def _click_points(fixed, n: int) -> list[tuple[float, float]]:
+    """One interior pixel (x, y) of each of the ``n`` largest fixed masks."""
+    order = np.argsort(-fixed.masks.reshape(len(fixed), -1).sum(1))[:n]
+    points = []
+    for i in order:
+        ys, xs = np.nonzero(fixed.masks[i])
+        k = len(xs) // 2
+        points.append((float(xs[k]), float(ys[k])))
+    return points
+
+
+def _clicks(config, plain, seg, scorers, image, fixed, classes, text, device, autocast) -> dict:
+    """Seconds per click, plain and per ovseg scorer, interleaved point by point."""
+    from ovseg.fusion import fuse
+
+    if config.clicks == 0 or len(fixed) == 0:
+        return {}
+    points = _click_points(fixed, config.clicks)
+    plain.predictor.set_image(image)
+    seg.set_image(image)  # the embedding is cached from the run above
+    for scorer in scorers.values():  # warm: the dense feature map is computed once per image
+        seg.scorer = scorer
+        seg.score(seg.propose(points=[points[0]]), classes)
+    out = {"points": points, "plain": [], **{kind: [] for kind in scorers}}
+
+    def click(pt):
+        with autocast:
+            m = seg.propose(points=[pt])
+            return fuse(m.masks, seg.score(m, classes), classes, image=image)
+
+    for _ in range(config.repeats):
+        for pt in points:
+            out["plain"].append(_timed(lambda pt=pt: plain.click(pt, image, text), device)[1])
+            for kind, scorer in scorers.items():
+                seg.scorer = scorer
+                out[kind].append(_timed(lambda pt=pt: click(pt), device)[1])
+    return out
+
+
+def median(values) -> float:
+    values = [v for v in values if v is not None]
+    return float(statistics.median(values)) if values else float("nan")

@@ -1,0 +1,162 @@
+"""Summaries, markdown and atomic JSON/markdown files for ``ovseg bench`` results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ovseg.bench import STAGES, median
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or "unknown",
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b and b == b and a == a else None
+
+
+def summarize(records: list[dict], config) -> dict:
+    """Medians over every (image, repeat) run, and ratios plain / ovseg."""
+    plain = [run for rec in records for run in rec["plain"]]
+    ours = [run for rec in records for run in rec["ovseg"]]
+    stages: dict[str, dict] = {}
+    for stage in (*STAGES, "end_to_end"):
+        if stage == "end_to_end":
+            row = {"plain": median(sum(r[s] for s in STAGES) for r in plain)}
+        else:
+            row = {"plain": median(r[stage] for r in plain)}
+        for kind in config.scorers:
+            if stage in ("encoder", "proposals"):
+                value = median(r[stage] for r in ours)
+            elif stage == "end_to_end":
+                value = median(r["encoder"] + r["proposals"] + r[kind]["scoring"]
+                               + r[kind]["fusion"] for r in ours)
+            else:
+                value = median(r[kind][stage] for r in ours)
+            row[kind] = value
+            row[f"ratio_{kind}"] = _ratio(row["plain"], value)
+        stages[stage] = row
+    clicks = [rec["clicks"] for rec in records if rec.get("clicks")]
+    if clicks:
+        row = {"plain": median(t for c in clicks for t in c["plain"])}
+        for kind in config.scorers:
+            row[kind] = median(t for c in clicks for t in c[kind])
+            row[f"ratio_{kind}"] = _ratio(row["plain"], row[kind])
+        stages["click"] = row
+    adaptive = [a for rec in records for a in rec["adaptive"]]
+    return {
+        "stages": stages,
+        "masks": {"plain_produced": median(r["masks"] for r in plain),
+                  "ovseg_produced": median(r["masks"] for r in ours),
+                  "scored": median(rec["scored_masks"] for rec in records)},
+        "clip_passes_per_image": {"plain": median(r["clip_passes"] for r in plain),
+                                  **{k: median(r[k]["clip_passes"] for r in ours)
+                                     for k in config.scorers}},
+        "peak_mb": {"plain": median(r["peak_mb"] for r in plain),
+                    "ovseg": median(r["peak_mb"] for r in ours)},
+        "adaptive": {"proposals": median(a["proposals"] for a in adaptive),
+                     "masks": median(a["masks"] for a in adaptive),
+                     "recall_of_full_grid_masks": median(a["recall"] for a in adaptive)}
+        if adaptive else None,
+    }
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None or x != x:
+        return "n/a"
+    return f"{x:.{digits}f}" if abs(x) < 100 else f"{x:.1f}"
+
+
+def to_markdown(results: dict) -> str:
+    """A markdown report: setup, fairness notes, and the table of medians and ratios."""
+    c, m, s = results["config"], results["machine"], results["summary"]
+    kinds = c["scorers"]
+    where = m.get("gpu") or f"CPU, {m['cpu_count']} cores ({m['torch_threads']} torch threads)"
+    lines = [
+        f"# ovseg bench: SAM {c['sam']} + CLIP {c['clip']} on {m['device']}",
+        "",
+        f"- Machine: {where}; {m['platform']}; torch {m['torch']}.",
+        f"- Data: {results['data']}, {len(results['records'])} image(s) x {c['repeats']} "
+        f"repeat(s); medians over all runs.",
+        "- Weights: " + ("tiny random test models" if c["sam"] == "tiny-random" else
+                         "random (timing only; same architectures as the released checkpoints)")
+        + "; both sides share the same model objects.",
+        f"- Proposals: {c['points_per_side']}x{c['points_per_side']} grid on both sides, "
+        + ("SAM's default quality filters (pred IoU 0.88, stability 0.95, NMS 0.7)"
+           if c["filters"] else "quality filters off (NMS 0.7)")
+        + ". Plain = `SamAutomaticMaskGenerator`; ovseg = batched low-resolution decode, "
+        "filters at low resolution, survivors upsampled"
+        + (", fused SDPA attention in the encoder." if c["fused"] else "."),
+        f"- Scoring: both sides score the same {_fmt(s['masks']['scored'], 0)} masks per image "
+        f"(median): connected components >= {c['min_area']} px of the ground-truth label map. "
+        "Plain = one CLIP pass per mask (PIL crop of the mask box, outside greyed, open_clip "
+        "preprocess, batch size 1); ovseg crop = batched masked crops (32 per pass); ovseg "
+        "dense = one CLIP pass per image, features pooled in each mask.",
+        "- End to end = encoder + proposals + scoring + fusion (text embeddings computed once "
+        "per vocabulary on both sides, not timed). Click = one point after `set_image`: "
+        "SAM's best mask + its scoring + fusion, vs `SamPredictor.predict` + one plain crop.",
+        "",
+        "| stage | plain (s) | " + " | ".join(f"ovseg {k} (s) | plain/ovseg {k}" for k in kinds)
+        + " |",
+        "|---|---:|" + "---:|---:|" * len(kinds),
+    ]
+    for stage, row in s["stages"].items():
+        cells = [f"{_fmt(row[k])} | {_fmt(row[f'ratio_{k}'], 2)}x" for k in kinds]
+        lines.append(f"| {stage.replace('_', ' ')} | {_fmt(row['plain'])} | "
+                     + " | ".join(cells) + " |")
+    passes = s["clip_passes_per_image"]
+    lines += [
+        "",
+        f"- Masks produced by the grid (median): plain {_fmt(s['masks']['plain_produced'], 0)}, "
+        f"ovseg {_fmt(s['masks']['ovseg_produced'], 0)}; masks scored: "
+        f"{_fmt(s['masks']['scored'], 0)} on both sides.",
+        "- CLIP image passes per image: plain " + _fmt(passes["plain"], 0) + ", "
+        + ", ".join(f"ovseg {k} {_fmt(passes[k], 0)}" for k in kinds) + ".",
+        f"- Peak memory above baseline ({'CUDA allocator' if m.get('gpu') else 'process RSS'}, "
+        f"MiB): plain {_fmt(s['peak_mb']['plain'], 0)}, ovseg {_fmt(s['peak_mb']['ovseg'], 0)}.",
+    ]
+    if s.get("adaptive"):
+        a = s["adaptive"]
+        lines.append(f"- Adaptive grid (coarse {c['points_per_side'] // 2}x"
+                     f"{c['points_per_side'] // 2} + uncovered fine points): proposals "
+                     f"{_fmt(a['proposals'])} s, {_fmt(a['masks'], 0)} masks, recall of the full "
+                     f"grid's masks at IoU 0.9: {_fmt(a['recall_of_full_grid_masks'], 2)}.")
+    for note in c.get("notes") or []:
+        lines.append(f"- {note}")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(results: dict, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
+    """Write ``STEM.json`` and ``STEM.md`` atomically; the default stem names models and device."""
+    c = results["config"]
+    device = results["machine"]["device"].split(":")[0]
+    stem = stem or f"bench_{c['sam']}_{c['clip']}_{device}".replace("/", "-")
+    out = Path(out_dir)
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
+    _atomic_write(paths["json"], json.dumps(results, indent=2, default=float) + "\n")
+    _atomic_write(paths["markdown"], to_markdown(results))
+    return paths
