@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ovseg.app import handlers as H
-from ovseg.app.render import draw_prompts, legend_html, render
+from ovseg.app.render import BRUSH, _outline, draw_prompts, legend_html, render
 from ovseg.app.session import Session, Settings, example_images, file_stem
 from ovseg.grid import GridOptions
 from ovseg.pipeline import Segmenter
@@ -191,6 +191,12 @@ def test_scribble_and_rough_mask_from_the_editor(seg, image):
     np.testing.assert_array_equal(session.objects[1].mask,
                                   seg.propose(image, mask_input=strokes).masks[0])
     assert [o.kind for o in session.objects] == ["scribble", "mask"]
+    H.undo(seg, session, SETTINGS)
+    canvas = np.asarray(render(session).canvas)[:120, :160].astype(int)
+    base = np.asarray(session.result.overlay(legend=False)).astype(int)
+    plain = strokes & ~_outline(session.objects[0].mask)
+    assert plain.any()
+    np.testing.assert_array_equal(canvas[plain], base[plain] // 2 + np.array(BRUSH) // 2)
 
 
 def test_editor_layers_of_another_size_are_rescaled(image):

@@ -2,9 +2,10 @@
 
 The canvas is the result's overlay (class colours blended on the image, legend panel on the
 right) with the prompted objects outlined (the latest in yellow, older ones in white), positive
-points in green, negative points in red, boxes as rectangles and a pending box corner as a
-cross. The image sits at the canvas's top-left corner at full size, so a click at canvas pixel
-``(x, y)`` with ``x < W`` and ``y < H`` is image pixel ``(x, y)``.
+points in green, negative points in red, brush strokes in translucent red, boxes as rectangles
+and a pending box corner as a cross. The image sits at the canvas's top-left corner at full
+size, so a click at canvas pixel ``(x, y)`` with ``x < W`` and ``y < H`` is image pixel
+``(x, y)``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ LATEST = (255, 221, 0)
 OLDER = (255, 255, 255)
 POSITIVE = (40, 200, 70)
 NEGATIVE = (230, 40, 40)
+BRUSH = (255, 45, 45)
 
 
 @dataclass
@@ -90,6 +92,10 @@ def draw_prompts(canvas: Image.Image, session: Session) -> Image.Image:
     out = np.array(canvas)
     h, w = session.image.shape[:2]
     count = len(session.objects)
+    for obj in session.objects:
+        if obj.brush is not None:
+            part = out[:h, :w]
+            part[obj.brush] = (part[obj.brush] // 2 + np.array(BRUSH) // 2).astype(np.uint8)
     for i, obj in enumerate(session.objects):
         colour = LATEST if i == count - 1 else OLDER
         out[:h, :w][_outline(obj.mask)] = colour

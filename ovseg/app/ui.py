@@ -85,6 +85,7 @@ def build_app(segmenter, *, models: dict[str, str] | None = None,
                 editor = gr.ImageEditor(label="Draw on the object", type="numpy",
                                         image_mode="RGBA", sources=[], transforms=(),
                                         layers=False, visible=False, format="png",
+                                        elem_id="ovseg-editor",
                                         brush=gr.Brush(colors=["#ff2d2d"], color_mode="fixed"))
                 brush_btn = gr.Button("Add drawing as an object", visible=False)
                 with gr.Row():
@@ -116,9 +117,9 @@ def build_app(segmenter, *, models: dict[str, str] | None = None,
         views = [state, canvas, confidence, legend, visible, dl_png, dl_json, status]
         settings_in = [classes, template, threshold]
 
-        def show(session: Session | None) -> list[Any]:
+        def show(session: Session | None, toast: bool = True) -> list[Any]:
             view = render(session)
-            if view.warning and view.status:
+            if toast and view.warning and view.status:
                 gr.Warning(view.status)
             text = f"⚠️ {view.status}" if view.warning else view.status
             return [session, view.canvas, view.confidence, view.legend,
@@ -160,15 +161,16 @@ def build_app(segmenter, *, models: dict[str, str] | None = None,
             return show(handlers.clear(segmenter, session, Settings(text, tmpl, thr)))
 
         def on_settings(session, text, tmpl, thr):
-            return show(handlers.refresh(segmenter, session, Settings(text, tmpl, thr)))
+            return show(handlers.refresh(segmenter, session, Settings(text, tmpl, thr)),
+                        toast=False)
 
         def on_visible(session, names):
-            return show(handlers.set_visible(session, names))
+            return show(handlers.set_visible(session, names), toast=False)
 
         def on_mode(session, mode_now):
             session = handlers.mode_changed(session, mode_now)
             painting = mode_now == "scribble"
-            return [*show(session), gr.Button(visible=mode_now == "automatic"),
+            return [*show(session, toast=False), gr.Button(visible=mode_now == "automatic"),
                     gr.Radio(visible=mode_now == "points"), gr.Radio(visible=painting),
                     gr.ImageEditor(visible=painting), gr.Button(visible=painting)]
 
