@@ -204,6 +204,11 @@ def test_editor_layers_of_another_size_are_rescaled(image):
     layer[10:20, 10:20, 3] = 255
     mask = H.brush_mask({"layers": [layer]}, (120, 160))
     assert mask.shape == (120, 160) and mask[20:40, 20:40].all() and mask.sum() == 400
+    rgb = np.zeros((120, 160, 3), np.uint8)
+    rgb[5, 7, 2] = 9
+    assert np.argwhere(H.brush_mask(rgb, (120, 160))).tolist() == [[5, 7]]
+    with pytest.raises(ValueError, match="drawing must be"):
+        H.brush_mask(np.ones(5), (120, 160))
 
 
 @pytest.mark.parametrize("drawing", [None, {"background": None, "layers": []},

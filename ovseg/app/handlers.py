@@ -173,7 +173,8 @@ def brush_mask(editor_value: Any, shape: tuple[int, int]) -> np.ndarray | None:
     """The painted pixels of an image-editor value as bool (H, W), or None if nothing is painted.
 
     ``editor_value`` is a ``{"background", "layers", "composite"}`` dict whose layers are RGBA
-    arrays (alpha > 0 = painted), or a bool/number (H, W) array.
+    arrays (alpha > 0 = painted), or a bool/number (H, W) or (H, W, C) array (non-zero =
+    painted). A drawing of another size is rescaled (nearest) to ``shape``.
     """
     if editor_value is None:
         return None
@@ -190,7 +191,10 @@ def brush_mask(editor_value: Any, shape: tuple[int, int]) -> np.ndarray | None:
             painted |= layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 \
                 else (layer.reshape(*layer.shape[:2], -1) > 0).any(-1)
     else:
-        painted = np.asarray(editor_value) > 0
+        painted = np.asarray(editor_value)
+        painted = (painted > 0).any(-1) if painted.ndim == 3 else painted > 0
+    if painted.ndim != 2:
+        raise ValueError(f"a drawing must be (H, W) or (H, W, C); got shape {painted.shape}")
     if painted.shape != tuple(shape):
         from PIL import Image
 
