@@ -164,8 +164,7 @@ def _timed(fn, device: torch.device):
 
 def _forget(segmenter) -> None:
     """Drop ovseg's cached image embedding and dense feature maps so a repeat pays them again."""
-    segmenter.proposer._cache.clear()
-    segmenter.proposer._key = None
+    segmenter.proposer.clear_cache()
     segmenter._image = None
     for scorer in (segmenter.scorer, getattr(segmenter.scorer, "dense", None)):
         if hasattr(scorer, "_cache"):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ovseg.grid import GridOptions, automatic_masks
+from ovseg.grid import fused_attention as use_fused_attention
 from ovseg.image import load_image
 from ovseg.models import build_clip, build_sam, resolve_device
 from ovseg.prompts import make_prompt
@@ -37,21 +38,27 @@ class Segmenter:
         random_weights: build registered architectures with random weights (timing only; warns;
             labels are meaningless). ``"tiny-random"`` models are random too.
         templates: prompt-template set name or list (see :mod:`ovseg.vocabulary`).
-        scorer: ``"crop"`` (one CLIP pass per mask crop), ``"dense"`` (one pass per image) or
-            ``"both"``.
+        scorer: ``"dense"`` (default: one CLIP pass per image, features pooled in each mask),
+            ``"crop"`` (one CLIP pass per masked crop) or ``"both"``; see :mod:`ovseg.scoring`.
         score_threshold: default minimum class probability for a mask to label pixels.
         grid: automatic-grid options (:class:`~ovseg.grid.GridOptions`).
+        fused_attention: run SAM's image-encoder attention through PyTorch's fused
+            ``scaled_dot_product_attention`` (same arithmetic up to float rounding, faster).
         scorer_options: passed to the scorer (e.g. ``margin``, ``fill`` for ``"crop"``).
     """
 
     def __init__(self, sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None, *,
                  random_weights: bool = False, templates: str | Sequence[str] = "imagenet",
-                 scorer: str = "crop", score_threshold: float = 0.0,
-                 grid: GridOptions | None = None, **scorer_options):
+                 scorer: str = "dense", score_threshold: float = 0.0,
+                 grid: GridOptions | None = None, fused_attention: bool = True,
+                 **scorer_options):
         self.device = resolve_device(device)
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
-        self.proposer = Proposer(build_sam(sam, self.device, random_weights=random_weights))
+        sam_model = build_sam(sam, self.device, random_weights=random_weights)
+        if fused_attention:
+            use_fused_attention(sam_model)
+        self.proposer = Proposer(sam_model)
         self.clip = build_clip(clip, self.device, random_weights=random_weights)
         self.scorer = make_scorer(scorer, self.clip, **scorer_options)
         self.templates = templates

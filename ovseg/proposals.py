@@ -119,6 +119,13 @@ class Proposer:
             raise RuntimeError("no image set: call set_image(image) first")
         return tuple(self.predictor.original_size)
 
+    def clear_cache(self) -> None:
+        """Forget every cached embedding (the next ``set_image`` runs the encoder)."""
+        with self.lock:
+            self._cache.clear()
+            self._key = None
+            self.predictor.reset_image()
+
     def set_image(self, image: np.ndarray) -> bool:
         """Embed ``image`` (RGB uint8 (H, W, 3)) unless cached. Returns True if it was computed."""
         key = image_key(image)

@@ -104,12 +104,13 @@ class DenseScorer:
     Args:
         backend: the CLIP backend (ViT image tower).
         short_side: the image is resized so its short side is this many pixels (rounded to the
-            patch grid) before the dense pass; ``None`` uses the model's input size.
+            patch grid) before the dense pass; ``None`` uses twice the model's input size
+            (448 for ViT-B/16: a 28-patch short side), the positional embedding interpolated.
     """
 
     def __init__(self, backend: ClipBackend, short_side: int | None = None):
         self.backend = backend
-        self.short_side = short_side or backend.image_size
+        self.short_side = short_side or 2 * backend.image_size
         self._cache: tuple[str, torch.Tensor] | None = None
 
     def patch_size(self) -> int:

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--random-weights", action="store_true",
                    help="build the architectures with random weights (timing only)")
-    p.add_argument("--scorer", choices=SCORERS, default="crop",
+    p.add_argument("--scorer", choices=SCORERS, default="dense",
                    help="region scorer; 'oracle' labels each proposal with its majority "
                    "ground-truth class (the proposals' ceiling)")
     p.add_argument("--templates", default="imagenet",

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights for registered architectures (timing only)")
-    p.add_argument("--scorer", default="crop", choices=("crop", "dense", "both"))
+    p.add_argument("--scorer", default="dense", choices=("dense", "crop", "both"))
     p.add_argument("--templates", default="imagenet", help="imagenet|simple|photo|none")
     p.add_argument("--score-threshold", type=float, default=0.0)
     p.add_argument("--points-per-side", type=int, default=None, help="automatic grid density")

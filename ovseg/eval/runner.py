@@ -70,7 +70,7 @@ class EvalConfig:
     split: str = "val"
     sam: str = "vit_b"
     clip: str = "ViT-B-16/openai"
-    scorer: str = "crop"
+    scorer: str = "dense"
     templates: str = "imagenet"
     score_threshold: float = 0.0
     short_side: int | None = None
@@ -193,7 +193,7 @@ class _Predictor:
 def evaluate(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | None = None,
              split: str = "val", ignore_index: int | None = None,
              predictions: str | os.PathLike | None = None, sam: str = "vit_b",
-             clip: str = "ViT-B-16/openai", scorer: str = "crop", templates: str = "imagenet",
+             clip: str = "ViT-B-16/openai", scorer: str = "dense", templates: str = "imagenet",
              score_threshold: float | None = None, short_side: int | None = -1,
              grid: Mapping[str, Any] | None = None, limit: int | None = None, device=None,
              random_weights: bool = False, segmenter=None, progress: bool = True
