@@ -3,7 +3,9 @@
 Same model, same grid and the same quality filters as ``SamAutomaticMaskGenerator`` (one crop
 layer), reorganised for speed:
 
-- the grid is decoded in large batches straight from the cached image embedding;
+- the grid is decoded in large batches straight from the cached image embedding, by
+  :func:`ovseg.decoder.decode_points` (SAM's decoder with the per-image work shared across
+  prompts, and no upscaling for prompts the predicted-IoU filter rejects);
 - predicted-IoU and stability filters and box NMS run on SAM's low-resolution logits
   (256x256 for the official models); only the survivors are upsampled to the input size, with
   SAM's own ``postprocess_masks``, so a surviving mask is pixel-identical to the plain
@@ -31,6 +33,7 @@ from segment_anything.modeling.image_encoder import get_rel_pos
 from segment_anything.utils.amg import build_point_grid
 from torchvision.ops import batched_nms
 
+from ovseg.decoder import decode_points
 from ovseg.proposals import Masks, Proposer
 
 
@@ -92,18 +95,12 @@ def _decode(proposer: Proposer, points: np.ndarray, o: GridOptions) -> _LowRes:
     p, model = proposer.predictor, proposer.model
     side = 4 * model.prompt_encoder.image_embedding_size[0]
     logits, scores = [], []
-    dense_pe = model.prompt_encoder.get_dense_pe()
     for start in range(0, len(points), o.points_per_batch):
         batch = p.transform.apply_coords(points[start : start + o.points_per_batch],
                                          p.original_size)
         # float64 like SamAutomaticMaskGenerator: the prompt encoder casts after normalising.
         coords = torch.as_tensor(batch, device=p.device)[:, None]
-        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=p.device)
-        sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        low, iou = model.mask_decoder(
-            image_embeddings=p.features, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=True,
-        )
+        low, iou, _ = decode_points(model, p.features, coords, o.pred_iou_thresh)
         low, iou = low.flatten(0, 1), iou.flatten(0, 1)
         if o.pred_iou_thresh > 0:
             keep = iou > o.pred_iou_thresh
