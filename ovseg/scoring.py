@@ -106,11 +106,28 @@ class DenseScorer:
         short_side: the image is resized so its short side is this many pixels (rounded to the
             patch grid) before the dense pass; ``None`` uses twice the model's input size
             (448 for ViT-B/16: a 28-patch short side), the positional embedding interpolated.
+        window: sliding-window inference as in the training-free literature: square windows of
+            this many pixels (e.g. 224; cut to the image where it is smaller) over the resized
+            image, ``stride`` apart (default half a window); each patch's feature is the
+            normalised mean over the windows that cover it. ``None`` (default) runs the whole
+            resized image in one pass.
+        stride: the window step in pixels (a multiple of the patch size).
     """
 
-    def __init__(self, backend: ClipBackend, short_side: int | None = None):
+    def __init__(self, backend: ClipBackend, short_side: int | None = None,
+                 window: int | None = None, stride: int | None = None):
         self.backend = backend
         self.short_side = short_side or 2 * backend.image_size
+        p = self.patch_size()
+        if window is not None and (window < p or window % p):
+            raise ValueError(f"window must be a positive multiple of the patch size {p}, "
+                             f"got {window}")
+        if window is not None and stride is None:
+            stride = max(p, window // 2 // p * p)
+        if window is not None and (stride < p or stride % p):
+            raise ValueError(f"stride must be a positive multiple of the patch size {p}, "
+                             f"got {stride}")
+        self.window, self.stride = window, stride
         self._cache: tuple[str, torch.Tensor] | None = None
 
     def patch_size(self) -> int:
@@ -131,9 +148,30 @@ class DenseScorer:
         size = (max(p, round(h * scale / p) * p), max(p, round(w * scale / p) * p))
         img = F.interpolate(_image_tensor(image, self.backend.device), size=size,
                             mode="bilinear", align_corners=False, antialias=True)
-        feats = self.backend.dense_features(self.backend.normalize(img))[0]
+        img = self.backend.normalize(img)
+        feats = self.backend.dense_features(img)[0] if self.window is None \
+            else self._slide(img, p)
         self._cache = (key, feats)
         return feats
+
+    def _slide(self, img: torch.Tensor, p: int) -> torch.Tensor:
+        """Windowed dense features of a normalised (1, 3, H, W) image -> (H/p, W/p, D)."""
+        _, _, h, w = img.shape
+        wh, ww = min(self.window, h), min(self.window, w)  # a window never exceeds the image
+
+        def starts(n: int, win: int) -> list[int]:
+            return sorted({*range(0, n - win + 1, self.stride), n - win})
+
+        total = counts = None
+        for y in starts(h, wh):
+            for x in starts(w, ww):
+                f = self.backend.dense_features(img[:, :, y : y + wh, x : x + ww])[0]
+                if total is None:
+                    total = torch.zeros(h // p, w // p, f.shape[-1], device=f.device)
+                    counts = torch.zeros(h // p, w // p, 1, device=f.device)
+                total[y // p : (y + wh) // p, x // p : (x + ww) // p] += f
+                counts[y // p : (y + wh) // p, x // p : (x + ww) // p] += 1
+        return F.normalize(total / counts, dim=-1)
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray, masks: Masks) -> torch.Tensor:

@@ -278,3 +278,18 @@ def test_background_names_skip_class_synonyms(segmenter, tmp_path):
     predictor = _Predictor(EvalConfig(str(root), ds.kind), ds, segmenter)
     assert "bed" in ds.classes and "bed" not in predictor.background
     assert "sky" in predictor.background and 0 not in predictor.fg
+
+
+def test_sliding_window_dense_scoring_runs_and_keys_the_cache(camvid_dir, tmp_path):
+    from ovseg.eval.runner import evaluate
+
+    grid = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    common = dict(sam="tiny-random", clip="tiny-random", grid=grid, limit=1, short_side=180,
+                  progress=False)
+    slid = evaluate(camvid_dir, tmp_path / "slid.json", window=64, **common)
+    whole = evaluate(camvid_dir, tmp_path / "whole.json", **common)
+    assert slid["config"]["window"] == 64 and whole["config"]["window"] is None
+    assert slid["config"]["hash"] != whole["config"]["hash"]
+    assert 0.0 <= slid["miou"] <= 1.0
+    with pytest.raises(ValueError, match="needs scorer='dense'"):
+        evaluate(camvid_dir, tmp_path / "x.json", window=64, scorer="crop", **common)

@@ -113,3 +113,33 @@ def test_make_scorer_rejects_unknown_kind_and_bad_options(clip):
         make_scorer("crop", clip, fill="pink")
     with pytest.raises(ValueError, match="margin"):
         make_scorer("crop", clip, margin=-1)
+
+
+def test_sliding_window_covering_the_image_equals_one_pass(clip):
+    img = _image(6)  # 120x160 -> short side 64 -> 64x80 (patch 16)
+    whole = DenseScorer(clip, short_side=64).feature_map(img)
+    slid = DenseScorer(clip, short_side=64, window=128, stride=16).feature_map(img)
+    torch.testing.assert_close(slid, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_window_averages_the_windows_covering_each_patch(clip):
+    img = _image(7)
+    scorer = DenseScorer(clip, short_side=64, window=48, stride=32)  # 64x80: 4x5 patches
+    feats = scorer.feature_map(img)
+    assert feats.shape == (4, 5, 32)
+    resized = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255,
+                            size=(64, 80), mode="bilinear", align_corners=False, antialias=True)
+    norm = clip.normalize(resized)
+    corner = clip.dense_features(norm[:, :, 0:48, 0:48])[0]  # the only window on patch (0, 0)
+    torch.testing.assert_close(feats[0, 0], corner[0, 0], atol=1e-5, rtol=1e-5)
+    # windows start at y in {0, 16}, x in {0, 32}: patch (0, 2) lies in (0, 0) and (0, 32) only
+    a = corner[0, 2]
+    b = clip.dense_features(norm[:, :, 0:48, 32:80])[0][0, 0]
+    torch.testing.assert_close(feats[0, 2], F.normalize(a + b, dim=-1), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_window_options(clip):
+    with pytest.raises(ValueError, match="window"):
+        DenseScorer(clip, window=50)
+    with pytest.raises(ValueError, match="stride"):
+        DenseScorer(clip, window=48, stride=7)

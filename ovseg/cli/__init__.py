@@ -12,6 +12,24 @@ import sys
 SUBCOMMANDS = ("segment", "eval", "weights", "app", "bench")
 
 
+def add_model_arguments(p: argparse.ArgumentParser,
+                        scorers: tuple[str, ...] = ("dense", "crop", "both")) -> None:
+    """The model options shared by the subcommands that build a Segmenter."""
+    p.add_argument("--sam", default="vit_b", help="SAM: vit_b|vit_l|vit_h|PATH|tiny-random")
+    p.add_argument("--clip", default="ViT-B-16/openai",
+                   help="CLIP: ARCH/TAG (open_clip), ARCH:PATH, hf:ORG/NAME, or tiny-random")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="random weights for registered architectures (timing only; "
+                        "meaningless labels)")
+    p.add_argument("--scorer", default="dense", choices=scorers,
+                   help="region scorer (default dense: one CLIP pass per image)"
+                        + ("; oracle: each proposal gets its majority ground-truth class"
+                           if "oracle" in scorers else ""))
+    p.add_argument("--templates", default="imagenet",
+                   help="prompt templates: imagenet (80, default), simple, photo, none")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ovseg import __version__
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ovseg.cli import add_model_arguments
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -13,14 +15,7 @@ def register(subparsers) -> None:
                     "automatically or with clicks, boxes and scribbles. Models are loaded once "
                     "at launch and shared by all visitors; each visitor's image and prompts "
                     "stay in their own session.")
-    p.add_argument("--sam", default="vit_b", help="SAM: vit_b|vit_l|vit_h|PATH|tiny-random")
-    p.add_argument("--clip", default="ViT-B-16/openai",
-                   help="CLIP: ARCH/TAG (open_clip), hf:ORG/NAME, or tiny-random")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
-    p.add_argument("--random-weights", action="store_true",
-                   help="random weights for registered architectures (timing only)")
-    p.add_argument("--scorer", default="dense", choices=("dense", "crop", "both"))
-    p.add_argument("--templates", default="imagenet", help="imagenet|simple|photo|none")
+    add_model_arguments(p)
     p.add_argument("--score-threshold", type=float, default=0.0,
                    help="initial score threshold in [0, 1] (adjustable in the page)")
     p.add_argument("--points-per-side", type=int, default=None,

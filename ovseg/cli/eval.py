@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ovseg.cli import add_model_arguments
 from ovseg.eval.datasets import KINDS
 from ovseg.eval.runner import PROTOCOL_DEFAULTS, SCORERS
 
@@ -44,23 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", metavar="PRED_DIR", default=None,
                    help="score label PNGs (value i = class i, 255 = unlabeled, STEM.png) "
                    "instead of running a model")
-    p.add_argument("--sam", default="vit_b", help="SAM name, checkpoint path or tiny-random")
-    p.add_argument("--clip", default="ViT-B-16/openai",
-                   help="CLIP ARCH/TAG, hf:ORG/NAME or tiny-random")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--random-weights", action="store_true",
-                   help="build the architectures with random weights (timing only)")
-    p.add_argument("--scorer", choices=SCORERS, default="dense",
-                   help="region scorer; 'oracle' labels each proposal with its majority "
-                   "ground-truth class (the proposals' ceiling)")
-    p.add_argument("--templates", default="imagenet",
-                   help="prompt template set: imagenet (default, 80), simple, photo, none")
+    add_model_arguments(p, SCORERS)
     p.add_argument("--threshold", type=float, default=None, metavar="P",
                    help="minimum class probability for a mask to label pixels "
                    "(default: the benchmark's protocol value)")
     p.add_argument("--short-side", type=int, default=-1, metavar="PX",
                    help="resize inputs to this short side; 0 keeps the size "
                    "(default: the benchmark's protocol value)")
+    p.add_argument("--window", type=int, default=None, metavar="PX",
+                   help="sliding-window dense scoring: windows of PX pixels (e.g. 224), stride "
+                   "half a window (default: one pass over the whole input)")
     grid = p.add_argument_group("automatic grid (default: SAM's automatic generator values)")
     grid.add_argument("--points-per-side", type=int, default=None, metavar="N",
                       help="grid points per image side (32)")
@@ -89,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
             clip=args.clip, scorer=args.scorer, templates=args.templates,
             score_threshold=args.threshold, short_side=args.short_side or None, grid=grid,
             limit=args.limit, device=args.device, random_weights=args.random_weights,
-            progress=not args.no_progress)
+            progress=not args.no_progress, window=args.window)
     except (FileNotFoundError, ValueError, TypeError) as e:
         print(f"ovseg eval: error: {e}", file=sys.stderr)
         return 1

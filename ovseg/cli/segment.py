@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ovseg.cli import add_model_arguments
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -24,14 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--point-labels", help='JSON list of 1 (positive) / 0 (negative)')
     p.add_argument("--boxes", help='JSON list of [x0, y0, x1, y1] pixels')
     p.add_argument("--background", default="", help="comma-separated background names")
-    p.add_argument("--sam", default="vit_b", help="SAM: vit_b|vit_l|vit_h|PATH|tiny-random")
-    p.add_argument("--clip", default="ViT-B-16/openai",
-                   help="CLIP: ARCH/TAG (open_clip), hf:ORG/NAME, or tiny-random")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
-    p.add_argument("--random-weights", action="store_true",
-                   help="random weights for registered architectures (timing only)")
-    p.add_argument("--scorer", default="dense", choices=("dense", "crop", "both"))
-    p.add_argument("--templates", default="imagenet", help="imagenet|simple|photo|none")
+    add_model_arguments(p)
     p.add_argument("--score-threshold", type=float, default=0.0)
     p.add_argument("--points-per-side", type=int, default=None, help="automatic grid density")
     p.add_argument("--no-progress", action="store_true")

@@ -63,6 +63,8 @@ class EvalConfig:
     ``short_side``: resize the input so its short side has this many pixels (None: as is).
     ``score_threshold``: minimum class probability for a mask to label pixels.
     ``grid``: automatic-grid options passed to ``Segmenter.segment`` / ``propose``.
+    ``window``: sliding-window dense scoring with windows of this many pixels (stride half a
+    window; ``scorer="dense"`` only), or None for one dense pass over the whole input.
     """
 
     data: str
@@ -76,6 +78,7 @@ class EvalConfig:
     short_side: int | None = None
     random_weights: bool = False
     grid: Mapping[str, Any] = field(default_factory=dict)
+    window: int | None = None
 
     def key(self) -> str:
         """12-hex-digit hash of the configuration."""
@@ -158,9 +161,10 @@ class _Predictor:
 
         self.config, self.dataset = config, dataset
         scorer = "crop" if config.scorer == "oracle" else config.scorer
+        options = {} if config.window is None else {"window": config.window}
         self.segmenter = segmenter or Segmenter(
             config.sam, config.clip, device, random_weights=config.random_weights,
-            templates=config.templates, scorer=scorer)
+            templates=config.templates, scorer=scorer, **options)
         k, bg = len(dataset.classes), dataset.background_index
         self.fg = np.array([i for i in range(k) if i != bg], np.int64)
         self.background: list[str] = []
@@ -196,8 +200,8 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | Non
              clip: str = "ViT-B-16/openai", scorer: str = "dense", templates: str = "imagenet",
              score_threshold: float | None = None, short_side: int | None = -1,
              grid: Mapping[str, Any] | None = None, limit: int | None = None, device=None,
-             random_weights: bool = False, segmenter=None, progress: bool = True
-             ) -> dict[str, Any]:
+             random_weights: bool = False, segmenter=None, progress: bool = True,
+             window: int | None = None) -> dict[str, Any]:
     """Evaluate on the dataset at ``data`` and write the reports (see :mod:`ovseg.eval.report`).
 
     Args:
@@ -210,6 +214,8 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | Non
         short_side: input short side in pixels; -1 takes the benchmark default, None or 0 keeps
             the input size.
         grid: automatic-grid options (e.g. ``{"points_per_side": 16}``).
+        window: sliding-window dense scoring, windows of this many pixels (e.g. 224; stride half
+            a window); ``scorer="dense"`` only. None: one dense pass over the whole input.
         limit: evaluate only the first ``limit`` images.
         segmenter: an already built Segmenter to use (its models must match ``sam``/``clip``).
 
@@ -224,6 +230,8 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | Non
         raise ValueError(f"unknown scorer {scorer!r}; allowed: {', '.join(SCORERS)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive integer, got {limit}")
+    if window is not None and scorer != "dense":
+        raise ValueError(f"window (sliding-window scoring) needs scorer='dense', got {scorer!r}")
     defaults = PROTOCOL_DEFAULTS[dataset.kind]
     if short_side == -1:
         short_side = defaults["short_side"]
@@ -240,7 +248,7 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | Non
     cm = ConfusionMatrix(len(dataset.classes), dataset.ignore_index)
     config = EvalConfig(str(Path(data).resolve()), dataset.kind, split, str(sam), str(clip),
                         scorer, str(templates), float(threshold), short_side or None,
-                        random_weights, dict(grid or {}))
+                        random_weights, dict(grid or {}), window)
     counts = {"images": count, "images_in_dataset": len(dataset), "cached": 0, "computed": 0}
     if predictions is not None:
         mode, cache_dir = "predictions", None
