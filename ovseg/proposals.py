@@ -157,7 +157,8 @@ class Proposer:
         ``SamPredictor`` recommends; other prompts ask for one mask.
         """
         with self.lock, torch.inference_mode():
-            self.image_shape  # noqa: B018  (raises if no image)
+            if self._key is None:
+                raise RuntimeError("no image set: call set_image(image) first")
             points, labels = prompt.all_points()
             mask_logits = self._mask_logits(prompt.mask) if prompt.mask is not None else None
             multimask = prompt.boxes is None and points is not None and len(points) == 1 \
