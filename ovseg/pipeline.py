@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from ovseg.fusion import fuse
 from ovseg.grid import GridOptions, automatic_masks
 from ovseg.grid import fused_attention as use_fused_attention
 from ovseg.image import load_image
@@ -129,8 +130,6 @@ class Segmenter:
                 mask_input=None, scribble=None, background=(), templates=None,
                 score_threshold: float | None = None, **grid_options) -> SegmentationResult:
         """Segment ``image`` into ``classes``: see :func:`ovseg.segment`."""
-        from ovseg.fusion import fuse
-
         vocab = self.vocabulary(classes, background, templates)
         threshold = self.score_threshold if score_threshold is None else score_threshold
         if not 0.0 <= threshold <= 1.0:
