@@ -289,3 +289,13 @@ def test_cli_errors_are_one_line(wdir, monkeypatch, capsys):
     assert "Traceback" not in err
     assert _cli(["weights", "verify", "vit_q"]) == 1
     assert _cli(["weights"]) == 2
+
+
+def test_cli_download_clip_spec_goes_through_the_clip_libraries(wdir, capsys):
+    # HF_HUB_OFFLINE is set by conftest: open_clip cannot fetch, and the error says what to do.
+    assert _cli(["weights", "download", "ViT-B-32/openai"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ovseg weights: error:") and "ViT-B-32/openai" in err
+    assert "ovseg weights download ViT-B-32/openai" in err
+    assert _cli(["weights", "download", "NoSuchNet/openai"]) == 1
+    assert "not an open_clip architecture" in capsys.readouterr().err
