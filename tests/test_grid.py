@@ -59,9 +59,27 @@ def test_max_masks_and_adaptive(synthetic_image):
     np.testing.assert_array_equal(top.masks, full.masks[:5])
     adaptive = automatic_masks(proposer, GridOptions(adaptive=True, **options))
     # The coarse 4x4 grid's masks cover every fine point on this image, so only coarse points
-    # (3 masks each) are decoded.
+    # (3 masks each) are decoded; they are grid points, so their masks are the full grid's (up
+    # to pixels flipped by float rounding in other batch shapes).
     assert len(adaptive) == 3 * 16
     assert adaptive.masks.shape[1:] == synthetic_image.shape[:2]
+    match = np.abs(adaptive.scores[:, None] - full.scores[None]).argmin(1)
+    np.testing.assert_allclose(adaptive.scores, full.scores[match], atol=1e-5)
+    assert (np.diag(_ious(adaptive.masks, full.masks[match])) >= 0.99).all()
+
+
+def test_adaptive_never_decodes_more_points_than_the_full_grid(synthetic_image, monkeypatch):
+    import ovseg.grid as grid
+
+    proposer = Proposer(tiny_sam())
+    proposer.set_image(synthetic_image)
+    decoded = []
+    original = grid._decode
+    monkeypatch.setattr(grid, "_decode", lambda p, pts, o: decoded.append(len(pts))
+                        or original(p, pts, o))
+    # Filters that keep nothing: the coarse pass covers nothing, every other point follows.
+    automatic_masks(proposer, GridOptions(points_per_side=8, adaptive=True, pred_iou_thresh=1.0))
+    assert decoded == [16, 48]
 
 
 @pytest.mark.parametrize("bad", [dict(points_per_side=0), dict(pred_iou_thresh=1.5),

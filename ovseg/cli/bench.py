@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--half", action="store_true", help="float16 autocast on the ovseg side (CUDA)")
     p.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the adaptive grid (default: with --tiny only; with vit_b and "
-                        "random weights the coarse pass keeps nothing, so it decodes more points)")
+                        "random weights the coarse pass keeps nothing, so it saves nothing)")
     p.add_argument("--clicks", type=int, default=3, help="click points per image (0: skip)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("-o", "--out", default="benchmarks/results", help="output folder")
