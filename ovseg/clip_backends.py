@@ -50,6 +50,11 @@ class ClipBackend(ABC):
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """N strings -> N x D, unit norm."""
 
+    @property
+    @abstractmethod
+    def supports_dense(self) -> bool:
+        """Whether :meth:`dense_features` works: a ViT image tower with a class token."""
+
     @abstractmethod
     def dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """``pixels`` B x 3 x H x W (H, W multiples of the patch size) -> B x h x w x D patch
@@ -111,12 +116,17 @@ class OpenClipBackend(ClipBackend):
         tokens = self.tokenizer(list(texts)).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
+    @property
+    def supports_dense(self) -> bool:
+        visual = self.model.visual
+        return all(hasattr(visual, a) for a in ("transformer", "conv1", "class_embedding"))
+
     @torch.inference_mode()
     def dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
         visual = self.model.visual
-        if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
-            raise TypeError(f"dense scoring needs a ViT image tower; {self.name} has "
-                            f"{type(visual).__name__}")
+        if not self.supports_dense:
+            raise TypeError(f"dense scoring needs a ViT image tower with a class token; "
+                            f"{self.name} has {type(visual).__name__}")
         x = pixels.to(self.device, self.dtype)
         x = visual.conv1(x)
         b, c, h, w = x.shape
@@ -177,10 +187,16 @@ class HFClipBackend(ClipBackend):
         out = self.model.get_text_features(**enc)
         return F.normalize(self._pooled(out).float(), dim=-1)
 
+    @property
+    def supports_dense(self) -> bool:
+        vm = getattr(self.model, "vision_model", None)
+        return hasattr(self.model, "visual_projection") and \
+            hasattr(getattr(vm, "embeddings", None), "class_embedding")
+
     @torch.inference_mode()
     def dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
         vm = self.model.vision_model
-        if not hasattr(self.model, "visual_projection"):
+        if not self.supports_dense:
             raise TypeError(f"dense scoring supports CLIP-style HF models; {self.name} is "
                             f"{type(self.model).__name__}")
         x = pixels.to(self.device, self.dtype)

@@ -201,4 +201,7 @@ def make_scorer(kind: str, backend: ClipBackend, **options):
     """``"crop" | "dense" | "both"`` -> a scorer with ``embed(image, masks) -> (N, D)``."""
     if kind not in SCORERS:
         raise ValueError(f"scorer must be one of {sorted(SCORERS)}, got {kind!r}")
+    if kind != "crop" and not backend.supports_dense:
+        raise ValueError(f"scorer {kind!r} needs a CLIP ViT image tower with a class token; "
+                         f"{backend.name} has none: use scorer='crop'")
     return SCORERS[kind](backend, **options)

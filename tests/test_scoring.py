@@ -143,3 +143,17 @@ def test_bad_window_options(clip):
         DenseScorer(clip, window=50)
     with pytest.raises(ValueError, match="stride"):
         DenseScorer(clip, window=48, stride=7)
+
+
+def test_dense_scorers_need_a_vit_tower_and_say_so():
+    from ovseg.models import build_clip as build
+
+    with pytest.warns(UserWarning, match="RANDOM"):
+        resnet = build("RN50", "cpu", random_weights=True)
+    assert not resnet.supports_dense
+    for kind in ("dense", "both"):
+        with pytest.raises(ValueError, match="scorer='crop'"):
+            make_scorer(kind, resnet)
+    assert isinstance(make_scorer("crop", resnet), CropScorer)
+    assert build("tiny-random", "cpu").supports_dense
+    assert build("hf-tiny-random", "cpu").supports_dense
