@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ovseg._io import atomic_write_text
 from ovseg.bench import STAGES, median
 
 
@@ -138,25 +138,14 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(results: dict, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
     """Write ``STEM.json`` and ``STEM.md`` atomically; the default stem names models and device."""
     c = results["config"]
     device = results["machine"]["device"].split(":")[0]
     stem = stem or f"bench_{c['sam']}_{c['clip']}_{device}".replace("/", "-")
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
-    _atomic_write(paths["json"], json.dumps(results, indent=2, default=float) + "\n")
-    _atomic_write(paths["markdown"], to_markdown(results))
+    atomic_write_text(paths["json"], json.dumps(results, indent=2, default=float) + "\n")
+    atomic_write_text(paths["markdown"], to_markdown(results))
     return paths

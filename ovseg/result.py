@@ -16,17 +16,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 from pycocotools import mask as mask_utils
 
 from ovseg import viz
+from ovseg._io import atomic_write, atomic_write_text
 
 __all__ = ["UNLABELED", "PNG_UNLABELED", "Segment", "SegmentationResult", "read_label_png"]
 
@@ -173,7 +173,7 @@ class SegmentationResult:
     def save_overlay(self, path: str | os.PathLike, **options: Any) -> Path:
         """Write :meth:`overlay` (``options`` passed on) as PNG to ``path``; return the path."""
         image = self.overlay(**options)
-        return _atomic_write(path, lambda fh: image.save(fh, format="PNG"))
+        return atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 
     def to_png_image(self) -> Image.Image:
         """The label map as a mode ``P`` image: class ``i`` -> ``i``, unlabeled -> 255."""
@@ -197,7 +197,7 @@ class SegmentationResult:
         png = self.to_png_image()
         info = PngImagePlugin.PngInfo()
         info.add_text("ovseg:classes", json.dumps(self.classes))
-        return _atomic_write(path, lambda fh: png.save(fh, format="PNG", pnginfo=info))
+        return atomic_write(path, lambda fh: png.save(fh, format="PNG", pnginfo=info))
 
     def to_coco(self, image_id: int = 1, file_name: str | None = None) -> dict[str, Any]:
         """Return a COCO dict: one annotation per non-empty segment, masks as RLE.
@@ -243,7 +243,7 @@ class SegmentationResult:
             "version": _version(),
         }
         text = json.dumps(data, indent=1)
-        return _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+        return atomic_write_text(path, text)
 
     def save(self, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
         """Write ``<stem>_labels.png``, ``<stem>_overlay.png`` and ``<stem>.json`` to ``out_dir``.
@@ -295,23 +295,3 @@ def _int_map(values: Any, name: str, upper: int) -> np.ndarray:
 def _version() -> str | None:
     pkg = sys.modules.get("ovseg")
     return getattr(pkg, "__version__", None)
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(fh)`` on a temp file next to ``path``, then ``os.replace`` it into place."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return target

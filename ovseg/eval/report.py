@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ovseg._io import atomic_write, atomic_write_text
 from ovseg.eval.metrics import ConfusionMatrix
 
 HEADLINE = (("miou", "mIoU"), ("fwiou", "fwIoU"), ("pixel_accuracy", "pixel acc."),
@@ -20,17 +19,6 @@ HEADLINE = (("miou", "mIoU"), ("fwiou", "fwIoU"), ("pixel_accuracy", "pixel acc.
 def _pct(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
         else f"{100 * value:.2f}"
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -73,15 +61,7 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
     ax.set_ylabel("ground truth")
     ax.set_title(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
 
 
 def write_reports(report: dict[str, Any], out: Path, cm: ConfusionMatrix) -> dict[str, Path]:
@@ -91,7 +71,7 @@ def write_reports(report: dict[str, Any], out: Path, cm: ConfusionMatrix) -> dic
     plot_confusion(cm.matrix, report["dataset"]["classes"], paths["plot"],
                    f"{report['dataset']['kind']} ({report['mode']}): mIoU "
                    f"{_pct(report['miou'])}")
-    _atomic_text(paths["markdown"], markdown(report))
+    atomic_write_text(paths["markdown"], markdown(report))
     report = report | {"files": {k: str(v) for k, v in paths.items()}}
-    _atomic_text(paths["json"], json.dumps(report, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(paths["json"], json.dumps(report, indent=2, allow_nan=False) + "\n")
     return paths

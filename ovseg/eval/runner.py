@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ovseg._io import atomic_write
 from ovseg.eval.datasets import IGNORE, SegDataset, open_dataset
 from ovseg.eval.metrics import UNLABELED, ConfusionMatrix
 
@@ -133,14 +133,7 @@ def resize_labels(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def write_label_png(path: Path, prediction: np.ndarray) -> None:
     """Atomically write int (H, W) in [-1, 255) as a uint8 PNG (-1 -> 255)."""
     array = np.where(prediction < 0, 255, prediction).astype(np.uint8)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(array).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: Image.fromarray(array).save(fh, format="PNG"))
 
 
 def read_prediction(pred_dir: Path, stem: str) -> tuple[Path, np.ndarray]:
