@@ -119,12 +119,14 @@ class Segmenter:
         """Class probabilities float32 (N, K) of each mask (see ``Vocabulary.probabilities``)."""
         vocab = self.vocabulary(classes, background, templates)
         with self.lock:
-            array = self._use(image)
-            if masks.shape != array.shape[:2]:
-                raise ValueError(f"masks are {masks.shape}, the image is {array.shape[:2]}")
-            if len(masks) == 0:
-                return np.zeros((0, len(vocab)), np.float32)
-            return vocab.probabilities(self.scorer.embed(array, masks), self.clip)
+            return self._probabilities(masks, vocab, self._use(image))
+
+    def _probabilities(self, masks: Masks, vocab: Vocabulary, array: np.ndarray) -> np.ndarray:
+        if masks.shape != array.shape[:2]:
+            raise ValueError(f"masks are {masks.shape}, the image is {array.shape[:2]}")
+        if len(masks) == 0:
+            return np.zeros((0, len(vocab)), np.float32)
+        return vocab.probabilities(self.scorer.embed(array, masks), self.clip)
 
     def segment(self, image, classes, *, points=None, point_labels=None, boxes=None,
                 mask_input=None, scribble=None, background=(), templates=None,
@@ -138,8 +140,7 @@ class Segmenter:
             array = self._use(image)
             masks = self.propose(points=points, point_labels=point_labels, boxes=boxes,
                                  mask_input=mask_input, scribble=scribble, **grid_options)
-            scores = self.score(masks, vocab.classes, background=vocab.background,
-                                templates=vocab.templates)
+            scores = self._probabilities(masks, vocab, array)
         return fuse(masks.masks, scores, vocab.classes, score_threshold=threshold, image=array,
                     proposal_scores=masks.scores)
 
