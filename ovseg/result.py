@@ -260,6 +260,12 @@ class SegmentationResult:
             "json": self.save_json(out / f"{stem}.json", file_name=f"{stem}_labels.png"),
         }
 
+    def to_supervision(self) -> Any:
+        """The segments as ``supervision.Detections`` (see :func:`ovseg.exports.to_supervision`)."""
+        from ovseg.exports import to_supervision
+
+        return to_supervision(self)
+
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """Read a label PNG (mode ``P`` or ``L``) as int32 ``(H, W)``; 255 becomes :data:`UNLABELED`.
