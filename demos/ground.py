@@ -21,9 +21,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ovseg.grid import GridOptions
 from ovseg.grounding import ground, phrase_from_instruction
 from ovseg.pipeline import DEFAULT_CLIP, DEFAULT_SAM, Segmenter
+from ovseg.proposals.grid import GridOptions
 
 
 def parse_args(argv=None) -> argparse.Namespace:

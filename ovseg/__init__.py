@@ -3,15 +3,31 @@
 >>> import ovseg
 >>> result = ovseg.segment("street.jpg", classes=["road", "red truck", "sky"])
 >>> result.label_map  # int32 (H, W): class index, or ovseg.UNLABELED (-1)
+
+``import ovseg`` is light: torch and the model libraries load when a name that needs them is
+first used.
 """
 
-from ovseg.grounding import GroundingResult, ground
-from ovseg.image import load_image
-from ovseg.pipeline import Segmenter, segment
-from ovseg.proposals import Masks
-from ovseg.result import UNLABELED, Segment, SegmentationResult
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING
+
+from ovseg.constants import UNLABELED
+
+__version__ = "0.2.0"
+
+_LAZY = {
+    "GroundingResult": "ovseg.grounding.core",
+    "ground": "ovseg.grounding.core",
+    "heatmap": "ovseg.grounding.core",
+    "load_image": "ovseg.image",
+    "Segmenter": "ovseg.pipeline",
+    "segment": "ovseg.pipeline",
+    "Masks": "ovseg.structures",
+    "Segment": "ovseg.result",
+    "SegmentationResult": "ovseg.result",
+}
 
 __all__ = [
     "UNLABELED",
@@ -22,6 +38,27 @@ __all__ = [
     "Segmenter",
     "__version__",
     "ground",
+    "heatmap",
     "load_image",
     "segment",
 ]
+
+if TYPE_CHECKING:
+    from ovseg.grounding.core import GroundingResult, ground, heatmap
+    from ovseg.image import load_image
+    from ovseg.pipeline import Segmenter, segment
+    from ovseg.result import Segment, SegmentationResult
+    from ovseg.structures import Masks
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ovseg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

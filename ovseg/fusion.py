@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ovseg.proposals import masks_to_boxes
 from ovseg.result import UNLABELED, Segment, SegmentationResult
+from ovseg.structures import masks_to_boxes
 
 
 def fuse(masks: np.ndarray, scores: np.ndarray, classes: list[str], *,

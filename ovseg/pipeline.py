@@ -12,19 +12,18 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_SAM
 from ovseg.fusion import fuse
-from ovseg.grid import GridOptions, automatic_masks
-from ovseg.grid import fused_attention as use_fused_attention
 from ovseg.image import load_image
-from ovseg.models import build_clip, build_sam, resolve_device
-from ovseg.prompts import make_prompt
-from ovseg.proposals import Masks, Proposer
+from ovseg.models.build import build_clip, build_sam, resolve_device
+from ovseg.proposals.grid import GridOptions, automatic_masks
+from ovseg.proposals.grid import fused_attention as use_fused_attention
+from ovseg.proposals.prompts import make_prompt
+from ovseg.proposals.sam import Proposer
 from ovseg.result import SegmentationResult
-from ovseg.scoring import make_scorer
-from ovseg.vocabulary import Vocabulary
-
-DEFAULT_SAM = "vit_b"
-DEFAULT_CLIP = "ViT-B-16/openai"
+from ovseg.scoring.regions import make_scorer
+from ovseg.scoring.vocabulary import Vocabulary
+from ovseg.structures import Masks
 
 
 class Segmenter:
@@ -38,11 +37,11 @@ class Segmenter:
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
         random_weights: build registered architectures with random weights (timing only; warns;
             labels are meaningless). ``"tiny-random"`` models are random too.
-        templates: prompt-template set name or list (see :mod:`ovseg.vocabulary`).
+        templates: prompt-template set name or list (see :mod:`ovseg.scoring.vocabulary`).
         scorer: ``"dense"`` (default: one CLIP pass per image, features pooled in each mask),
             ``"crop"`` (one CLIP pass per masked crop) or ``"both"``; see :mod:`ovseg.scoring`.
         score_threshold: default minimum class probability for a mask to label pixels.
-        grid: automatic-grid options (:class:`~ovseg.grid.GridOptions`).
+        grid: automatic-grid options (:class:`~ovseg.proposals.grid.GridOptions`).
         fused_attention: run SAM's image-encoder attention through PyTorch's fused
             ``scaled_dot_product_attention`` (same arithmetic up to float rounding, faster).
         scorer_options: passed to the scorer (e.g. ``margin``, ``fill`` for ``"crop"``).
@@ -66,7 +65,34 @@ class Segmenter:
         self.score_threshold = score_threshold
         self.grid = grid or GridOptions()
         self._image: np.ndarray | None = None
+        self._dense_scorer = None
         self.lock = threading.RLock()
+
+    @property
+    def dense_scorer(self):
+        """The dense region scorer (the segmenter's own, or one built once for heatmaps)."""
+        from ovseg.scoring.regions import DenseScorer, EnsembleScorer
+
+        if isinstance(self.scorer, DenseScorer):
+            return self.scorer
+        if isinstance(self.scorer, EnsembleScorer):
+            return self.scorer.dense
+        if self._dense_scorer is None:
+            self._dense_scorer = DenseScorer(self.clip)
+        return self._dense_scorer
+
+    def ground(self, image, phrase, **options):
+        """Regions of ``image`` that a referring phrase names: see :func:`ovseg.ground`."""
+        from ovseg.grounding.core import ground
+
+        return ground(image, phrase, segmenter=self, **options)
+
+    def heatmap(self, image, phrase, **options):
+        """Similarity of a phrase over the image, float32 (H, W) in [0, 1]: see
+        :func:`ovseg.grounding.heatmap`."""
+        from ovseg.grounding.core import heatmap
+
+        return heatmap(image, phrase, segmenter=self, **options)
 
     @property
     def image(self) -> np.ndarray:
@@ -95,7 +121,7 @@ class Segmenter:
         """Class-agnostic masks of ``image`` (or of the image already set).
 
         With any prompt, the prompted object(s); without, the automatic grid
-        (``grid_options`` override fields of :class:`~ovseg.grid.GridOptions`).
+        (``grid_options`` override fields of :class:`~ovseg.proposals.grid.GridOptions`).
         """
         with self.lock:
             array = self._use(image)
@@ -180,7 +206,7 @@ def segment(image, classes: Sequence[str], *, sam=DEFAULT_SAM, clip=DEFAULT_CLIP
         A :class:`~ovseg.result.SegmentationResult`: ``label_map`` int32 (H, W) with class
         indices or ``ovseg.UNLABELED`` (-1), ``confidence`` float32 (H, W), ``segments``.
     """
-    from ovseg.vocabulary import validate_classes
+    from ovseg.scoring.vocabulary import validate_classes
 
     validate_classes(classes)
     return default_segmenter(sam, clip, device, random_weights).segment(image, classes, **options)

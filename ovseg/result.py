@@ -27,11 +27,10 @@ from pycocotools import mask as mask_utils
 
 from ovseg import viz
 from ovseg._io import atomic_write, atomic_write_text
+from ovseg.constants import PNG_UNLABELED, UNLABELED
 
 __all__ = ["UNLABELED", "PNG_UNLABELED", "Segment", "SegmentationResult", "read_label_png"]
 
-UNLABELED = -1
-PNG_UNLABELED = 255
 _PNG_MAX_CLASSES = 255
 _EPS = 1e-5  # float32 rounding slack for scores and confidences; values are clipped
 

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ovseg.constants import UNLABELED
 from ovseg.image import load_image
 
 __all__ = ["palette", "colorize", "overlay", "confidence_image"]
 
-_UNLABELED = -1
 _MAX_COLOURS = (1 << 24) - 1
 
 
@@ -143,7 +143,7 @@ def _check_labels(label_map: np.ndarray, n_classes: int) -> np.ndarray:
     if labels.dtype.kind not in "iu":
         raise ValueError(f"label_map must hold integers; got dtype {labels.dtype}")
     labels = labels.astype(np.int64)
-    if labels.size and (labels.min() < _UNLABELED or labels.max() >= n_classes):
+    if labels.size and (labels.min() < UNLABELED or labels.max() >= n_classes):
         raise ValueError(
             f"label_map values must be in [-1, {n_classes}); found [{labels.min()}, {labels.max()}]"
         )

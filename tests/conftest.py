@@ -51,8 +51,8 @@ def synthetic_image() -> np.ndarray:
 def tiny_segmenter():
     """Tiny random SAM + CLIP with the grid's quality filters off (random weights rarely pass
     them), shared by the session: tests must not depend on its cached image."""
-    from ovseg.grid import GridOptions
     from ovseg.pipeline import Segmenter
+    from ovseg.proposals.grid import GridOptions
 
     grid = GridOptions(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                        box_nms_thresh=0.9)

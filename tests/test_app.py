@@ -11,10 +11,10 @@ from PIL import Image
 from ovseg.app import handlers as H
 from ovseg.app.render import BRUSH, _outline, draw_prompts, legend_html, render
 from ovseg.app.session import Session, Settings, example_images, file_stem
-from ovseg.grid import GridOptions
 from ovseg.pipeline import Segmenter
-from ovseg.proposals import Masks
+from ovseg.proposals.grid import GridOptions
 from ovseg.result import read_label_png
+from ovseg.structures import Masks
 
 CLASSES = "road; street, sky\ncar, building"
 NAMES = ["road; street", "sky", "car", "building"]

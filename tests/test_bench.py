@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from ovseg.bench import BenchConfig
-from ovseg.bench_plain import PlainPipeline, label_components, synthetic_scene
+from ovseg.bench.plain import PlainPipeline, label_components, synthetic_scene
+from ovseg.bench.runner import BenchConfig
 from ovseg.cli import main
 
 
@@ -68,8 +68,8 @@ def test_synthetic_scene_is_deterministic():
 
 
 def test_plain_scoring_is_one_clip_pass_per_mask():
-    from ovseg.models import build_clip
-    from ovseg.testing import tiny_sam
+    from ovseg.models.build import build_clip
+    from ovseg.models.tiny import tiny_sam
 
     image, lab = synthetic_scene(0, (96, 128))
     masks = label_components(lab)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ovseg.decoder import decode_points
-from ovseg.testing import tiny_sam
+from ovseg.models.tiny import tiny_sam
+from ovseg.proposals.decoder import decode_points
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def test_equals_mask_decoder_multimask_output(setup):
 
 def test_iou_threshold_keeps_exactly_the_prompts_with_a_passing_candidate(setup):
     sam, features, coords, ref_low, ref_iou = setup
-    threshold = float(ref_iou.max(1).values.median())
+    best = ref_iou.max(1).values.sort().values
+    threshold = float(best[11:13].mean())  # midway between two prompts: no float-rounding tie
     low, iou, kept = decode_points(sam, features, coords, iou_threshold=threshold)
     expected = torch.nonzero((ref_iou > threshold).any(1)).flatten()
     assert 0 < len(kept) < 24 and kept.tolist() == expected.tolist()

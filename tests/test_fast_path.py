@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ovseg.models import build_clip
-from ovseg.proposals import Masks, Proposer
-from ovseg.scoring import CropScorer, DenseScorer, EnsembleScorer
-from ovseg.testing import tiny_sam
-from ovseg.vocabulary import Vocabulary
+from ovseg.models.build import build_clip
+from ovseg.models.tiny import tiny_sam
+from ovseg.proposals.sam import Proposer
+from ovseg.scoring.regions import CropScorer, DenseScorer, EnsembleScorer
+from ovseg.scoring.vocabulary import Vocabulary
+from ovseg.structures import Masks
 
 
 class Calls:

@@ -7,9 +7,9 @@ import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator
 
-from ovseg.grid import GridOptions, automatic_masks, fused_attention, uses_fused_attention
-from ovseg.proposals import Proposer
-from ovseg.testing import tiny_sam
+from ovseg.models.tiny import tiny_sam
+from ovseg.proposals.grid import GridOptions, automatic_masks, fused_attention, uses_fused_attention
+from ovseg.proposals.sam import Proposer
 
 
 def _ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -69,7 +69,7 @@ def test_max_masks_and_adaptive(synthetic_image):
 
 
 def test_adaptive_never_decodes_more_points_than_the_full_grid(synthetic_image, monkeypatch):
-    import ovseg.grid as grid
+    import ovseg.proposals.grid as grid
 
     proposer = Proposer(tiny_sam())
     proposer.set_image(synthetic_image)

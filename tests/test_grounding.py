@@ -16,14 +16,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovseg.grounding import (
+from ovseg.grounding.core import (
     GroundingResult,
     grasp_point,
     ground,
     heatmap,
     phrase_from_instruction,
 )
-from ovseg.proposals import Masks, masks_to_boxes
+from ovseg.structures import Masks, masks_to_boxes
 
 WORDS = ["car", "tree", "person", "sky", "road", "dog", "building", "red", "bicycle", "water",
          "lamp", "grass"]
@@ -242,8 +242,8 @@ def test_bad_options(tiny_segmenter, synthetic_image, masks):
     img, seg = synthetic_image, tiny_segmenter
     h, w = img.shape[:2]
     cases = [
-        (dict(candidates=np.zeros((0, h, w), bool)), ValueError, "no candidate"),
-        (dict(candidates=[]), ValueError, "no candidate"),
+        (dict(candidates=np.zeros((0, h, w), bool)), ValueError, "empty"),
+        (dict(candidates=[]), ValueError, "empty"),
         (dict(candidates=np.ones((1, h + 1, w), bool)), ValueError, "image is"),
         (dict(candidates=np.zeros((1, h, w), bool)), ValueError, "empty"),
         (dict(candidates=masks.astype(np.float32)), TypeError, "bool"),
@@ -257,14 +257,30 @@ def test_bad_options(tiny_segmenter, synthetic_image, masks):
         (dict(candidates=masks, category=["box"]), TypeError, "category"),
         (dict(candidates=masks, category=" "), ValueError, "blank"),
         (dict(candidates=masks, points_per_side=4), ValueError, "grid options"),
-        (dict(pred_iou_thresh=1.0, stability_score_thresh=1.0, points_per_side=2), ValueError,
-         "no candidate"),
     ]
     for kwargs, error, match in cases:
         with pytest.raises(error, match=match):
             ground(img, "car", segmenter=seg, **kwargs)
     with pytest.raises(TypeError, match="Segmenter"):
         ground(img, "car", candidates=masks, segmenter="tiny-random")
+
+
+def test_nothing_found_is_an_empty_result_not_an_error(tiny_segmenter, synthetic_image):
+    r = ground(synthetic_image, "car", segmenter=tiny_segmenter, pred_iou_thresh=1.0,
+               stability_score_thresh=1.0, points_per_side=2)
+    assert not r.found and r.mask is None and r.candidates == [] and r.point is None
+    both = tiny_segmenter.ground(synthetic_image, ["car", "sky"], pred_iou_thresh=1.0,
+                                 stability_score_thresh=1.0, points_per_side=2)
+    assert [x.found for x in both] == [False, False]
+
+
+def test_segmenter_methods_equal_the_module_functions(tiny_segmenter, synthetic_image, masks):
+    a = ground(synthetic_image, "car", candidates=masks, segmenter=tiny_segmenter)
+    b = tiny_segmenter.ground(synthetic_image, "car", candidates=masks)
+    assert a.score == b.score and np.array_equal(a.mask, b.mask)
+    h1 = tiny_segmenter.heatmap(synthetic_image, "car")
+    h2 = heatmap(synthetic_image, "car", segmenter=tiny_segmenter)
+    np.testing.assert_array_equal(h1, h2)
 
 
 def test_demo_grounds_a_camvid_frame(camvid_frame, tmp_path, capsys):

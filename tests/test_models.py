@@ -3,9 +3,9 @@ import warnings
 import pytest
 import torch
 
-from ovseg.clip_backends import HFClipBackend, OpenClipBackend
-from ovseg.models import build_clip, build_sam, resolve_device
-from ovseg.testing import tiny_clip, tiny_hf_clip, tiny_sam
+from ovseg.models.build import build_clip, build_sam, resolve_device
+from ovseg.models.tiny import tiny_clip, tiny_hf_clip, tiny_sam
+from ovseg.scoring.backends import HFClipBackend, OpenClipBackend
 
 
 def test_tiny_models_are_deterministic_real_architectures():

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 import ovseg
-from ovseg.grid import GridOptions
 from ovseg.pipeline import default_segmenter
+from ovseg.proposals.grid import GridOptions
 
 CLASSES = ["road; street", "sky", "car", "building"]
 OFF = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_side=8)

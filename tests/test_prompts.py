@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovseg.prompts import make_prompt, sample_points
+from ovseg.proposals.prompts import make_prompt, sample_points
 
 SHAPE = (40, 60)
 

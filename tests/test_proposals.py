@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from segment_anything import SamPredictor
 
-from ovseg.prompts import make_prompt
-from ovseg.proposals import Masks, Proposer, masks_to_boxes
-from ovseg.testing import tiny_sam
+from ovseg.models.tiny import tiny_sam
+from ovseg.proposals.prompts import make_prompt
+from ovseg.proposals.sam import Proposer
+from ovseg.structures import Masks, masks_to_boxes
 
 
 @pytest.fixture(scope="module")

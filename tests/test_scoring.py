@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovseg.models import build_clip
-from ovseg.proposals import Masks
-from ovseg.scoring import CropScorer, DenseScorer, make_scorer, square_boxes
+from ovseg.models.build import build_clip
+from ovseg.scoring.regions import CropScorer, DenseScorer, make_scorer, square_boxes
+from ovseg.structures import Masks
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_bad_window_options(clip):
 
 
 def test_dense_scorers_need_a_vit_tower_and_say_so():
-    from ovseg.models import build_clip as build
+    from ovseg.models.build import build_clip as build
 
     with pytest.warns(UserWarning, match="RANDOM"):
         resnet = build("RN50", "cpu", random_weights=True)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from ovseg.models import build_clip
-from ovseg.vocabulary import Vocabulary, parse_classes, resolve_templates, template_sets
+from ovseg.models.build import build_clip
+from ovseg.scoring.vocabulary import Vocabulary, parse_classes, resolve_templates, template_sets
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ovseg
-from ovseg import weights
 from ovseg.cli import weights as cli_weights
+from ovseg.models import weights
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # ~1 MiB: several download chunks
 

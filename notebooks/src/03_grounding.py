@@ -140,7 +140,7 @@ display(above.overlay(label=False))
 # templates ("a photo of a the car."), one reason to compare.
 
 # %%
-from ovseg.vocabulary import template_sets
+from ovseg.scoring.vocabulary import template_sets
 
 TEMPLATE_CHOICES = [*template_sets(), ["a photo of {}, seen from a car."]]
 table = {}
@@ -239,7 +239,7 @@ print("found:", none.found, "| mask:", none.mask, "| candidates ranked:", len(no
 #   laptop") need reasoning outside the region scores.
 
 # %%
-from ovseg.vocabulary import Vocabulary
+from ovseg.scoring.vocabulary import Vocabulary
 
 left = ground(image, "the car on the left", candidates=CANDIDATES, segmenter=segmenter)
 right = ground(image, "the car on the right", candidates=CANDIDATES, segmenter=segmenter)

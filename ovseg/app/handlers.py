@@ -39,8 +39,8 @@ from ovseg.app.session import (
     file_stem,
 )
 from ovseg.fusion import fuse
-from ovseg.proposals import Masks
-from ovseg.vocabulary import parse_classes, validate_classes
+from ovseg.scoring.vocabulary import parse_classes, validate_classes
+from ovseg.structures import Masks
 
 EMBED_CHUNK = 8
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ovseg.proposals import Masks
 from ovseg.result import SegmentationResult
+from ovseg.structures import Masks
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MODES = ("automatic", "points", "boxes", "scribble")

@@ -26,7 +26,7 @@ HELP = (
 
 def describe_models(segmenter, models: dict[str, str] | None = None) -> str:
     """A Markdown line naming the models (fixed at launch), scorer and device."""
-    from ovseg.weights import SAM_CHECKPOINTS
+    from ovseg.models.weights import SAM_CHECKPOINTS
 
     models = dict(models or {})
     sam = models.get("sam") or type(segmenter.proposer.model.image_encoder).__name__
@@ -53,7 +53,7 @@ def build_app(segmenter, *, models: dict[str, str] | None = None,
         models: optional ``{"sam": name, "clip": name}`` shown on the page.
         title: page title; ``default_classes``: the class box's initial text.
     """
-    from ovseg.vocabulary import template_sets
+    from ovseg.scoring.vocabulary import template_sets
 
     templates = list(template_sets())
     default_templates = segmenter.templates if segmenter.templates in templates else templates[0]

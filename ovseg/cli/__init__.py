@@ -9,14 +9,16 @@ import argparse
 import importlib
 import sys
 
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_SAM
+
 SUBCOMMANDS = ("segment", "eval", "weights", "app", "bench")
 
 
 def add_model_arguments(p: argparse.ArgumentParser,
                         scorers: tuple[str, ...] = ("dense", "crop", "both")) -> None:
     """The model options shared by the subcommands that build a Segmenter."""
-    p.add_argument("--sam", default="vit_b", help="SAM: vit_b|vit_l|vit_h|PATH|tiny-random")
-    p.add_argument("--clip", default="ViT-B-16/openai",
+    p.add_argument("--sam", default=DEFAULT_SAM, help="SAM: vit_b|vit_l|vit_h|PATH|tiny-random")
+    p.add_argument("--clip", default=DEFAULT_CLIP,
                    help="CLIP: ARCH/TAG (open_clip), ARCH:PATH, hf:ORG/NAME, or tiny-random")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
     p.add_argument("--random-weights", action="store_true",

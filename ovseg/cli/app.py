@@ -33,8 +33,8 @@ def register(subparsers) -> None:
 
 
 def grid_options(args: argparse.Namespace):
-    """The :class:`~ovseg.grid.GridOptions` asked for on the command line."""
-    from ovseg.grid import GridOptions
+    """The :class:`~ovseg.proposals.grid.GridOptions` asked for on the command line."""
+    from ovseg.proposals.grid import GridOptions
 
     options = {}
     if args.points_per_side is not None:

@@ -45,8 +45,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovseg.bench import BenchConfig, run_benchmark
-    from ovseg.bench_report import to_markdown, write_results
+    from ovseg.bench.report import to_markdown, write_results
+    from ovseg.bench.runner import BenchConfig, run_benchmark
 
     sam, clip = ("tiny-random", "tiny-random") if args.tiny else (args.sam, args.clip)
     try:

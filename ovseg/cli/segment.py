@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ovseg.pipeline import Segmenter
-    from ovseg.vocabulary import parse_classes, validate_classes
+    from ovseg.scoring.vocabulary import parse_classes, validate_classes
 
     try:
         classes = validate_classes(parse_classes(args.classes))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ovseg import weights
+from ovseg.models import weights
 
 CLIP_NOTE = (
     "CLIP weights are not stored here: give an open_clip pretrained tag as ARCH/TAG "
@@ -127,7 +127,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _download_clip(spec: str) -> int:
     """CLIP weights: open_clip tags and Hugging Face ids are fetched by those libraries into
     their own caches (open_clip's under the weights folder), by building the model once."""
-    from ovseg.models import build_clip
+    from ovseg.models.build import build_clip
 
     try:
         backend = build_clip(spec, "cpu")

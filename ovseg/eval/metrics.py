@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-UNLABELED = -1
+from ovseg.constants import UNLABELED
 
 
 def _as_int_map(array: np.ndarray, name: str) -> np.ndarray:

@@ -37,8 +37,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from ovseg._io import atomic_write
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_SAM, UNLABELED
 from ovseg.eval.datasets import IGNORE, SegDataset, open_dataset
-from ovseg.eval.metrics import UNLABELED, ConfusionMatrix
+from ovseg.eval.metrics import ConfusionMatrix
 
 SCORERS = ("crop", "dense", "both", "oracle")
 # Published training-free protocol (SCLIP configs): input short side, background threshold.
@@ -70,8 +71,8 @@ class EvalConfig:
     data: str
     kind: str
     split: str = "val"
-    sam: str = "vit_b"
-    clip: str = "ViT-B-16/openai"
+    sam: str = DEFAULT_SAM
+    clip: str = DEFAULT_CLIP
     scorer: str = "dense"
     templates: str = "imagenet"
     score_threshold: float = 0.0
@@ -189,8 +190,8 @@ class _Predictor:
 
 def evaluate(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | None = None,
              split: str = "val", ignore_index: int | None = None,
-             predictions: str | os.PathLike | None = None, sam: str = "vit_b",
-             clip: str = "ViT-B-16/openai", scorer: str = "dense", templates: str = "imagenet",
+             predictions: str | os.PathLike | None = None, sam: str = DEFAULT_SAM,
+             clip: str = DEFAULT_CLIP, scorer: str = "dense", templates: str = "imagenet",
              score_threshold: float | None = None, short_side: int | None = -1,
              grid: Mapping[str, Any] | None = None, limit: int | None = None, device=None,
              random_weights: bool = False, segmenter=None, progress: bool = True,

@@ -4,7 +4,7 @@ Same model, same grid and the same quality filters as ``SamAutomaticMaskGenerato
 layer), reorganised for speed:
 
 - the grid is decoded in large batches straight from the cached image embedding, by
-  :func:`ovseg.decoder.decode_points` (SAM's decoder with the per-image work shared across
+  :func:`ovseg.proposals.decoder.decode_points` (SAM's decoder with the per-image work shared across
   prompts, and no upscaling for prompts the predicted-IoU filter rejects);
 - predicted-IoU and stability filters and box NMS run on SAM's low-resolution logits
   (256x256 for the official models); only the survivors are upsampled to the input size, with
@@ -35,8 +35,9 @@ from segment_anything.modeling.image_encoder import get_rel_pos
 from segment_anything.utils.amg import build_point_grid
 from torchvision.ops import batched_nms
 
-from ovseg.decoder import decode_points
-from ovseg.proposals import Masks, Proposer
+from ovseg.proposals.decoder import decode_points
+from ovseg.proposals.sam import Proposer
+from ovseg.structures import Masks
 
 
 @dataclass(frozen=True)

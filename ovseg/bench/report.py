@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import torch
 
 from ovseg._io import atomic_write_text
-from ovseg.bench import STAGES, median
+
+STAGES = ("encoder", "proposals", "scoring", "fusion")
+
+
+def median(values) -> float:
+    values = [v for v in values if v is not None]
+    return float(statistics.median(values)) if values else float("nan")
+
 
 
 def machine_info(device: torch.device) -> dict:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ovseg.clip_backends import ClipBackend
+from ovseg.scoring.backends import ClipBackend
 
 
 def _template_set(templates) -> tuple[str, ...]:

@@ -12,13 +12,12 @@ Fairness, as reported in every result:
 - a click = one positive point after ``set_image`` (SAM's best candidate) + scoring that one
   region + fusion, vs ``SamPredictor.predict`` + one per-mask CLIP crop.
 
-The plain pipeline lives in :mod:`ovseg.bench_plain`; reports in :mod:`ovseg.bench_report`.
+The plain pipeline lives in :mod:`ovseg.bench.plain`; reports in :mod:`ovseg.bench.report`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,19 +26,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ovseg.bench_plain import PlainPipeline, label_components, synthetic_scene
+from ovseg.bench.plain import PlainPipeline, label_components, synthetic_scene
+from ovseg.bench.report import machine_info, summarize
+from ovseg.constants import DEFAULT_SAM
 
 CAMVID = Path("../shared/data/camvid-val")
 CAMVID_IGNORE = (11,)
 SYNTHETIC_CLASSES = ["sky", "road", "building", "car"]
-STAGES = ("encoder", "proposals", "scoring", "fusion")
 
 
 @dataclass
 class BenchConfig:
     """What ``ovseg bench`` runs (see ``ovseg bench --help``)."""
 
-    sam: str = "vit_b"
+    sam: str = DEFAULT_SAM
     clip: str = "ViT-B-16"
     device: str | None = None
     images: int = 1
@@ -175,9 +175,9 @@ def build(config: BenchConfig):
     """Shared models -> (PlainPipeline, Segmenter, device)."""
     import warnings
 
-    from ovseg.grid import GridOptions
-    from ovseg.models import build_clip, build_sam, resolve_device
+    from ovseg.models.build import build_clip, build_sam, resolve_device
     from ovseg.pipeline import Segmenter
+    from ovseg.proposals.grid import GridOptions
 
     device = resolve_device(config.device)
     if config.half and device.type != "cuda":
@@ -195,11 +195,10 @@ def build(config: BenchConfig):
 
 
 def run_benchmark(config: BenchConfig, progress=print) -> dict:
-    """Run the side-by-side benchmark; returns the results dict (see :mod:`ovseg.bench_report`)."""
-    from ovseg.bench_report import machine_info, summarize
-    from ovseg.grid import fused_attention
-    from ovseg.proposals import Masks
-    from ovseg.scoring import make_scorer
+    """Run the side-by-side benchmark; returns the results dict (see :mod:`ovseg.bench.report`)."""
+    from ovseg.proposals.grid import fused_attention
+    from ovseg.scoring.regions import make_scorer
+    from ovseg.structures import Masks
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -239,7 +238,7 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
 
 def _run_plain(plain, seg, image, fixed, text, device) -> dict:
     """One timed plain run: generator (encoder timed inside), per-mask crops, painting."""
-    from ovseg.grid import fused_attention
+    from ovseg.proposals.grid import fused_attention
 
     fused_attention(seg.proposer.model, False)
     plain.clip_calls = 0
@@ -255,7 +254,7 @@ def _run_ovseg(config, seg, scorers, image, fixed, classes, device, autocast):
     """One timed ovseg run: set_image, grid proposals, then each scorer on the fixed masks.
     Returns (record, grid Masks)."""
     from ovseg.fusion import fuse
-    from ovseg.grid import fused_attention
+    from ovseg.proposals.grid import fused_attention
 
     fused_attention(seg.proposer.model, config.fused)
     _forget(seg)
@@ -281,7 +280,7 @@ def _run_ovseg(config, seg, scorers, image, fixed, classes, device, autocast):
 def _warmup(plain, seg, scorers, image, fixed, classes, text, seg_fused: bool) -> None:
     """One untimed pass through each code path (the encoder with each attention), so no timed
     stage pays first-call costs (allocator growth, thread pools, lazy initialisation)."""
-    from ovseg.grid import fused_attention
+    from ovseg.proposals.grid import fused_attention
 
     fused_attention(seg.proposer.model, False)
     plain.predictor.set_image(image)
@@ -347,8 +346,3 @@ def _clicks(config, plain, seg, scorers, image, fixed, classes, text, device, au
                 seg.scorer = scorer
                 out[kind].append(_timed(lambda pt=pt: click(pt), device)[1])
     return out
-
-
-def median(values) -> float:
-    values = [v for v in values if v is not None]
-    return float(statistics.median(values)) if values else float("nan")

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 from torchvision.transforms.functional import gaussian_blur
 
-from ovseg.clip_backends import ClipBackend
-from ovseg.proposals import Masks, image_key
+from ovseg.scoring.backends import ClipBackend
+from ovseg.structures import Masks, image_key
 
 FILLS = ("grey", "blur", "none")
 
@@ -204,4 +204,14 @@ def make_scorer(kind: str, backend: ClipBackend, **options):
     if kind != "crop" and not backend.supports_dense:
         raise ValueError(f"scorer {kind!r} needs a CLIP ViT image tower with a class token; "
                          f"{backend.name} has none: use scorer='crop'")
-    return SCORERS[kind](backend, **options)
+    import inspect
+
+    cls = SCORERS[kind]
+    takes = CropScorer if kind == "both" else cls  # "both" passes its options to the crop scorer
+    allowed = [n for n in inspect.signature(takes.__init__).parameters
+               if n not in ("self", "backend")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for scorer {kind!r}; it takes "
+                         f"{allowed or 'no options'}")
+    return cls(backend, **options)

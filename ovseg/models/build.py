@@ -7,7 +7,7 @@ path to a SAM ``.pth``/``.safetensors`` file (architecture read from the weights
 CLIP specs: ``"ARCH/TAG"`` (an open_clip architecture and pretrained tag, e.g.
 ``"ViT-B-16/openai"``), ``"ARCH:PATH"`` (open_clip architecture, local checkpoint file),
 ``"hf:ORG/NAME"`` or a local Hugging Face model folder (transformers CLIP/SigLIP), an open_clip
-model, a ``(model, tokenizer)`` pair, a :class:`~ovseg.clip_backends.ClipBackend`,
+model, a ``(model, tokenizer)`` pair, a :class:`~ovseg.scoring.backends.ClipBackend`,
 ``"tiny-random"`` (open_clip) or ``"hf-tiny-random"`` (transformers).
 
 ``random_weights=True`` builds a registered architecture (``sam="vit_b"``, ``clip="ViT-B-16"``)
@@ -21,10 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ovseg.clip_backends import ClipBackend, HFClipBackend, OpenClipBackend
+from ovseg.constants import HF_TINY, TINY
+from ovseg.scoring.backends import ClipBackend, HFClipBackend, OpenClipBackend
 
-TINY = "tiny-random"
-HF_TINY = "hf-tiny-random"
 _SAM_WIDTH_TO_ARCH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 _RANDOM_WARNING = (
     "ovseg: building {what} with RANDOM weights (random_weights=True). Its masks and labels are "
@@ -43,7 +42,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def sam_names() -> list[str]:
-    from ovseg.weights import SAM_CHECKPOINTS
+    from ovseg.models.weights import SAM_CHECKPOINTS
 
     return [TINY, *SAM_CHECKPOINTS]
 
@@ -53,7 +52,7 @@ def build_sam(spec, device=None, *, random_weights: bool = False):
     from segment_anything import sam_model_registry
     from segment_anything.modeling import Sam
 
-    from ovseg import weights
+    from ovseg.models import weights
 
     device = resolve_device(device)
     if isinstance(spec, Sam):
@@ -63,7 +62,7 @@ def build_sam(spec, device=None, *, random_weights: bool = False):
     if not isinstance(spec, str):
         raise TypeError(f"sam must be a name, a checkpoint path or a Sam model, got {type(spec)}")
     if spec == TINY:
-        from ovseg.testing import tiny_sam
+        from ovseg.models.tiny import tiny_sam
 
         return tiny_sam().to(device)
     if spec in weights.SAM_CHECKPOINTS:
@@ -112,11 +111,11 @@ def build_clip(spec, device=None, *, random_weights: bool = False) -> ClipBacken
     if not isinstance(spec, str) or not spec.strip():
         raise TypeError(f"clip must be a name, a path or a model, got {spec!r}")
     if spec == TINY:
-        from ovseg.testing import tiny_clip
+        from ovseg.models.tiny import tiny_clip
 
         return OpenClipBackend(tiny_clip().to(device), name=TINY)
     if spec == HF_TINY:
-        from ovseg.testing import tiny_hf_clip
+        from ovseg.models.tiny import tiny_hf_clip
 
         model, tokenizer = tiny_hf_clip()
         return HFClipBackend(model.to(device), tokenizer, name=HF_TINY)
@@ -138,7 +137,7 @@ def _wrap_model(model, tokenizer, name, device) -> ClipBackend:
 def _open_clip(spec: str, device, random_weights: bool) -> ClipBackend:
     import open_clip
 
-    from ovseg.weights import weights_dir
+    from ovseg.models.weights import weights_dir
 
     arch, sep, tag = spec.partition(":") if ":" in spec else spec.partition("/")
     if arch not in open_clip.list_models():

@@ -5,7 +5,7 @@ masks from prompts) against a phrase with the segmenter's CLIP region scorer and
 :class:`GroundingResult`: the best region's mask, box, score and grasp point, plus every
 candidate ranked.
 
-Scores (all computed with :class:`~ovseg.vocabulary.Vocabulary`, i.e. template-averaged text
+Scores (all computed with :class:`~ovseg.scoring.vocabulary.Vocabulary`, i.e. template-averaged text
 embeddings, ``;`` synonyms reduced by max, CLIP's logit scale):
 
 - ``similarity``: cosine between the region embedding and the phrase embedding, in [-1, 1];
@@ -25,14 +25,15 @@ Rules:
   (e.g. ``category="cup"``, phrase ``"blue cup"`` or ``"blue"``);
 - **threshold**: ``None`` answers the single best region; a number answers every ranked region
   with ``score >= threshold`` (possibly none);
-- no candidate regions at all (an empty candidate list, or an automatic grid that kept nothing)
-  raise ``ValueError``; candidates that are all filtered out give an empty result
+- an explicitly empty candidate list raises ``ValueError``; when nothing is found (the automatic
+  grid or the prompts kept no region, or every candidate is filtered out) the result is empty
   (``found`` is False, ``mask``/``box``/``score``/``point`` are None).
+
+``Segmenter.ground`` and ``Segmenter.heatmap`` are the same functions bound to a segmenter.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -42,11 +43,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from ovseg.grasp import grasp_point, phrase_from_instruction
-from ovseg.proposals import Masks
-from ovseg.scoring import DenseScorer, EnsembleScorer
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_SAM
+from ovseg.grounding.grasp import grasp_point, phrase_from_instruction
+from ovseg.scoring.vocabulary import Vocabulary, validate_classes
+from ovseg.structures import Masks
 from ovseg.viz import palette
-from ovseg.vocabulary import Vocabulary, validate_classes
 
 __all__ = ["DEFAULT_BACKGROUND", "GroundingResult", "Region", "grasp_point", "ground",
            "heatmap", "phrase_from_instruction"]
@@ -218,12 +219,7 @@ def _candidates(seg, array: np.ndarray, candidates, grid_options: dict) -> Masks
     if grid_options and candidates is not None:
         raise ValueError(f"grid options {sorted(grid_options)} apply only without candidates=")
     if candidates is None:
-        masks = _nonempty(seg.propose(**grid_options))
-        if len(masks) == 0:
-            raise ValueError("no candidate regions: the automatic grid kept no mask; lower its "
-                             "filters (e.g. pred_iou_thresh=0, stability_score_thresh=0) or pass "
-                             "candidates= (Masks, bool masks, or prompts)")
-        return masks
+        return _nonempty(seg.propose(**grid_options))
     if isinstance(candidates, dict):
         masks = _nonempty(seg.propose(**candidates))
     elif isinstance(candidates, (list, tuple)) and candidates and \
@@ -232,16 +228,16 @@ def _candidates(seg, array: np.ndarray, candidates, grid_options: dict) -> Masks
     elif isinstance(candidates, Masks):
         masks = candidates
     elif isinstance(candidates, (np.ndarray, list, tuple)):
-        arr = np.asarray(candidates) if len(candidates) else np.zeros((0, *shape), bool)
+        if len(candidates) == 0:
+            raise ValueError("candidates= is empty: give masks or prompts, or None for the "
+                             "automatic grid")
+        arr = np.asarray(candidates)
         if arr.dtype != np.bool_:
             raise TypeError(f"candidate masks must be bool arrays, got dtype {arr.dtype}")
         masks = Masks.from_masks(arr[None] if arr.ndim == 2 else arr)
     else:
         raise TypeError("candidates must be None, Masks, bool masks (N, H, W), a prompt dict "
                         f"or a list of prompt dicts, got {type(candidates).__name__}")
-    if len(masks) == 0:
-        raise ValueError("no candidate regions: candidates= is empty (or its prompts gave only "
-                         "empty masks)")
     if masks.shape != shape:
         raise ValueError(f"candidate masks are {masks.shape}, the image is {shape}")
     if not masks.masks.any(axis=(1, 2)).all():
@@ -277,7 +273,7 @@ def ground(image, phrase: str | Sequence[str], *, candidates=None,
            distractors: str | Sequence[str] = (),
            background: str | Sequence[str] = DEFAULT_BACKGROUND, threshold: float | None = None,
            drop_negatives: bool = True, templates: str | Sequence[str] | None = None,
-           segmenter=None, sam="vit_b", clip="ViT-B-16/openai", device=None,
+           segmenter=None, sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None,
            **grid_options) -> GroundingResult | list[GroundingResult]:
     """Find the region of ``image`` a referring phrase names (rules: see the module docstring).
 
@@ -327,8 +323,11 @@ def ground(image, phrase: str | Sequence[str], *, candidates=None,
     with seg.lock, torch.inference_mode():
         array = seg.set_image(image)
         masks = _candidates(seg, array, candidates, grid_options)
-        emb = seg.scorer.embed(array, masks)
+        emb = seg.scorer.embed(array, masks) if len(masks) else None
     eligible, rejected = np.ones(len(masks), bool), {}
+    if emb is None:
+        results = [GroundingResult(p, [], [], {}, threshold, array) for p in phrases]
+        return results[0] if single else results
     if category is not None:
         vocab = Vocabulary([category, *distractors, *background], templates)
         winner = vocab.probabilities(emb, seg.clip).argmax(1)
@@ -341,23 +340,10 @@ def ground(image, phrase: str | Sequence[str], *, candidates=None,
     return results[0] if single else results
 
 
-_DENSE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _dense_scorer(seg) -> DenseScorer:
-    if isinstance(seg.scorer, DenseScorer):
-        return seg.scorer
-    if isinstance(seg.scorer, EnsembleScorer):
-        return seg.scorer.dense
-    if seg not in _DENSE:
-        _DENSE[seg] = DenseScorer(seg.clip)
-    return _DENSE[seg]
-
-
 def heatmap(image, phrase: str | Sequence[str], *, negatives: str | Sequence[str] = (),
             background: str | Sequence[str] = DEFAULT_BACKGROUND, mode: str = "softmax",
-            templates: str | Sequence[str] | None = None, segmenter=None, sam="vit_b",
-            clip="ViT-B-16/openai", device=None) -> np.ndarray | list[np.ndarray]:
+            templates: str | Sequence[str] | None = None, segmenter=None, sam=DEFAULT_SAM,
+            clip=DEFAULT_CLIP, device=None) -> np.ndarray | list[np.ndarray]:
     """Similarity of a phrase over the image: float32 (H, W) in [0, 1] (a list for a list).
 
     The patch features of one dense CLIP pass (``DenseScorer.feature_map``) are scored per patch
@@ -376,7 +362,7 @@ def heatmap(image, phrase: str | Sequence[str], *, negatives: str | Sequence[str
     templates = seg.templates if templates is None else templates
     with seg.lock, torch.inference_mode():
         array = seg.set_image(image)
-        feats = _dense_scorer(seg).feature_map(array)
+        feats = seg.dense_scorer.feature_map(array)
     fh, fw, d = feats.shape
     flat = feats.reshape(fh * fw, d)
     out = []

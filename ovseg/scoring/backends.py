@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from ovseg.constants import OPENAI_MEAN, OPENAI_STD
 
 
 class ClipBackend(ABC):

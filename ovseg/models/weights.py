@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import torch
+from ovseg.constants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
 __all__ = [
     "ENV_VAR",
@@ -47,8 +47,6 @@ _CHUNK = 1 << 20  # 1 MiB
 _TIMEOUT_S = 60.0
 _log = logging.getLogger(__name__)
 
-SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
-SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,7 @@ def get_checkpoint(name: str) -> Checkpoint:
 
 def _checkout_weights_dir() -> Path | None:
     """The repository's ``weights/`` folder when ovseg runs from a source checkout, else None."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     folder = root / "weights"
     is_checkout = (root / "pyproject.toml").is_file() or (root / ".git").exists()
     return folder if folder.is_dir() and is_checkout else None
@@ -284,7 +282,9 @@ def ensure_checkpoint(name: str, *, download_missing: bool = False) -> Path:
     )
 
 
-def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
+    import torch
+
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -295,7 +295,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     """Load a state dict on the CPU without executing pickled code.
 
     ``.safetensors`` files load with safetensors; anything else with
@@ -318,6 +318,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"cannot read safetensors file {path}: {e}") from e
     try:
+        import torch
+
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler raises many types on junk; all mean "unreadable"
         raise ValueError(f"cannot load checkpoint {path} (weights_only=True): {e}") from e

@@ -12,6 +12,8 @@ from functools import partial
 
 import torch
 
+from ovseg.constants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
+
 TINY_SAM_IMAGE_SIZE = 256
 TINY_CLIP_IMAGE_SIZE = 64
 
@@ -63,8 +65,8 @@ def tiny_sam(seed: int = 0):
                 iou_head_depth=2,
                 iou_head_hidden_dim=32,
             ),
-            pixel_mean=[123.675, 116.28, 103.53],
-            pixel_std=[58.395, 57.12, 57.375],
+            pixel_mean=list(SAM_PIXEL_MEAN),
+            pixel_std=list(SAM_PIXEL_STD),
         )
     return sam.eval()
 

@@ -1,0 +1,17 @@
+"""Proposals: class-agnostic masks from SAM prompts (points, boxes, rough masks, scribbles) and
+the automatic grid."""
+
+from ovseg.proposals.grid import GridOptions, automatic_masks
+from ovseg.proposals.prompts import Prompt, make_prompt
+from ovseg.proposals.sam import Proposer
+from ovseg.structures import Masks, masks_to_boxes
+
+__all__ = [
+    "GridOptions",
+    "Masks",
+    "Prompt",
+    "Proposer",
+    "automatic_masks",
+    "make_prompt",
+    "masks_to_boxes",
+]
