@@ -16,14 +16,26 @@ from ovseg.cli import main
 
 
 def demo(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true",
-                        help="tiny random test models (a smoke run: the labels mean nothing)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny random test models (a smoke run: the labels mean nothing)",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.tiny:
-        rest = ["--sam", "tiny-random", "--clip", "tiny-random", "--no-quality-filters",
-                "--points-per-side", "16", *rest]
+        rest = [
+            "--sam",
+            "tiny-random",
+            "--clip",
+            "tiny-random",
+            "--no-quality-filters",
+            "--points-per-side",
+            "16",
+            *rest,
+        ]
     return main(["app", *rest])
 
 

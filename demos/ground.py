@@ -33,17 +33,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sam", default=DEFAULT_SAM, help=f"SAM model (default {DEFAULT_SAM})")
     p.add_argument("--clip", default=DEFAULT_CLIP, help=f"CLIP model (default {DEFAULT_CLIP})")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if present)")
-    p.add_argument("--negative", action="append", default=[], metavar="NAME",
-                   help="a name the target must not be (repeatable)")
-    p.add_argument("--category", default=None,
-                   help="category mode: keep regions labelled CATEGORY, rank them by the phrase")
-    p.add_argument("--keep-verb", action="store_true",
-                   help="use the instruction as given, without stripping the verb")
+    p.add_argument(
+        "--negative",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the target must not be (repeatable)",
+    )
+    p.add_argument(
+        "--category",
+        default=None,
+        help="category mode: keep regions labelled CATEGORY, rank them by the phrase",
+    )
+    p.add_argument(
+        "--keep-verb",
+        action="store_true",
+        help="use the instruction as given, without stripping the verb",
+    )
     p.add_argument("--points-per-side", type=int, default=32, help="automatic grid density")
     p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="grid quality filter")
     p.add_argument("--stability-thresh", type=float, default=0.95, help="grid stability filter")
-    p.add_argument("-o", "--output", type=Path, default=None,
-                   help="drawing to write (default: <image stem>_ground.png here)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="drawing to write (default: <image stem>_ground.png here)",
+    )
     return p.parse_args(argv)
 
 
@@ -52,15 +68,19 @@ def main(argv=None) -> int:
     if not args.image.is_file():
         print(f"error: image not found: {args.image}", file=sys.stderr)
         return 2
-    phrase = args.instruction.strip() if args.keep_verb else phrase_from_instruction(
-        args.instruction)
+    phrase = (
+        args.instruction.strip() if args.keep_verb else phrase_from_instruction(args.instruction)
+    )
     try:
-        grid = GridOptions(points_per_side=args.points_per_side,
-                           pred_iou_thresh=args.pred_iou_thresh,
-                           stability_score_thresh=args.stability_thresh)
+        grid = GridOptions(
+            points_per_side=args.points_per_side,
+            pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_thresh,
+        )
         segmenter = Segmenter(args.sam, args.clip, args.device, grid=grid)
-        result = ground(args.image, phrase, segmenter=segmenter, negatives=args.negative,
-                        category=args.category)
+        result = ground(
+            args.image, phrase, segmenter=segmenter, negatives=args.negative, category=args.category
+        )
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

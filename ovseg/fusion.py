@@ -21,9 +21,15 @@ from ovseg.result import UNLABELED, Segment, SegmentationResult
 from ovseg.structures import masks_to_boxes
 
 
-def fuse(masks: np.ndarray, scores: np.ndarray, classes: list[str], *,
-         score_threshold: float = 0.0, image: np.ndarray | None = None,
-         proposal_scores: np.ndarray | None = None) -> SegmentationResult:
+def fuse(
+    masks: np.ndarray,
+    scores: np.ndarray,
+    classes: list[str],
+    *,
+    score_threshold: float = 0.0,
+    image: np.ndarray | None = None,
+    proposal_scores: np.ndarray | None = None,
+) -> SegmentationResult:
     """Fuse masks bool (N, H, W) with class probabilities float (N, K) into a result.
 
     Args:
@@ -66,14 +72,28 @@ def fuse(masks: np.ndarray, scores: np.ndarray, classes: list[str], *,
             continue
         segment_map[own] = len(segments)
         box = masks_to_boxes(own[None])[0]
-        segments.append(Segment(id=len(segments) + 1, mask=own, class_index=int(best[i]),
-                                score=float(score[i]), box=tuple(int(v) for v in box),
-                                area=area, proposal_score=float(prop[i])))
+        segments.append(
+            Segment(
+                id=len(segments) + 1,
+                mask=own,
+                class_index=int(best[i]),
+                score=float(score[i]),
+                box=tuple(int(v) for v in box),
+                area=area,
+                proposal_score=float(prop[i]),
+            )
+        )
 
     covered = owner >= 0
     label_map = np.full((h, w), UNLABELED, np.int32)
     confidence = np.zeros((h, w), np.float32)
     label_map[covered] = best[owner[covered]]
     confidence[covered] = score[owner[covered]]
-    return SegmentationResult(label_map=label_map, confidence=confidence, classes=list(classes),
-                              segments=segments, segment_map=segment_map, image=image)
+    return SegmentationResult(
+        label_map=label_map,
+        confidence=confidence,
+        classes=list(classes),
+        segments=segments,
+        segment_map=segment_map,
+        image=image,
+    )

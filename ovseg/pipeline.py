@@ -47,11 +47,20 @@ class Segmenter:
         scorer_options: passed to the scorer (e.g. ``margin``, ``fill`` for ``"crop"``).
     """
 
-    def __init__(self, sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None, *,
-                 random_weights: bool = False, templates: str | Sequence[str] = "imagenet",
-                 scorer: str = "dense", score_threshold: float = 0.0,
-                 grid: GridOptions | None = None, fused_attention: bool = True,
-                 **scorer_options):
+    def __init__(
+        self,
+        sam=DEFAULT_SAM,
+        clip=DEFAULT_CLIP,
+        device=None,
+        *,
+        random_weights: bool = False,
+        templates: str | Sequence[str] = "imagenet",
+        scorer: str = "dense",
+        score_threshold: float = 0.0,
+        grid: GridOptions | None = None,
+        fused_attention: bool = True,
+        **scorer_options,
+    ):
         self.device = resolve_device(device)
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
@@ -116,8 +125,17 @@ class Segmenter:
         return Vocabulary(classes, self.templates if templates is None else templates, background)
 
     @torch.inference_mode()
-    def propose(self, image=None, *, points=None, point_labels=None, boxes=None, mask_input=None,
-                scribble=None, **grid_options) -> Masks:
+    def propose(
+        self,
+        image=None,
+        *,
+        points=None,
+        point_labels=None,
+        boxes=None,
+        mask_input=None,
+        scribble=None,
+        **grid_options,
+    ) -> Masks:
         """Class-agnostic masks of ``image`` (or of the image already set).
 
         With any prompt, the prompted object(s); without, the automatic grid
@@ -125,23 +143,27 @@ class Segmenter:
         """
         with self.lock:
             array = self._use(image)
-            prompt = make_prompt(array.shape[:2], points, point_labels, boxes, mask_input,
-                                 scribble)
+            prompt = make_prompt(array.shape[:2], points, point_labels, boxes, mask_input, scribble)
             if not prompt.is_empty:
                 if grid_options:
-                    raise ValueError(f"grid options {sorted(grid_options)} apply to automatic "
-                                     "mode only, not with prompts")
+                    raise ValueError(
+                        f"grid options {sorted(grid_options)} apply to automatic "
+                        "mode only, not with prompts"
+                    )
                 return self.proposer.predict(prompt)
             try:
                 options = replace(self.grid, **grid_options)
             except TypeError as e:
-                raise ValueError(f"unknown grid option in {sorted(grid_options)}; known: "
-                                 f"{sorted(GridOptions.__dataclass_fields__)}") from e
+                raise ValueError(
+                    f"unknown grid option in {sorted(grid_options)}; known: "
+                    f"{sorted(GridOptions.__dataclass_fields__)}"
+                ) from e
             return automatic_masks(self.proposer, options)
 
     @torch.inference_mode()
-    def score(self, masks: Masks, classes, image=None, *, background=(),
-              templates=None) -> np.ndarray:
+    def score(
+        self, masks: Masks, classes, image=None, *, background=(), templates=None
+    ) -> np.ndarray:
         """Class probabilities float32 (N, K) of each mask (see ``Vocabulary.probabilities``)."""
         vocab = self.vocabulary(classes, background, templates)
         with self.lock:
@@ -154,9 +176,21 @@ class Segmenter:
             return np.zeros((0, len(vocab)), np.float32)
         return vocab.probabilities(self.scorer.embed(array, masks), self.clip)
 
-    def segment(self, image, classes, *, points=None, point_labels=None, boxes=None,
-                mask_input=None, scribble=None, background=(), templates=None,
-                score_threshold: float | None = None, **grid_options) -> SegmentationResult:
+    def segment(
+        self,
+        image,
+        classes,
+        *,
+        points=None,
+        point_labels=None,
+        boxes=None,
+        mask_input=None,
+        scribble=None,
+        background=(),
+        templates=None,
+        score_threshold: float | None = None,
+        **grid_options,
+    ) -> SegmentationResult:
         """Segment ``image`` into ``classes``: see :func:`ovseg.segment`."""
         vocab = self.vocabulary(classes, background, templates)
         threshold = self.score_threshold if score_threshold is None else score_threshold
@@ -164,19 +198,32 @@ class Segmenter:
             raise ValueError(f"score_threshold must be in [0, 1], got {threshold}")
         with self.lock:
             array = self._use(image)
-            masks = self.propose(points=points, point_labels=point_labels, boxes=boxes,
-                                 mask_input=mask_input, scribble=scribble, **grid_options)
+            masks = self.propose(
+                points=points,
+                point_labels=point_labels,
+                boxes=boxes,
+                mask_input=mask_input,
+                scribble=scribble,
+                **grid_options,
+            )
             scores = self._probabilities(masks, vocab, array)
-        return fuse(masks.masks, scores, vocab.classes, score_threshold=threshold, image=array,
-                    proposal_scores=masks.scores)
+        return fuse(
+            masks.masks,
+            scores,
+            vocab.classes,
+            score_threshold=threshold,
+            image=array,
+            proposal_scores=masks.scores,
+        )
 
 
 _DEFAULTS: dict[tuple, Segmenter] = {}
 _DEFAULTS_LOCK = threading.Lock()
 
 
-def default_segmenter(sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None,
-                      random_weights: bool = False) -> Segmenter:
+def default_segmenter(
+    sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None, random_weights: bool = False
+) -> Segmenter:
     """A Segmenter cached per (sam, clip, device, random_weights) for named models."""
     key = (sam, clip, str(resolve_device(device)), random_weights)
     try:
@@ -189,8 +236,16 @@ def default_segmenter(sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None,
         return _DEFAULTS[key]
 
 
-def segment(image, classes: Sequence[str], *, sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None,
-            random_weights: bool = False, **options) -> SegmentationResult:
+def segment(
+    image,
+    classes: Sequence[str],
+    *,
+    sam=DEFAULT_SAM,
+    clip=DEFAULT_CLIP,
+    device=None,
+    random_weights: bool = False,
+    **options,
+) -> SegmentationResult:
     """Segment an image into an open vocabulary.
 
     Args:

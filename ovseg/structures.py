@@ -48,11 +48,14 @@ class Masks:
     @classmethod
     def cat(cls, items: list[Masks], shape: tuple[int, int]) -> Masks:
         if not items:
-            return cls(np.zeros((0, *shape), bool), np.zeros(0, np.float32),
-                       np.zeros((0, 4), np.float32))
-        return cls(np.concatenate([m.masks for m in items]),
-                   np.concatenate([m.scores for m in items]),
-                   np.concatenate([m.boxes for m in items]))
+            return cls(
+                np.zeros((0, *shape), bool), np.zeros(0, np.float32), np.zeros((0, 4), np.float32)
+            )
+        return cls(
+            np.concatenate([m.masks for m in items]),
+            np.concatenate([m.scores for m in items]),
+            np.concatenate([m.boxes for m in items]),
+        )
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:

@@ -54,6 +54,7 @@ def tiny_segmenter():
     from ovseg.pipeline import Segmenter
     from ovseg.proposals.grid import GridOptions
 
-    grid = GridOptions(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                       box_nms_thresh=0.9)
+    grid = GridOptions(
+        points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9
+    )
     return Segmenter("tiny-random", "tiny-random", device="cpu", grid=grid)

@@ -156,8 +156,7 @@ def test_box_from_two_clicks_and_one_undo_removes_it(seg, image):
     assert session.corner is None and not session.warning, session.status
     (obj,) = session.objects
     assert obj.box == (10, 20, 91, 101)
-    np.testing.assert_array_equal(obj.mask, seg.propose(image, boxes=[[10, 20, 91, 101]])
-                                  .masks[0])
+    np.testing.assert_array_equal(obj.mask, seg.propose(image, boxes=[[10, 20, 91, 101]]).masks[0])
     H.undo(seg, session, SETTINGS)
     assert not session.objects and session.corner is None and session.result is None
 
@@ -185,11 +184,13 @@ def test_scribble_and_rough_mask_from_the_editor(seg, image):
     H.add_brush(seg, session, SETTINGS, editor, "scribble")
     assert not session.warning, session.status
     np.testing.assert_array_equal(session.objects[0].brush, strokes)
-    np.testing.assert_array_equal(session.objects[0].mask,
-                                  seg.propose(image, scribble=strokes).masks[0])
+    np.testing.assert_array_equal(
+        session.objects[0].mask, seg.propose(image, scribble=strokes).masks[0]
+    )
     H.add_brush(seg, session, SETTINGS, strokes, "mask")
-    np.testing.assert_array_equal(session.objects[1].mask,
-                                  seg.propose(image, mask_input=strokes).masks[0])
+    np.testing.assert_array_equal(
+        session.objects[1].mask, seg.propose(image, mask_input=strokes).masks[0]
+    )
     assert [o.kind for o in session.objects] == ["scribble", "mask"]
     H.undo(seg, session, SETTINGS)
     canvas = np.asarray(render(session).canvas)[:120, :160].astype(int)
@@ -211,8 +212,10 @@ def test_editor_layers_of_another_size_are_rescaled(image):
         H.brush_mask(np.ones(5), (120, 160))
 
 
-@pytest.mark.parametrize("drawing", [None, {"background": None, "layers": []},
-                                     {"layers": [np.zeros((120, 160, 4), np.uint8)]}])
+@pytest.mark.parametrize(
+    "drawing",
+    [None, {"background": None, "layers": []}, {"layers": [np.zeros((120, 160, 4), np.uint8)]}],
+)
 def test_empty_drawing_gives_a_message(seg, image, drawing):
     session = _loaded(seg, image)
     H.add_brush(seg, session, SETTINGS, drawing)
@@ -261,8 +264,7 @@ def test_class_toggles_hide_classes_in_the_overlay(seg, image):
     where = labels == shown[0]
     np.testing.assert_array_equal(canvas[where], image[where])
     H.set_visible(session, NAMES)
-    assert not np.array_equal(np.asarray(render(session).canvas)[:120, :160][where],
-                              image[where])
+    assert not np.array_equal(np.asarray(render(session).canvas)[:120, :160][where], image[where])
 
 
 def test_changing_classes_relabels_without_new_proposals(seg, image):
@@ -281,20 +283,27 @@ def test_changing_classes_relabels_without_new_proposals(seg, image):
 def test_bad_upload_gives_a_message_and_the_app_goes_on(seg, tmp_path, bad):
     garbage = tmp_path / "photo.png"
     garbage.write_bytes(b"not an image at all")
-    value = {"garbage-file": str(garbage), "missing-file": str(tmp_path / "nope.jpg"),
-             "bad-array": np.zeros((4, 4, 7), np.uint8), None: None}[bad]
+    value = {
+        "garbage-file": str(garbage),
+        "missing-file": str(tmp_path / "nope.jpg"),
+        "bad-array": np.zeros((4, 4, 7), np.uint8),
+        None: None,
+    }[bad]
     session = H.upload(seg, None, value)
     assert session.image is None and session.status
     assert session.warning == (bad is not None)
-    for after in (H.run_automatic(seg, session, SETTINGS),
-                  H.click(seg, session, SETTINGS, "points", 1, 1),
-                  H.add_brush(seg, session, SETTINGS, np.ones((4, 4), bool))):
+    for after in (
+        H.run_automatic(seg, session, SETTINGS),
+        H.click(seg, session, SETTINGS, "points", 1, 1),
+        H.add_brush(seg, session, SETTINGS, np.ones((4, 4), bool)),
+    ):
         assert after.warning and "Upload an image" in after.status
     assert render(session).canvas is None
 
 
-@pytest.mark.parametrize("text, words", [("", "empty"), (" , ,\n ", "empty"),
-                                         ("car, Car", "duplicate")])
+@pytest.mark.parametrize(
+    "text, words", [("", "empty"), (" , ,\n ", "empty"), ("car, Car", "duplicate")]
+)
 def test_bad_class_list_gives_a_message(seg, image, text, words):
     session = _loaded(seg, image)
     H.click(seg, session, Settings(text, "simple", 0.0), "points", 45, 90)
@@ -311,13 +320,16 @@ def test_unknown_template_set_gives_a_message(seg, image):
     assert session.warning and "fancy" in session.status
 
 
-@pytest.mark.parametrize("mode, x, y, point, words", [
-    ("points", 200, 50, "new", "not on the legend"),
-    ("points", 10, 130, "new", "not on the legend"),
-    ("automatic", 10, 10, "new", "points or boxes"),
-    ("scribble", 10, 10, "new", "points or boxes"),
-    ("points", 10, 10, "remove", "add an object first"),
-])
+@pytest.mark.parametrize(
+    "mode, x, y, point, words",
+    [
+        ("points", 200, 50, "new", "not on the legend"),
+        ("points", 10, 130, "new", "not on the legend"),
+        ("automatic", 10, 10, "new", "points or boxes"),
+        ("scribble", 10, 10, "new", "points or boxes"),
+        ("points", 10, 10, "remove", "add an object first"),
+    ],
+)
 def test_misplaced_clicks_give_messages(seg, image, mode, x, y, point, words):
     session = _loaded(seg, image)
     H.click(seg, session, SETTINGS, mode, x, y, point)
@@ -408,11 +420,20 @@ def test_build_app_wires_the_page(seg):
     app = build_app(seg, models={"sam": "tiny-random", "clip": "tiny-random"})
     assert isinstance(app, gr.Blocks)
     ids = {c.elem_id for c in app.blocks.values() if getattr(c, "elem_id", None)}
-    assert {"ovseg-input", "ovseg-canvas", "ovseg-legend", "ovseg-run", "ovseg-mode",
-            "ovseg-undo", "ovseg-clear", "ovseg-confidence", "ovseg-dl-png",
-            "ovseg-dl-json", "ovseg-status"} <= ids
-    markdown = " ".join(str(c.value) for c in app.blocks.values()
-                        if isinstance(c, gr.Markdown))
+    assert {
+        "ovseg-input",
+        "ovseg-canvas",
+        "ovseg-legend",
+        "ovseg-run",
+        "ovseg-mode",
+        "ovseg-undo",
+        "ovseg-clear",
+        "ovseg-confidence",
+        "ovseg-dl-png",
+        "ovseg-dl-json",
+        "ovseg-status",
+    } <= ids
+    markdown = " ".join(str(c.value) for c in app.blocks.values() if isinstance(c, gr.Markdown))
     assert "SAM `tiny-random`" in markdown and type(seg.scorer).__name__ in markdown
 
 
@@ -420,10 +441,23 @@ def test_cli_options(capsys):
     from ovseg.cli import build_parser
     from ovseg.cli.app import grid_options
 
-    args = build_parser().parse_args(["app", "--sam", "tiny-random", "--no-quality-filters",
-                                      "--points-per-side", "4", "--port", "0"])
+    args = build_parser().parse_args(
+        [
+            "app",
+            "--sam",
+            "tiny-random",
+            "--no-quality-filters",
+            "--points-per-side",
+            "4",
+            "--port",
+            "0",
+        ]
+    )
     options = grid_options(args)
-    assert (options.points_per_side, options.pred_iou_thresh,
-            options.stability_score_thresh) == (4, 0.0, 0.0)
+    assert (options.points_per_side, options.pred_iou_thresh, options.stability_score_thresh) == (
+        4,
+        0.0,
+        0.0,
+    )
     assert args.host == "127.0.0.1" and not args.share
     assert args.func(args) == 2 and "--port" in capsys.readouterr().err

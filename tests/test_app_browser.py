@@ -23,9 +23,16 @@ pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = Path(os.environ.get("OVSEG_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 CLASSES = "road; street, sky, building, tree, car, sidewalk"
 START_TIMEOUT_S = 180
 STEP_TIMEOUT_MS = 120_000
@@ -45,20 +52,40 @@ def _ovseg_command() -> list[str]:
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     if not CHROMIUM.is_file():
-        pytest.skip(f"headless Chromium not found at {CHROMIUM} "
-                    "(apt-get install chromium, or set OVSEG_CHROMIUM)")
+        pytest.skip(
+            f"headless Chromium not found at {CHROMIUM} "
+            "(apt-get install chromium, or set OVSEG_CHROMIUM)"
+        )
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     pytest.importorskip("gradio", reason="gradio is not installed (pip install 'ovseg[app]')")
     port = _free_port()
     log = tmp_path_factory.mktemp("app") / "server.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    command = [*_ovseg_command(), "app", "--sam", "tiny-random", "--clip", "tiny-random",
-               "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
-               "--no-quality-filters", "--points-per-side", "8"]
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+    command = [
+        *_ovseg_command(),
+        "app",
+        "--sam",
+        "tiny-random",
+        "--clip",
+        "tiny-random",
+        "--device",
+        "cpu",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-quality-filters",
+        "--points-per-side",
+        "8",
+    ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=REPO)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}/"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -73,8 +100,10 @@ def app_url(tmp_path_factory):
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"the app did not answer on {url} within {START_TIMEOUT_S} s:\n"
-                            f"{log.read_text()}")
+                pytest.fail(
+                    f"the app did not answer on {url} within {START_TIMEOUT_S} s:\n"
+                    f"{log.read_text()}"
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -180,12 +209,10 @@ def test_empty_class_list_shows_a_message(page, frame):
     page.wait_for_selector("#ovseg-canvas img")
     page.locator("#ovseg-classes textarea").fill(" , ")
     page.click("#ovseg-run")
-    page.wait_for_function(
-        "document.querySelector('#ovseg-status').innerText.includes('Classes:')")
+    page.wait_for_function("document.querySelector('#ovseg-status').innerText.includes('Classes:')")
     assert "empty" in page.locator("#ovseg-status").inner_text()
     page.screenshot(path=str(ARTIFACTS / "app_empty_classes.png"), full_page=True)
     page.locator("#ovseg-classes textarea").fill("road, sky")
     page.click("#ovseg-run")
     page.wait_for_selector("#ovseg-legend ul.ovseg-classes")
     assert "road" in page.locator("#ovseg-legend").inner_text()
-

@@ -31,8 +31,12 @@ def _bfs_components(lab: np.ndarray) -> set[bytes]:
                 y, x = queue.popleft()
                 comp[y, x] = True
                 for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                    if 0 <= ny < h and 0 <= nx < w and not seen[ny, nx] \
-                            and lab[ny, nx] == lab[y0, x0]:
+                    if (
+                        0 <= ny < h
+                        and 0 <= nx < w
+                        and not seen[ny, nx]
+                        and lab[ny, nx] == lab[y0, x0]
+                    ):
                         seen[ny, nx] = True
                         queue.append((ny, nx))
             out.add(comp.tobytes())
@@ -40,8 +44,9 @@ def _bfs_components(lab: np.ndarray) -> set[bytes]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(arrays(np.int64, st.tuples(st.integers(1, 12), st.integers(1, 12)),
-              elements=st.integers(0, 3)))
+@given(
+    arrays(np.int64, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(0, 3))
+)
 def test_label_components_match_bfs(lab):
     masks = label_components(lab)
     assert {m.tobytes() for m in masks} == _bfs_components(lab)
@@ -49,9 +54,7 @@ def test_label_components_match_bfs(lab):
 
 
 def test_label_components_ignore_and_min_area():
-    lab = np.array([[0, 0, 1, 2],
-                    [0, 1, 1, 2],
-                    [3, 3, 0, 0]])
+    lab = np.array([[0, 0, 1, 2], [0, 1, 1, 2], [3, 3, 0, 0]])
     masks = label_components(lab, ignore=(2,), min_area=2)
     assert len(masks) == 4  # 0 (top-left), 0 (bottom-right), 1, 3; label 2 ignored
     assert not masks[:, :2, 3].any()
@@ -82,8 +85,9 @@ def test_plain_scoring_is_one_clip_pass_per_mask():
     assert label.dtype == np.int32 and (label >= 0).all()
 
 
-@pytest.mark.parametrize("bad", [dict(images=0), dict(repeats=0), dict(scorers=("fast",)),
-                                 dict(scorers=())])
+@pytest.mark.parametrize(
+    "bad", [dict(images=0), dict(repeats=0), dict(scorers=("fast",)), dict(scorers=())]
+)
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         BenchConfig(**bad)
@@ -96,8 +100,24 @@ def test_half_needs_cuda(tmp_path, capsys):
 
 @pytest.mark.parametrize("data", ["camvid", "generated"])
 def test_bench_command_writes_json_and_markdown(tmp_path, data, request):
-    args = ["bench", "--tiny", "--images", "1", "--repeats", "1", "--points-per-side", "4",
-            "--clicks", "1", "--device", "cpu", "-o", str(tmp_path), "--stem", "run"]
+    args = [
+        "bench",
+        "--tiny",
+        "--images",
+        "1",
+        "--repeats",
+        "1",
+        "--points-per-side",
+        "4",
+        "--clicks",
+        "1",
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path),
+        "--stem",
+        "run",
+    ]
     if data == "camvid":
         args += ["--data", str(request.getfixturevalue("camvid_dir"))]
     else:
@@ -106,8 +126,7 @@ def test_bench_command_writes_json_and_markdown(tmp_path, data, request):
     results = json.loads((tmp_path / "run.json").read_text())
     markdown = (tmp_path / "run.md").read_text()
     s = results["summary"]
-    assert set(s["stages"]) == {"encoder", "proposals", "scoring", "fusion", "end_to_end",
-                                "click"}
+    assert set(s["stages"]) == {"encoder", "proposals", "scoring", "fusion", "end_to_end", "click"}
     for row in s["stages"].values():
         assert row["plain"] > 0 and row["crop"] > 0 and row["dense"] > 0
         assert row["ratio_dense"] == pytest.approx(row["plain"] / row["dense"])
@@ -127,7 +146,22 @@ def test_bench_half_on_gpu(tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    args = ["bench", "--tiny", "--images", "1", "--repeats", "1", "--points-per-side", "4",
-            "--device", "cuda", "--half", "-o", str(tmp_path), "--stem", "gpu"]
+    args = [
+        "bench",
+        "--tiny",
+        "--images",
+        "1",
+        "--repeats",
+        "1",
+        "--points-per-side",
+        "4",
+        "--device",
+        "cuda",
+        "--half",
+        "-o",
+        str(tmp_path),
+        "--stem",
+        "gpu",
+    ]
     assert main(args) == 0
     assert json.loads((tmp_path / "gpu.json").read_text())["machine"]["gpu"]

@@ -16,10 +16,13 @@ def setup():
     labels = torch.ones(24, 1, dtype=torch.int)
     with torch.inference_mode():
         sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        low, iou = sam.mask_decoder(image_embeddings=features,
-                                    image_pe=sam.prompt_encoder.get_dense_pe(),
-                                    sparse_prompt_embeddings=sparse,
-                                    dense_prompt_embeddings=dense, multimask_output=True)
+        low, iou = sam.mask_decoder(
+            image_embeddings=features,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
     return sam, features, coords, low, iou
 
 

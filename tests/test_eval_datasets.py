@@ -41,8 +41,17 @@ def _raw(values) -> np.ndarray:
 
 
 def test_builtin_classnames_sizes():
-    sizes = {"voc21": 21, "voc20": 20, "context60": 60, "context59": 59, "coco_object": 81,
-             "coco_stuff171": 171, "cityscapes": 19, "ade150": 150, "camvid": 11}
+    sizes = {
+        "voc21": 21,
+        "voc20": 20,
+        "context60": 60,
+        "context59": 59,
+        "coco_object": 81,
+        "coco_stuff171": 171,
+        "cityscapes": 19,
+        "ade150": 150,
+        "camvid": 11,
+    }
     for kind, k in sizes.items():
         names, prompts = builtin_classnames(kind)
         assert len(names) == len(prompts) == k, kind
@@ -107,8 +116,10 @@ def test_ade(tmp_path):
 def test_cityscapes(tmp_path):
     name = "frankfurt_000000_000294"
     _img(tmp_path / "leftImg8bit" / "val" / "frankfurt" / f"{name}_leftImg8bit.png")
-    _lab(tmp_path / "gtFine" / "val" / "frankfurt" / f"{name}_gtFine_labelIds.png",
-         _raw([7, 26, 33, 0, 1, 6]))
+    _lab(
+        tmp_path / "gtFine" / "val" / "frankfurt" / f"{name}_gtFine_labelIds.png",
+        _raw([7, 26, 33, 0, 1, 6]),
+    )
     ds = open_dataset(tmp_path)
     assert ds.kind == "cityscapes" and ds.names == [name]
     assert ds[0].label.flat[:6].tolist() == [0, 13, 18, IGNORE, IGNORE, IGNORE]
@@ -202,8 +213,18 @@ def test_lazy_loading(tmp_path):
 
 
 def test_kinds_listed():
-    assert set(KINDS) >= {"voc21", "voc20", "context60", "context59", "coco_object",
-                          "coco_stuff171", "cityscapes", "ade150", "camvid", "folder"}
+    assert set(KINDS) >= {
+        "voc21",
+        "voc20",
+        "context60",
+        "context59",
+        "coco_object",
+        "coco_stuff171",
+        "cityscapes",
+        "ade150",
+        "camvid",
+        "folder",
+    }
 
 
 def test_real_camvid():

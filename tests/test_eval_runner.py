@@ -21,8 +21,12 @@ from ovseg.eval.runner import (
 
 CAMVID = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid-val"
 # Tiny random SAM passes no default quality filter: keep every grid mask.
-GRID = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
-        "box_nms_thresh": 1.0}
+GRID = {
+    "points_per_side": 6,
+    "pred_iou_thresh": 0.0,
+    "stability_score_thresh": 0.0,
+    "box_nms_thresh": 1.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +44,16 @@ def segmenter():
 
 
 def _run(camvid, out, segmenter, **kw):
-    kw = {"sam": "tiny-random", "clip": "tiny-random", "templates": "simple", "limit": 2,
-          "grid": GRID, "short_side": 180, "segmenter": segmenter, "progress": False} | kw
+    kw = {
+        "sam": "tiny-random",
+        "clip": "tiny-random",
+        "templates": "simple",
+        "limit": 2,
+        "grid": GRID,
+        "short_side": 180,
+        "segmenter": segmenter,
+        "progress": False,
+    } | kw
     return evaluate(camvid, out, **kw)
 
 
@@ -83,8 +95,15 @@ def test_tiny_models_and_oracle_end_to_end(camvid, segmenter, tmp_path):
         assert report["counts"]["images"] == 2 and report["counts"]["computed"] == 2
         on_disk = json.loads((tmp_path / f"{stem}.json").read_text())
         assert on_disk["miou"] == report["miou"]
-        for key in ("miou", "per_class_iou", "pixel_accuracy", "fwiou", "mean_accuracy",
-                    "config", "counts"):
+        for key in (
+            "miou",
+            "per_class_iou",
+            "pixel_accuracy",
+            "fwiou",
+            "mean_accuracy",
+            "config",
+            "counts",
+        ):
             assert key in on_disk
         assert (tmp_path / f"{stem}.md").read_text().startswith("# ovseg eval: camvid")
         with Image.open(tmp_path / f"{stem}_confusion.png") as im:
@@ -96,8 +115,9 @@ def test_tiny_models_and_oracle_end_to_end(camvid, segmenter, tmp_path):
     assert oracle["pixel_accuracy"] > tiny["pixel_accuracy"]
     assert oracle["config"]["short_side"] == 180
     # scoring the cached oracle predictions again gives the same numbers
-    again = evaluate(camvid, tmp_path / "again.json", predictions=oracle["cache"], limit=2,
-                     progress=False)
+    again = evaluate(
+        camvid, tmp_path / "again.json", predictions=oracle["cache"], limit=2, progress=False
+    )
     assert again["mode"] == "predictions"
     for key in ("miou", "fwiou", "pixel_accuracy", "mean_accuracy", "per_class_iou"):
         assert again[key] == oracle[key], key
@@ -156,8 +176,9 @@ def test_predictions_mode(camvid, tmp_path):
     assert perfect["miou"] == 1.0 and perfect["pixel_accuracy"] == 1.0
     # all unlabeled: every labelled pixel is a miss
     _write_predictions(camvid, tmp_path / "none", stems, 255)
-    none = evaluate(camvid, tmp_path / "n.json", predictions=tmp_path / "none", limit=2,
-                    progress=False)
+    none = evaluate(
+        camvid, tmp_path / "n.json", predictions=tmp_path / "none", limit=2, progress=False
+    )
     assert none["miou"] == 0.0 and none["counts"]["unlabeled_pixels"] == none["counts"]["pixels"]
 
 
@@ -167,12 +188,10 @@ def test_predictions_mode_errors(camvid, tmp_path):
         evaluate(camvid, tmp_path / "r.json", predictions=tmp_path / "missing", progress=False)
     _write_predictions(camvid, tmp_path / "one", stems[:1], 0)
     with pytest.raises(FileNotFoundError, match=stems[1]):
-        evaluate(camvid, tmp_path / "r.json", predictions=tmp_path / "one", limit=2,
-                 progress=False)
+        evaluate(camvid, tmp_path / "r.json", predictions=tmp_path / "one", limit=2, progress=False)
     _write_predictions(camvid, tmp_path / "bad", stems, 42)
     with pytest.raises(ValueError, match="42"):
-        evaluate(camvid, tmp_path / "r.json", predictions=tmp_path / "bad", limit=2,
-                 progress=False)
+        evaluate(camvid, tmp_path / "r.json", predictions=tmp_path / "bad", limit=2, progress=False)
     small = tmp_path / "small"
     small.mkdir()
     for stem in stems:
@@ -190,8 +209,7 @@ def test_bad_arguments(tmp_path):
     (data / "classes.txt").write_text("a\nb\n")
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(data / "images" / "x.png")
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(data / "labels" / "x.png")
-    for kw in ({"scorer": "magic"}, {"limit": 0}, {"score_threshold": 2.0},
-               {"short_side": -5}):
+    for kw in ({"scorer": "magic"}, {"limit": 0}, {"score_threshold": 2.0}, {"short_side": -5}):
         with pytest.raises(ValueError):
             evaluate(data, tmp_path / "r.json", predictions=data / "labels", **kw)
     with pytest.raises(ValueError, match=".json"):
@@ -204,8 +222,20 @@ def test_cli(camvid, tmp_path, capsys):
     stems = sorted(p.stem for p in (camvid / "labels").glob("*.png"))[:2]
     _write_predictions(camvid, tmp_path / "pred", stems, 3)
     out = tmp_path / "cli.json"
-    code = main(["eval", "--data", str(camvid), "--predictions", str(tmp_path / "pred"),
-                 "--limit", "2", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--data",
+            str(camvid),
+            "--predictions",
+            str(tmp_path / "pred"),
+            "--limit",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0 and out.exists()
     report = json.loads(out.read_text())
     assert report["per_class_iou"]["road"] > 0 and report["per_class_iou"]["sky"] == 0.0
@@ -218,11 +248,34 @@ def test_cli_tiny_oracle(camvid, tmp_path):
     from ovseg.cli import main
 
     out = tmp_path / "o.json"
-    code = main(["eval", "--data", str(camvid), "--sam", "tiny-random", "--clip",
-                 "tiny-random", "--scorer", "oracle", "--limit", "1", "--points-per-side", "8",
-                 "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
-                 "--box-nms-thresh", "1", "--short-side", "180", "--out", str(out),
-                 "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--data",
+            str(camvid),
+            "--sam",
+            "tiny-random",
+            "--clip",
+            "tiny-random",
+            "--scorer",
+            "oracle",
+            "--limit",
+            "1",
+            "--points-per-side",
+            "8",
+            "--pred-iou-thresh",
+            "0",
+            "--stability-score-thresh",
+            "0",
+            "--box-nms-thresh",
+            "1",
+            "--short-side",
+            "180",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["config"]["short_side"] == 180 and report["config"]["scorer"] == "oracle"
@@ -246,9 +299,17 @@ def _fake_voc(root: Path, n: int = 2) -> Path:
 
 def test_background_protocol_voc21(segmenter, tmp_path):
     data = _fake_voc(tmp_path / "voc")
-    report = evaluate(data, tmp_path / "voc.json", kind="voc21", sam="tiny-random",
-                      clip="tiny-random", templates="simple", grid=GRID, segmenter=segmenter,
-                      progress=False)
+    report = evaluate(
+        data,
+        tmp_path / "voc.json",
+        kind="voc21",
+        sam="tiny-random",
+        clip="tiny-random",
+        templates="simple",
+        grid=GRID,
+        segmenter=segmenter,
+        progress=False,
+    )
     # unlabeled pixels become background; the protocol's defaults are recorded
     assert report["counts"]["unlabeled_pixels"] == 0
     assert report["config"]["short_side"] == 336 and report["config"]["score_threshold"] == 0.1
@@ -258,8 +319,7 @@ def test_background_protocol_voc21(segmenter, tmp_path):
     blank.mkdir()
     for i in range(2):
         Image.fromarray(np.full((48, 64), 255, np.uint8)).save(blank / f"im{i}.png")
-    voc20 = evaluate(data, tmp_path / "voc20.json", kind="voc20", predictions=blank,
-                     progress=False)
+    voc20 = evaluate(data, tmp_path / "voc20.json", kind="voc20", predictions=blank, progress=False)
     assert voc20["counts"]["pixels"] == 2 * 20 * 30  # background ignored
     assert voc20["counts"]["unlabeled_pixels"] == voc20["counts"]["pixels"]
 
@@ -273,7 +333,8 @@ def test_background_names_skip_class_synonyms(segmenter, tmp_path):
     (root / "annotations" / "val2017").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "val2017" / "1.jpg")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(
-        root / "annotations" / "val2017" / "1_instanceTrainIds.png")
+        root / "annotations" / "val2017" / "1_instanceTrainIds.png"
+    )
     ds = open_dataset(root)
     predictor = _Predictor(EvalConfig(str(root), ds.kind), ds, segmenter)
     assert "bed" in ds.classes and "bed" not in predictor.background
@@ -284,8 +345,9 @@ def test_sliding_window_dense_scoring_runs_and_keys_the_cache(camvid_dir, tmp_pa
     from ovseg.eval.runner import evaluate
 
     grid = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
-    common = dict(sam="tiny-random", clip="tiny-random", grid=grid, limit=1, short_side=180,
-                  progress=False)
+    common = dict(
+        sam="tiny-random", clip="tiny-random", grid=grid, limit=1, short_side=180, progress=False
+    )
     slid = evaluate(camvid_dir, tmp_path / "slid.json", window=64, **common)
     whole = evaluate(camvid_dir, tmp_path / "whole.json", **common)
     assert slid["config"]["window"] == 64 and whole["config"]["window"] is None

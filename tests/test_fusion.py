@@ -64,12 +64,15 @@ def test_no_masks_gives_all_unlabeled():
     assert (r.label_map == UNLABELED).all() and r.segments == []
 
 
-@pytest.mark.parametrize("masks, scores, kw, match", [
-    (np.zeros((2, 4, 4)), np.zeros((2, 3)), {}, "bool"),
-    (np.zeros((2, 4, 4), bool), np.zeros((2, 2)), {}, "scores must be"),
-    (np.zeros((1, 4, 4), bool), np.full((1, 3), 1.5), {}, "probabilities"),
-    (np.zeros((1, 4, 4), bool), np.zeros((1, 3)), {"score_threshold": 2.0}, "threshold"),
-])
+@pytest.mark.parametrize(
+    "masks, scores, kw, match",
+    [
+        (np.zeros((2, 4, 4)), np.zeros((2, 3)), {}, "bool"),
+        (np.zeros((2, 4, 4), bool), np.zeros((2, 2)), {}, "scores must be"),
+        (np.zeros((1, 4, 4), bool), np.full((1, 3), 1.5), {}, "probabilities"),
+        (np.zeros((1, 4, 4), bool), np.zeros((1, 3)), {"score_threshold": 2.0}, "threshold"),
+    ],
+)
 def test_bad_fusion_input(masks, scores, kw, match):
     with pytest.raises(ValueError, match=match):
         fuse(masks, scores, CLASSES, **kw)

@@ -30,8 +30,15 @@ def _both(image, seed=0, **options):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_filters_off_every_plain_mask_is_identical(synthetic_image, seed):
-    plain, ours = _both(synthetic_image, seed, points_per_side=6, points_per_batch=32,
-                        pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    plain, ours = _both(
+        synthetic_image,
+        seed,
+        points_per_side=6,
+        points_per_batch=32,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+    )
     assert len(plain) == 3 * 36
     assert len(ours) == len(plain)
     ours_set = {m.tobytes() for m in ours.masks}
@@ -42,8 +49,14 @@ def test_filters_off_every_plain_mask_is_identical(synthetic_image, seed):
 def test_filters_on_match_within_tolerance(synthetic_image):
     """Predicted-IoU filter (same values on both sides) + NMS on low-resolution boxes: every
     plain mask has an ovseg mask at IoU >= 0.9 and the counts differ by at most 10%."""
-    plain, ours = _both(synthetic_image, 0, points_per_side=8, pred_iou_thresh=0.1,
-                        stability_score_thresh=0.0, box_nms_thresh=0.9)
+    plain, ours = _both(
+        synthetic_image,
+        0,
+        points_per_side=8,
+        pred_iou_thresh=0.1,
+        stability_score_thresh=0.0,
+        box_nms_thresh=0.9,
+    )
     assert len(plain) > 0
     assert abs(len(ours) - len(plain)) <= max(1, len(plain) // 10)
     assert (_ious(plain, ours.masks).max(1) >= 0.9).all()
@@ -52,8 +65,9 @@ def test_filters_on_match_within_tolerance(synthetic_image):
 def test_max_masks_and_adaptive(synthetic_image):
     proposer = Proposer(tiny_sam())
     proposer.set_image(synthetic_image)
-    options = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                   box_nms_thresh=1.0)
+    options = dict(
+        points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+    )
     full = automatic_masks(proposer, GridOptions(**options))
     top = automatic_masks(proposer, GridOptions(max_masks=5, **options))
     np.testing.assert_array_equal(top.masks, full.masks[:5])
@@ -75,15 +89,23 @@ def test_adaptive_never_decodes_more_points_than_the_full_grid(synthetic_image, 
     proposer.set_image(synthetic_image)
     decoded = []
     original = grid._decode
-    monkeypatch.setattr(grid, "_decode", lambda p, pts, o: decoded.append(len(pts))
-                        or original(p, pts, o))
+    monkeypatch.setattr(
+        grid, "_decode", lambda p, pts, o: decoded.append(len(pts)) or original(p, pts, o)
+    )
     # Filters that keep nothing: the coarse pass covers nothing, every other point follows.
     automatic_masks(proposer, GridOptions(points_per_side=8, adaptive=True, pred_iou_thresh=1.0))
     assert decoded == [16, 48]
 
 
-@pytest.mark.parametrize("bad", [dict(points_per_side=0), dict(pred_iou_thresh=1.5),
-                                 dict(points_per_batch=0), dict(box_nms_thresh=-0.1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(points_per_side=0),
+        dict(pred_iou_thresh=1.5),
+        dict(points_per_batch=0),
+        dict(box_nms_thresh=-0.1),
+    ],
+)
 def test_grid_options_validation(bad):
     with pytest.raises(ValueError):
         GridOptions(**bad)

@@ -25,8 +25,20 @@ from ovseg.grounding.core import (
 )
 from ovseg.structures import Masks, masks_to_boxes
 
-WORDS = ["car", "tree", "person", "sky", "road", "dog", "building", "red", "bicycle", "water",
-         "lamp", "grass"]
+WORDS = [
+    "car",
+    "tree",
+    "person",
+    "sky",
+    "road",
+    "dog",
+    "building",
+    "red",
+    "bicycle",
+    "water",
+    "lamp",
+    "grass",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +46,14 @@ def masks(synthetic_image) -> np.ndarray:
     """Eight hand-made regions of the synthetic image: shapes, halves, strips, an L."""
     h, w = synthetic_image.shape[:2]
     m = np.zeros((8, h, w), bool)
-    m[0, 70:110, 20:70] = True   # red rectangle
+    m[0, 70:110, 20:70] = True  # red rectangle
     m[1, 30:90, 100:140] = True  # green rectangle
-    m[2, :60] = True             # sky
-    m[3, 60:] = True             # ground
-    m[4, :, : w // 2] = True     # left half
-    m[5, 10:20, 10:150] = True   # thin strip
-    m[6] = m[0] | m[1]           # two objects
-    m[7, 5:50, 5:25] = True      # an L shape
+    m[2, :60] = True  # sky
+    m[3, 60:] = True  # ground
+    m[4, :, : w // 2] = True  # left half
+    m[5, 10:20, 10:150] = True  # thin strip
+    m[6] = m[0] | m[1]  # two objects
+    m[7, 5:50, 5:25] = True  # an L shape
     m[7, 35:50, 5:60] = True
     return m
 
@@ -57,8 +69,14 @@ def _cosines(seg, image, masks, names) -> np.ndarray:
 
 
 def test_scores_follow_the_documented_softmax(tiny_segmenter, synthetic_image, masks):
-    r = ground(synthetic_image, "red car", candidates=masks, segmenter=tiny_segmenter,
-               background=["sky", "road"], templates=["{}"])
+    r = ground(
+        synthetic_image,
+        "red car",
+        candidates=masks,
+        segmenter=tiny_segmenter,
+        background=["sky", "road"],
+        templates=["{}"],
+    )
     cos = _cosines(tiny_segmenter, synthetic_image, masks, ["red car", "sky", "road"])
     expected = torch.softmax(torch.from_numpy(cos) * tiny_segmenter.clip.logit_scale, 1)[:, 0]
     assert sorted(c.index for c in r.candidates) == list(range(len(masks)))
@@ -81,8 +99,14 @@ def test_ranking_is_sorted_by_score_and_best_is_first(tiny_segmenter, synthetic_
 
 
 def test_without_competitors_ranking_is_by_cosine(tiny_segmenter, synthetic_image, masks):
-    r = ground(synthetic_image, "lamp", candidates=masks, segmenter=tiny_segmenter,
-               background=(), templates=["{}"])
+    r = ground(
+        synthetic_image,
+        "lamp",
+        candidates=masks,
+        segmenter=tiny_segmenter,
+        background=(),
+        templates=["{}"],
+    )
     cos = _cosines(tiny_segmenter, synthetic_image, masks, ["lamp"])[:, 0]
     assert np.allclose(r.scores, 1.0)
     assert [c.index for c in r.candidates] == list(np.argsort(-cos, kind="stable"))
@@ -94,8 +118,14 @@ def test_negatives_drop_exactly_the_regions_they_beat(tiny_segmenter, synthetic_
     for negative in WORDS[1:]:
         cos = _cosines(tiny_segmenter, synthetic_image, masks, [phrase, negative])
         beaten = {int(i) for i in np.flatnonzero(cos[:, 1] > cos[:, 0])}
-        r = ground(synthetic_image, phrase, candidates=masks, segmenter=tiny_segmenter,
-                   negatives=[negative], templates=["{}"])
+        r = ground(
+            synthetic_image,
+            phrase,
+            candidates=masks,
+            segmenter=tiny_segmenter,
+            negatives=[negative],
+            templates=["{}"],
+        )
         assert set(r.rejected) == beaten
         assert all(negative in why for why in r.rejected.values())
         assert {c.index for c in r.candidates} == set(range(len(masks))) - beaten
@@ -136,13 +166,19 @@ def test_several_phrases_match_single_calls(tiny_segmenter, synthetic_image, mas
         assert np.allclose(r.scores, one.scores)
 
 
-def test_category_mode_keeps_regions_won_by_the_category(tiny_segmenter, synthetic_image,
-                                                         masks):
+def test_category_mode_keeps_regions_won_by_the_category(tiny_segmenter, synthetic_image, masks):
     entries = ["box", "sky", "road", "background"]
     cos = _cosines(tiny_segmenter, synthetic_image, masks, entries)
     keep = {int(i) for i in np.flatnonzero(cos.argmax(1) == 0)}
-    r = ground(synthetic_image, "red", candidates=masks, segmenter=tiny_segmenter,
-               category="box", distractors=["sky", "road"], templates=["{}"])
+    r = ground(
+        synthetic_image,
+        "red",
+        candidates=masks,
+        segmenter=tiny_segmenter,
+        category="box",
+        distractors=["sky", "road"],
+        templates=["{}"],
+    )
     assert {c.index for c in r.candidates} == keep
     assert set(r.rejected) == set(range(len(masks))) - keep
     assert all(why.startswith("category") for why in r.rejected.values())
@@ -161,11 +197,25 @@ def test_prompt_candidates(tiny_segmenter, synthetic_image):
 
 
 def test_automatic_candidates_and_default_segmenter(synthetic_image, masks):
-    r = ground(synthetic_image, "car", sam="tiny-random", clip="tiny-random", device="cpu",
-               points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    r = ground(
+        synthetic_image,
+        "car",
+        sam="tiny-random",
+        clip="tiny-random",
+        device="cpu",
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     assert r.found and r.mask.shape == synthetic_image.shape[:2]
-    single = ground(synthetic_image, "car", candidates=masks[0], sam="tiny-random",
-                    clip="tiny-random", device="cpu")
+    single = ground(
+        synthetic_image,
+        "car",
+        candidates=masks[0],
+        sam="tiny-random",
+        clip="tiny-random",
+        device="cpu",
+    )
     assert len(single.candidates) == 1 and single.best.proposal_score == 1.0
 
 
@@ -185,8 +235,9 @@ def test_heatmap_shape_range_and_modes(tiny_segmenter, synthetic_image):
 
 
 def test_overlay_draws_on_the_image(tiny_segmenter, synthetic_image, masks):
-    r = ground(synthetic_image, "red box", candidates=masks, segmenter=tiny_segmenter,
-               threshold=0.0)
+    r = ground(
+        synthetic_image, "red box", candidates=masks, segmenter=tiny_segmenter, threshold=0.0
+    )
     img = np.asarray(r.overlay())
     assert img.shape == synthetic_image.shape
     assert not np.array_equal(img[r.mask], synthetic_image[r.mask])
@@ -229,10 +280,18 @@ def test_phrase_from_instruction():
         phrase_from_instruction(3)
 
 
-@pytest.mark.parametrize("phrase, error", [
-    ("", ValueError), ("   ", ValueError), (" ; ", ValueError), ([], ValueError),
-    (3, TypeError), (["car", 3], TypeError), (None, TypeError),
-])
+@pytest.mark.parametrize(
+    "phrase, error",
+    [
+        ("", ValueError),
+        ("   ", ValueError),
+        (" ; ", ValueError),
+        ([], ValueError),
+        (3, TypeError),
+        (["car", 3], TypeError),
+        (None, TypeError),
+    ],
+)
 def test_bad_phrases(tiny_segmenter, synthetic_image, masks, phrase, error):
     with pytest.raises(error):
         ground(synthetic_image, phrase, candidates=masks, segmenter=tiny_segmenter)
@@ -266,11 +325,22 @@ def test_bad_options(tiny_segmenter, synthetic_image, masks):
 
 
 def test_nothing_found_is_an_empty_result_not_an_error(tiny_segmenter, synthetic_image):
-    r = ground(synthetic_image, "car", segmenter=tiny_segmenter, pred_iou_thresh=1.0,
-               stability_score_thresh=1.0, points_per_side=2)
+    r = ground(
+        synthetic_image,
+        "car",
+        segmenter=tiny_segmenter,
+        pred_iou_thresh=1.0,
+        stability_score_thresh=1.0,
+        points_per_side=2,
+    )
     assert not r.found and r.mask is None and r.candidates == [] and r.point is None
-    both = tiny_segmenter.ground(synthetic_image, ["car", "sky"], pred_iou_thresh=1.0,
-                                 stability_score_thresh=1.0, points_per_side=2)
+    both = tiny_segmenter.ground(
+        synthetic_image,
+        ["car", "sky"],
+        pred_iou_thresh=1.0,
+        stability_score_thresh=1.0,
+        points_per_side=2,
+    )
     assert [x.found for x in both] == [False, False]
 
 
@@ -289,9 +359,24 @@ def test_demo_grounds_a_camvid_frame(camvid_frame, tmp_path, capsys):
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     out = tmp_path / "grounded.png"
-    code = demo.main([str(camvid_frame), "pick up the car", "--sam", "tiny-random", "--clip",
-                      "tiny-random", "--points-per-side", "4", "--pred-iou-thresh", "0",
-                      "--stability-thresh", "0", "-o", str(out)])
+    code = demo.main(
+        [
+            str(camvid_frame),
+            "pick up the car",
+            "--sam",
+            "tiny-random",
+            "--clip",
+            "tiny-random",
+            "--points-per-side",
+            "4",
+            "--pred-iou-thresh",
+            "0",
+            "--stability-thresh",
+            "0",
+            "-o",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and out.is_file()
     assert "phrase: car" in text and "grasp point" in text

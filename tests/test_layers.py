@@ -13,11 +13,27 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "ovseg"
 
 LAYERS = {
-    "_io": 0, "constants": 0, "types": 0, "image": 0, "structures": 0,
-    "proposals": 1, "scoring": 1, "methods": 1,
-    "fusion": 2, "result": 2, "viz": 2, "exports": 2,
-    "models": 3, "pipeline": 3,
-    "grounding": 4, "video": 4, "eval": 4, "bench": 4, "distributed": 4, "app": 4, "cli": 4,
+    "_io": 0,
+    "constants": 0,
+    "types": 0,
+    "image": 0,
+    "structures": 0,
+    "proposals": 1,
+    "scoring": 1,
+    "methods": 1,
+    "fusion": 2,
+    "result": 2,
+    "viz": 2,
+    "exports": 2,
+    "models": 3,
+    "pipeline": 3,
+    "grounding": 4,
+    "video": 4,
+    "eval": 4,
+    "bench": 4,
+    "distributed": 4,
+    "app": 4,
+    "cli": 4,
     "__main__": 4,
 }
 NEVER = {("proposals", "scoring"), ("scoring", "proposals")}
@@ -75,16 +91,21 @@ def test_layer_rule():
             elif (unit, target) in NEVER:
                 broken.append(f"{path.relative_to(ROOT)}:{line}: {unit} imports {module}")
             elif LAYERS[target] > LAYERS[unit] and (unit, target) not in ALLOWED_UP:
-                broken.append(f"{path.relative_to(ROOT)}:{line}: {unit} (layer {LAYERS[unit]})"
-                              f" imports {module} (layer {LAYERS[target]})")
+                broken.append(
+                    f"{path.relative_to(ROOT)}:{line}: {unit} (layer {LAYERS[unit]})"
+                    f" imports {module} (layer {LAYERS[target]})"
+                )
     assert not broken, "\n".join(broken)
 
 
-@pytest.mark.parametrize("statement",
-                         ["import ovseg", "import ovseg.cli; ovseg.cli.build_parser()"])
+@pytest.mark.parametrize(
+    "statement", ["import ovseg", "import ovseg.cli; ovseg.cli.build_parser()"]
+)
 def test_import_is_light(statement):
-    code = f"{statement}; import sys; print(sorted(m for m in ('torch', 'open_clip', "\
-           "'transformers', 'segment_anything', 'gradio') if m in sys.modules))"
+    code = (
+        f"{statement}; import sys; print(sorted(m for m in ('torch', 'open_clip', "
+        "'transformers', 'segment_anything', 'gradio') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 

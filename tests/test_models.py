@@ -62,13 +62,16 @@ def test_build_clip_specs():
     assert build_clip(backend, "cpu") is backend
 
 
-@pytest.mark.parametrize("spec, error, match", [
-    ("NoSuchNet/openai", ValueError, "not an open_clip architecture"),
-    ("ViT-B-16", ValueError, "needs pretrained weights"),
-    ("ViT-B-16/not-a-tag", ValueError, "unknown pretrained tag"),
-    ("ViT-B-16:/no/such/file.pt", FileNotFoundError, "not found"),
-    (42, TypeError, "clip must be"),
-])
+@pytest.mark.parametrize(
+    "spec, error, match",
+    [
+        ("NoSuchNet/openai", ValueError, "not an open_clip architecture"),
+        ("ViT-B-16", ValueError, "needs pretrained weights"),
+        ("ViT-B-16/not-a-tag", ValueError, "unknown pretrained tag"),
+        ("ViT-B-16:/no/such/file.pt", FileNotFoundError, "not found"),
+        (42, TypeError, "clip must be"),
+    ],
+)
 def test_bad_clip_specs(spec, error, match):
     with pytest.raises(error, match=match):
         build_clip(spec, "cpu")

@@ -69,7 +69,10 @@ def test_notebook_is_stored_without_outputs(path):
 def test_notebook_runs_and_draws(path, kernel_manager_factory):
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
-        nb, km=kernel_manager_factory(), timeout=600, kernel_name="python3",
+        nb,
+        km=kernel_manager_factory(),
+        timeout=600,
+        kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},
     )
     client.execute()  # raises CellExecutionError on the first failing cell

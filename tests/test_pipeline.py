@@ -30,11 +30,16 @@ def _check_contract(result, shape, classes):
 
 @pytest.mark.parametrize("kind", ["path", "str", "pil", "array", "gray"])
 def test_segment_contract_for_every_input_kind(kind, camvid_frame, camvid_image):
-    inputs = {"path": camvid_frame, "str": str(camvid_frame),
-              "pil": Image.open(camvid_frame), "array": camvid_image,
-              "gray": np.asarray(Image.open(camvid_frame).convert("L"))}
-    result = ovseg.segment(inputs[kind], CLASSES, sam="tiny-random", clip="tiny-random",
-                           device="cpu", **OFF)
+    inputs = {
+        "path": camvid_frame,
+        "str": str(camvid_frame),
+        "pil": Image.open(camvid_frame),
+        "array": camvid_image,
+        "gray": np.asarray(Image.open(camvid_frame).convert("L")),
+    }
+    result = ovseg.segment(
+        inputs[kind], CLASSES, sam="tiny-random", clip="tiny-random", device="cpu", **OFF
+    )
     _check_contract(result, camvid_image.shape[:2], CLASSES)
     assert result.segments, "the unfiltered grid of the tiny model always yields masks"
     assert (result.label_map != ovseg.UNLABELED).any()
@@ -49,17 +54,21 @@ def test_segment_is_deterministic(camvid_image):
 
 
 def test_default_segmenter_is_cached():
-    assert default_segmenter("tiny-random", "tiny-random", "cpu") is \
-        default_segmenter("tiny-random", "tiny-random", "cpu")
+    assert default_segmenter("tiny-random", "tiny-random", "cpu") is default_segmenter(
+        "tiny-random", "tiny-random", "cpu"
+    )
 
 
-@pytest.mark.parametrize("prompts", [
-    dict(points=[[240, 300]]),
-    dict(points=[[240, 300], [240, 50]], point_labels=[1, 0]),
-    dict(boxes=[[0, 200, 480, 360]]),
-    dict(boxes=[[0, 200, 480, 360], [100, 0, 300, 100]]),
-    dict(boxes=[[0, 200, 480, 360]], points=[[240, 300]]),
-])
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        dict(points=[[240, 300]]),
+        dict(points=[[240, 300], [240, 50]], point_labels=[1, 0]),
+        dict(boxes=[[0, 200, 480, 360]]),
+        dict(boxes=[[0, 200, 480, 360], [100, 0, 300, 100]]),
+        dict(boxes=[[0, 200, 480, 360]], points=[[240, 300]]),
+    ],
+)
 def test_prompted_segment_contract(tiny_segmenter, camvid_image, prompts):
     result = tiny_segmenter.segment(camvid_image, CLASSES, **prompts)
     _check_contract(result, camvid_image.shape[:2], CLASSES)
@@ -120,25 +129,33 @@ def test_misuse_of_state_is_runtime_error():
         seg.segment(None, ["a"])
 
 
-@pytest.mark.parametrize("classes, error", [
-    ([], ValueError), (["road", " "], ValueError), (["road", "road"], ValueError),
-    ("road", TypeError),
-])
+@pytest.mark.parametrize(
+    "classes, error",
+    [
+        ([], ValueError),
+        (["road", " "], ValueError),
+        (["road", "road"], ValueError),
+        ("road", TypeError),
+    ],
+)
 def test_bad_classes_fail_before_any_work(classes, error, tmp_path):
     missing = tmp_path / "not-read.png"  # the class check comes first
     with pytest.raises(error):
         ovseg.segment(missing, classes, sam="tiny-random", clip="tiny-random")
 
 
-@pytest.mark.parametrize("make, error", [
-    (lambda p: p / "missing.png", FileNotFoundError),
-    (lambda p: (p / "text.png").write_text("not an image") and p / "text.png", ValueError),
-    (lambda p: np.zeros((0, 5, 3), np.uint8), ValueError),
-    (lambda p: np.zeros((5, 5, 2), np.uint8), ValueError),
-    (lambda p: np.full((5, 5, 3), 2.0), ValueError),
-    (lambda p: "x" * 3, FileNotFoundError),
-    (lambda p: 12, TypeError),
-])
+@pytest.mark.parametrize(
+    "make, error",
+    [
+        (lambda p: p / "missing.png", FileNotFoundError),
+        (lambda p: (p / "text.png").write_text("not an image") and p / "text.png", ValueError),
+        (lambda p: np.zeros((0, 5, 3), np.uint8), ValueError),
+        (lambda p: np.zeros((5, 5, 2), np.uint8), ValueError),
+        (lambda p: np.full((5, 5, 3), 2.0), ValueError),
+        (lambda p: "x" * 3, FileNotFoundError),
+        (lambda p: 12, TypeError),
+    ],
+)
 def test_bad_images(make, error, tmp_path):
     with pytest.raises(error):
         ovseg.segment(make(tmp_path), ["road"], sam="tiny-random", clip="tiny-random")
@@ -152,22 +169,30 @@ def test_truncated_file_is_value_error(tmp_path, synthetic_image):
         ovseg.segment(path, ["road"], sam="tiny-random", clip="tiny-random")
 
 
-@pytest.mark.parametrize("prompts, match", [
-    (dict(points=[[500, 10]]), "outside"),
-    (dict(boxes=[[50, 50, 10, 60]]), "inverted"),
-    (dict(points=[[5, 5], [6, 6]], point_labels=[1]), "1 entries for 2"),
-    (dict(points_per_side=0), "points_per_side"),
-    (dict(points=[[5, 5]], points_per_side=4), "automatic mode only"),
-    (dict(no_such_option=3), "unknown grid option"),
-    (dict(score_threshold=-0.1), "score_threshold"),
-])
+@pytest.mark.parametrize(
+    "prompts, match",
+    [
+        (dict(points=[[500, 10]]), "outside"),
+        (dict(boxes=[[50, 50, 10, 60]]), "inverted"),
+        (dict(points=[[5, 5], [6, 6]], point_labels=[1]), "1 entries for 2"),
+        (dict(points_per_side=0), "points_per_side"),
+        (dict(points=[[5, 5]], points_per_side=4), "automatic mode only"),
+        (dict(no_such_option=3), "unknown grid option"),
+        (dict(score_threshold=-0.1), "score_threshold"),
+    ],
+)
 def test_bad_prompts_and_options(tiny_segmenter, synthetic_image, prompts, match):
     with pytest.raises(ValueError, match=match):
         tiny_segmenter.segment(synthetic_image, ["road"], **prompts)
 
 
 def test_grid_options_object_on_segmenter(synthetic_image):
-    seg = ovseg.Segmenter("tiny-random", "tiny-random", "cpu",
-                          grid=GridOptions(points_per_side=4, pred_iou_thresh=0,
-                                           stability_score_thresh=0, box_nms_thresh=1.0))
+    seg = ovseg.Segmenter(
+        "tiny-random",
+        "tiny-random",
+        "cpu",
+        grid=GridOptions(
+            points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0
+        ),
+    )
     assert len(seg.propose(synthetic_image)) == 4 * 4 * 3

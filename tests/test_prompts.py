@@ -19,24 +19,27 @@ def test_single_point_and_box_are_promoted_to_2d():
     assert p.points.shape == (1, 2) and p.boxes.shape == (1, 4)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(points=[[60, 5]]), "outside"),
-    (dict(points=[[-1, 5]]), "outside"),
-    (dict(points=[[5, 40]]), "outside"),
-    (dict(points=[[1, 2, 3]]), "shape"),
-    (dict(points=[[np.nan, 2]]), "finite"),
-    (dict(points=[[1, 2]], point_labels=[1, 0]), "2 entries for 1"),
-    (dict(points=[[1, 2]], point_labels=[2]), "1 \\(positive\\) or 0"),
-    (dict(points=[[1, 2]], point_labels=[0]), "positive point"),
-    (dict(point_labels=[1]), "without points"),
-    (dict(boxes=[[10, 10, 5, 20]]), "inverted"),
-    (dict(boxes=[[10, 10, 10, 20]]), "inverted"),
-    (dict(boxes=[[0, 0, 61, 20]]), "outside"),
-    (dict(boxes=[[0, 0, 5, 5], [1, 1, 6, 6]], points=[[2, 2]]), "single box"),
-    (dict(mask=np.zeros(SHAPE, bool)), "empty"),
-    (dict(mask=np.ones((10, 10), bool)), "shape"),
-    (dict(scribble=np.ones((40, 61), bool)), "shape"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(points=[[60, 5]]), "outside"),
+        (dict(points=[[-1, 5]]), "outside"),
+        (dict(points=[[5, 40]]), "outside"),
+        (dict(points=[[1, 2, 3]]), "shape"),
+        (dict(points=[[np.nan, 2]]), "finite"),
+        (dict(points=[[1, 2]], point_labels=[1, 0]), "2 entries for 1"),
+        (dict(points=[[1, 2]], point_labels=[2]), "1 \\(positive\\) or 0"),
+        (dict(points=[[1, 2]], point_labels=[0]), "positive point"),
+        (dict(point_labels=[1]), "without points"),
+        (dict(boxes=[[10, 10, 5, 20]]), "inverted"),
+        (dict(boxes=[[10, 10, 10, 20]]), "inverted"),
+        (dict(boxes=[[0, 0, 61, 20]]), "outside"),
+        (dict(boxes=[[0, 0, 5, 5], [1, 1, 6, 6]], points=[[2, 2]]), "single box"),
+        (dict(mask=np.zeros(SHAPE, bool)), "empty"),
+        (dict(mask=np.ones((10, 10), bool)), "shape"),
+        (dict(scribble=np.ones((40, 61), bool)), "shape"),
+    ],
+)
 def test_bad_prompts_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_prompt(SHAPE, **kwargs)
@@ -64,8 +67,10 @@ def test_scribble_points_join_given_points():
     assert (pts[1:, 1] == 5.5).all()
 
 
-@given(st.lists(st.tuples(st.integers(0, 39), st.integers(0, 59)), min_size=1, max_size=50),
-       st.integers(1, 10))
+@given(
+    st.lists(st.tuples(st.integers(0, 39), st.integers(0, 59)), min_size=1, max_size=50),
+    st.integers(1, 10),
+)
 def test_sample_points_lie_in_mask_and_are_distinct(pixels, k):
     mask = np.zeros(SHAPE, bool)
     for y, x in pixels:

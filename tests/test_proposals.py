@@ -40,19 +40,36 @@ def _ref(reference, multimask, **kw):
     return masks[best], scores[best]
 
 
-@pytest.mark.parametrize("prompt, multimask", [
-    (dict(point_coords=np.array([[40.0, 80.0]]), point_labels=np.array([1])), True),
-    (dict(point_coords=np.array([[40.0, 80.0], [120.0, 50.0]]), point_labels=np.array([1, 0])),
-     False),
-    (dict(box=np.array([20.0, 70.0, 70.0, 110.0])), False),
-    (dict(point_coords=np.array([[40.0, 90.0]]), point_labels=np.array([1]),
-          box=np.array([20.0, 70.0, 70.0, 110.0])), False),
-])
+@pytest.mark.parametrize(
+    "prompt, multimask",
+    [
+        (dict(point_coords=np.array([[40.0, 80.0]]), point_labels=np.array([1])), True),
+        (
+            dict(
+                point_coords=np.array([[40.0, 80.0], [120.0, 50.0]]), point_labels=np.array([1, 0])
+            ),
+            False,
+        ),
+        (dict(box=np.array([20.0, 70.0, 70.0, 110.0])), False),
+        (
+            dict(
+                point_coords=np.array([[40.0, 90.0]]),
+                point_labels=np.array([1]),
+                box=np.array([20.0, 70.0, 70.0, 110.0]),
+            ),
+            False,
+        ),
+    ],
+)
 def test_prompted_mask_equals_sam_predictor(proposer, reference, image, prompt, multimask):
-    ours = proposer.predict(make_prompt(
-        image.shape[:2], points=prompt.get("point_coords"),
-        point_labels=prompt.get("point_labels"),
-        boxes=None if "box" not in prompt else prompt["box"][None]))
+    ours = proposer.predict(
+        make_prompt(
+            image.shape[:2],
+            points=prompt.get("point_coords"),
+            point_labels=prompt.get("point_labels"),
+            boxes=None if "box" not in prompt else prompt["box"][None],
+        )
+    )
     mask, score = _ref(reference, multimask, **prompt)
     assert len(ours) == 1
     np.testing.assert_array_equal(ours.masks[0], mask)
@@ -68,8 +85,7 @@ def test_rough_mask_prompt_equals_sam_predictor_with_same_logits(proposer, refer
     side = 4 * proposer.model.prompt_encoder.image_embedding_size[0]
     assert logits.shape == (1, side, side)
     pts, labels = prompt.all_points()
-    mask, score = _ref(reference, False, point_coords=pts, point_labels=labels,
-                       mask_input=logits)
+    mask, score = _ref(reference, False, point_coords=pts, point_labels=labels, mask_input=logits)
     np.testing.assert_array_equal(proposer.predict(prompt).masks[0], mask)
 
 

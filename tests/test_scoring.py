@@ -48,8 +48,9 @@ def test_grey_fill_replaces_outside_pixels_with_clip_mean(clip):
     masks.boxes[:] = [30, 20, 30 + s, 20 + s]
     crop = CropScorer(clip, margin=0.0, fill="grey").crops(img, masks)[0]
     mean = torch.tensor(clip.mean).view(3, 1, 1)
-    torch.testing.assert_close(crop[:, : s // 2 - 1], mean.expand(3, s // 2 - 1, s), atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(
+        crop[:, : s // 2 - 1], mean.expand(3, s // 2 - 1, s), atol=1e-5, rtol=0
+    )
     lower = torch.from_numpy(img[20 + s // 2 + 1 : 20 + s, 30 : 30 + s]).permute(2, 0, 1) / 255
     torch.testing.assert_close(crop[:, s // 2 + 1 :], lower.float(), atol=1e-5, rtol=0)
 
@@ -57,8 +58,11 @@ def test_grey_fill_replaces_outside_pixels_with_clip_mean(clip):
 @pytest.mark.parametrize("fill", ["grey", "blur", "none"])
 def test_region_embedding_equals_open_clip_encode_image_on_same_crop(clip, fill):
     img = _image(2)
-    masks = Masks.from_masks(np.stack([_box_mask(img.shape[:2], 10, 10, 50, 90),
-                                       _box_mask(img.shape[:2], 60, 5, 150, 40)]))
+    masks = Masks.from_masks(
+        np.stack(
+            [_box_mask(img.shape[:2], 10, 10, 50, 90), _box_mask(img.shape[:2], 60, 5, 150, 40)]
+        )
+    )
     scorer = CropScorer(clip, margin=0.15, fill=fill, batch_size=1)
     crops = scorer.crops(img, masks)
     assert crops.shape == (2, 3, clip.image_size, clip.image_size)
@@ -127,8 +131,13 @@ def test_sliding_window_averages_the_windows_covering_each_patch(clip):
     scorer = DenseScorer(clip, short_side=64, window=48, stride=32)  # 64x80: 4x5 patches
     feats = scorer.feature_map(img)
     assert feats.shape == (4, 5, 32)
-    resized = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255,
-                            size=(64, 80), mode="bilinear", align_corners=False, antialias=True)
+    resized = F.interpolate(
+        torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255,
+        size=(64, 80),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
     norm = clip.normalize(resized)
     corner = clip.dense_features(norm[:, :, 0:48, 0:48])[0]  # the only window on patch (0, 0)
     torch.testing.assert_close(feats[0, 0], corner[0, 0], atol=1e-5, rtol=1e-5)

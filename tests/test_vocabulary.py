@@ -25,16 +25,19 @@ def test_template_sets():
         resolve_templates(["no placeholder"])
 
 
-@pytest.mark.parametrize("classes, error, match", [
-    ([], ValueError, "empty"),
-    (["road", " "], ValueError, "blank"),
-    (["road", ";"], ValueError, "blank"),
-    (["road", "Road"], ValueError, "duplicate"),
-    (["road", " road "], ValueError, "duplicate"),
-    ("road, sky", TypeError, "not one string"),
-    (["road", 3], TypeError, "strings"),
-    (None, TypeError, "list of strings"),
-])
+@pytest.mark.parametrize(
+    "classes, error, match",
+    [
+        ([], ValueError, "empty"),
+        (["road", " "], ValueError, "blank"),
+        (["road", ";"], ValueError, "blank"),
+        (["road", "Road"], ValueError, "duplicate"),
+        (["road", " road "], ValueError, "duplicate"),
+        ("road, sky", TypeError, "not one string"),
+        (["road", 3], TypeError, "strings"),
+        (None, TypeError, "list of strings"),
+    ],
+)
 def test_bad_class_lists(classes, error, match):
     with pytest.raises(error, match=match):
         Vocabulary(classes)
@@ -69,8 +72,9 @@ def test_text_embedding_is_normalised_template_mean_and_cached(clip):
 
 def test_probabilities_take_max_over_synonyms_then_softmax(clip):
     vocab = Vocabulary(["road; street", "sky"], templates="none")
-    regions = torch.nn.functional.normalize(torch.randn(5, 32, generator=torch.Generator()
-                                                          .manual_seed(0)), dim=-1)
+    regions = torch.nn.functional.normalize(
+        torch.randn(5, 32, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
     probs = vocab.probabilities(regions, clip)
     text = vocab.text_embeddings(clip)
     logits = clip.logit_scale * regions @ text.T

@@ -49,9 +49,14 @@ class FakeNet:
 
 
 def _entry(data: bytes = PAYLOAD, **changes) -> weights.Checkpoint:
-    fields = dict(name="fake", arch="vit_b", url="https://example.invalid/fake_tiny.pth",
-                  filename="fake_tiny.pth", size=len(data),
-                  sha256=hashlib.sha256(data).hexdigest())
+    fields = dict(
+        name="fake",
+        arch="vit_b",
+        url="https://example.invalid/fake_tiny.pth",
+        filename="fake_tiny.pth",
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
     fields.update(changes)
     return weights.Checkpoint(**fields)
 
@@ -219,7 +224,7 @@ def test_verify_detects_any_flipped_byte(tmp_path_factory, data, index):
     path.write_bytes(data)
     weights.verify(path, entry)
     index %= len(data)
-    path.write_bytes(data[:index] + bytes([data[index] ^ 0xFF]) + data[index + 1:])
+    path.write_bytes(data[:index] + bytes([data[index] ^ 0xFF]) + data[index + 1 :])
     with pytest.raises(ValueError, match="SHA-256 mismatch"):
         weights.verify(path, entry)
 

@@ -38,12 +38,24 @@ print("image:", image.shape, image.dtype)
 
 # %%
 segmenter = ovseg.Segmenter(**MODELS)
-CLASSES = ["sky", "building", "road; street", "pavement; sidewalk", "tree", "car",
-           "pedestrian; person"]
+CLASSES = [
+    "sky",
+    "building",
+    "road; street",
+    "pavement; sidewalk",
+    "tree",
+    "car",
+    "pedestrian; person",
+]
 result = segmenter.segment(image, CLASSES, **GRID)
 
-print("label_map:", result.label_map.shape, result.label_map.dtype,
-      "values:", np.unique(result.label_map).tolist())
+print(
+    "label_map:",
+    result.label_map.shape,
+    result.label_map.dtype,
+    "values:",
+    np.unique(result.label_map).tolist(),
+)
 print("segments:", len(result.segments))
 for name, fraction in sorted(result.areas().items(), key=lambda kv: -kv[1]):
     print(f"  {name:22s} {100 * fraction:5.1f} % of the pixels")
@@ -76,8 +88,10 @@ plt.show()
 
 # %%
 for seg in sorted(result.segments, key=lambda s: -s.area)[:8]:
-    print(f"#{seg.id:<3d} {result.classes[seg.class_index]:22s} score {seg.score:.2f} "
-          f"box {seg.box} area {seg.area}")
+    print(
+        f"#{seg.id:<3d} {result.classes[seg.class_index]:22s} score {seg.score:.2f} "
+        f"box {seg.box} area {seg.area}"
+    )
 
 # %% [markdown]
 # ## Export
@@ -98,8 +112,12 @@ for kind, path in files.items():
 labels = read_label_png(files["labels"])
 coco = json.loads(files["json"].read_text())
 print("PNG round trip equal:", np.array_equal(labels, result.label_map))
-print("COCO annotations:", len(coco["annotations"]),
-      "categories:", [c["name"] for c in coco["categories"]])
+print(
+    "COCO annotations:",
+    len(coco["annotations"]),
+    "categories:",
+    [c["name"] for c in coco["categories"]],
+)
 
 # %% [markdown]
 # ## One call

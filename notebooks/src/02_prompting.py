@@ -107,8 +107,12 @@ rough[y0:y1, x0:x1] = True  # its box, filled: a very rough mask
 by_scribble = segmenter.segment(image, CLASSES, scribble=scribble)
 by_rough = segmenter.segment(image, CLASSES, mask_input=rough)
 
-panels = [("point", by_point, None), ("boxes", by_boxes, None),
-          ("scribble", by_scribble, scribble), ("rough mask", by_rough, rough)]
+panels = [
+    ("point", by_point, None),
+    ("boxes", by_boxes, None),
+    ("scribble", by_scribble, scribble),
+    ("rough mask", by_rough, rough),
+]
 fig, axes = plt.subplots(1, 4, figsize=(18, 4))
 for ax, (title, result, drawn) in zip(axes, panels, strict=True):
     ax.imshow(result.overlay(legend=False))
@@ -143,8 +147,10 @@ strict = segmenter.segment(image, CLASSES, boxes=BOXES, score_threshold=0.5)
 with_bg = segmenter.segment(image, ["car"], boxes=BOXES, background=["road", "building", "tree"])
 for title, result in (("threshold 0.5", strict), ("car vs background", with_bg)):
     names = [f"{result.classes[s.class_index]} ({s.score:.2f})" for s in result.segments]
-    print(f"{title:18s} segments: {names}, labelled pixels: "
-          f"{int((result.label_map != ovseg.UNLABELED).sum())}")
+    print(
+        f"{title:18s} segments: {names}, labelled pixels: "
+        f"{int((result.label_map != ovseg.UNLABELED).sum())}"
+    )
 
 # %% [markdown]
 # ## The image was embedded once

@@ -44,8 +44,10 @@ print(len(NAMES), "candidates:", NAMES)
 # %%
 result = ground(image, "the car", candidates=CANDIDATES, segmenter=segmenter)
 best = result.best
-print(f"best: candidate {best.index} ({NAMES[best.index]!r}) score {best.score:.3f} "
-      f"cosine {best.similarity:.3f}")
+print(
+    f"best: candidate {best.index} ({NAMES[best.index]!r}) score {best.score:.3f} "
+    f"cosine {best.similarity:.3f}"
+)
 print("box (x0, y0, x1, y1):", result.box, "| grasp point (x, y):", result.point)
 display(result.overlay())
 
@@ -71,8 +73,15 @@ plt.show()
 # candidate it should pick; the hit rate is the experiment's number (chance with tiny models).
 
 # %%
-TARGETS = {"the car": "car", "the road": "road", "the sky": "sky", "a tree": "tree",
-           "a building": "building", "the sidewalk": "pavement", "a cyclist": "bicyclist"}
+TARGETS = {
+    "the car": "car",
+    "the road": "road",
+    "the sky": "sky",
+    "a tree": "tree",
+    "a building": "building",
+    "the sidewalk": "pavement",
+    "a cyclist": "bicyclist",
+}
 TARGETS = {p: t for p, t in TARGETS.items() if t in NAMES}
 results = ground(image, list(TARGETS), candidates=CANDIDATES, segmenter=segmenter)
 hits = [NAMES[r.best.index] == TARGETS[r.phrase] for r in results]
@@ -81,8 +90,10 @@ print(f"hit rate {sum(hits)}/{len(hits)} (chance ~ 1/{len(NAMES)})")
 fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.4))
 for ax, r, hit in zip(axes, results, hits, strict=True):
     ax.imshow(r.overlay(label=False))
-    ax.set_title(f"{r.phrase!r}\n-> {NAMES[r.best.index]} {r.score:.2f} "
-                 f"{'hit' if hit else 'miss'}", fontsize=9)
+    ax.set_title(
+        f"{r.phrase!r}\n-> {NAMES[r.best.index]} {r.score:.2f} {'hit' if hit else 'miss'}",
+        fontsize=9,
+    )
     ax.axis("off")
 plt.tight_layout()
 plt.show()
@@ -96,8 +107,14 @@ plt.show()
 # %%
 DISTRACTORS = ["road", "building", "tree", "sky", "person"]
 for phrase in ("dark car", "silver car", "red car"):
-    r = ground(image, phrase, category="car", distractors=DISTRACTORS, candidates=CANDIDATES,
-               segmenter=segmenter)
+    r = ground(
+        image,
+        phrase,
+        category="car",
+        distractors=DISTRACTORS,
+        candidates=CANDIDATES,
+        segmenter=segmenter,
+    )
     kept = [f"{NAMES[c.index]} ({c.score:.2f})" for c in r.candidates]
     print(f"{phrase!r:13s} kept {kept}; best {NAMES[r.best.index] if r.found else None}")
 print("rejected (first 5):", {NAMES[i]: why for i, why in list(r.rejected.items())[:5]})
@@ -110,10 +127,17 @@ print("rejected (first 5):", {NAMES[i]: why for i, why in list(r.rejected.items(
 
 # %%
 plain = ground(image, "a vehicle", candidates=CANDIDATES, segmenter=segmenter)
-dropped = ground(image, "a vehicle", negatives=["bicycle", "person"], candidates=CANDIDATES,
-                 segmenter=segmenter)
-soft = ground(image, "a vehicle", negatives=["bicycle", "person"], drop_negatives=False,
-              candidates=CANDIDATES, segmenter=segmenter)
+dropped = ground(
+    image, "a vehicle", negatives=["bicycle", "person"], candidates=CANDIDATES, segmenter=segmenter
+)
+soft = ground(
+    image,
+    "a vehicle",
+    negatives=["bicycle", "person"],
+    drop_negatives=False,
+    candidates=CANDIDATES,
+    segmenter=segmenter,
+)
 print("dropped (first 5):", {NAMES[i]: why for i, why in list(dropped.rejected.items())[:5]})
 before = {c.index: c.score for c in plain.candidates}
 for c in soft.candidates:
@@ -128,8 +152,10 @@ for c in soft.candidates:
 scores = ground(image, "the road", candidates=CANDIDATES, segmenter=segmenter).scores
 cut = float(np.median(scores))
 above = ground(image, "the road", threshold=cut, candidates=CANDIDATES, segmenter=segmenter)
-print(f"threshold {cut:.3f}: {len(above.matches)} of {len(above.candidates)} candidates:",
-      [NAMES[m.index] for m in above.matches])
+print(
+    f"threshold {cut:.3f}: {len(above.matches)} of {len(above.candidates)} candidates:",
+    [NAMES[m.index] for m in above.matches],
+)
 display(above.overlay(label=False))
 
 # %% [markdown]
@@ -197,8 +223,7 @@ for r in results:
     x, y = r.point
     ax.contour(r.mask, levels=[0.5], linewidths=1)
     ax.plot(x, y, "w+", markersize=14, markeredgewidth=2)
-    ax.annotate(r.phrase, (x, y), color="w", fontsize=8, xytext=(4, 4),
-                textcoords="offset points")
+    ax.annotate(r.phrase, (x, y), color="w", fontsize=8, xytext=(4, 4), textcoords="offset points")
 ax.axis("off")
 plt.show()
 
@@ -218,8 +243,14 @@ print(len(auto.candidates), "proposals; best box", auto.box, "score", round(auto
 
 # %%
 try:
-    ground(image, "the car", segmenter=segmenter, points_per_side=2, pred_iou_thresh=1.0,
-           stability_score_thresh=1.0)
+    ground(
+        image,
+        "the car",
+        segmenter=segmenter,
+        points_per_side=2,
+        pred_iou_thresh=1.0,
+        stability_score_thresh=1.0,
+    )
 except ValueError as e:
     print("ValueError:", e)
 none = ground(image, "the car", threshold=0.999, candidates=CANDIDATES, segmenter=segmenter)
@@ -246,8 +277,14 @@ right = ground(image, "the car on the right", candidates=CANDIDATES, segmenter=s
 print("left :", [NAMES[c.index] for c in left.candidates[:3]])
 print("right:", [NAMES[c.index] for c in right.candidates[:3]])
 
-cars = ground(image, "car", category="car", distractors=DISTRACTORS, candidates=CANDIDATES,
-              segmenter=segmenter)
+cars = ground(
+    image,
+    "car",
+    category="car",
+    distractors=DISTRACTORS,
+    candidates=CANDIDATES,
+    segmenter=segmenter,
+)
 if cars.candidates:
     leftmost = min(cars.candidates, key=lambda c: (c.box[0] + c.box[2]) / 2)
     print("geometry: the leftmost car-like candidate is", NAMES[leftmost.index], leftmost.box)
@@ -255,5 +292,7 @@ else:
     print("geometry: no candidate passed the category test")
 
 text = Vocabulary(["a car", "not a car", "a tree"], "photo").text_embeddings(segmenter.clip)
-print(f"text cosine 'a car'~'not a car': {float(text[0] @ text[1]):.3f}, "
-      f"'a car'~'a tree': {float(text[0] @ text[2]):.3f}")
+print(
+    f"text cosine 'a car'~'not a car': {float(text[0] @ text[1]):.3f}, "
+    f"'a car'~'a tree': {float(text[0] @ text[2]):.3f}"
+)

@@ -87,8 +87,10 @@ for i in range(COUNT):
     label = dataset.load_label(i)
     baseline.update(np.full(label.shape, road), label)
 base = baseline.scores()
-print(f"road everywhere: mIoU {100 * base['miou']:.1f}  pixel accuracy "
-      f"{100 * base['pixel_accuracy']:.1f}")
+print(
+    f"road everywhere: mIoU {100 * base['miou']:.1f}  pixel accuracy "
+    f"{100 * base['pixel_accuracy']:.1f}"
+)
 
 # %% [markdown]
 # ## Oracle and model runs
@@ -106,12 +108,22 @@ print(f"road everywhere: mIoU {100 * base['miou']:.1f}  pixel accuracy "
 segmenter = ovseg.Segmenter(**MODELS)
 runs = {}
 for scorer in ("oracle", "crop"):
-    runs[scorer] = evaluate(DATA, WORK / f"{scorer}.json", sam=MODELS["sam"],
-                            clip=MODELS["clip"], scorer=scorer, grid=GRID, limit=LIMIT,
-                            segmenter=segmenter, progress=False)
+    runs[scorer] = evaluate(
+        DATA,
+        WORK / f"{scorer}.json",
+        sam=MODELS["sam"],
+        clip=MODELS["clip"],
+        scorer=scorer,
+        grid=GRID,
+        limit=LIMIT,
+        segmenter=segmenter,
+        progress=False,
+    )
     report = runs[scorer]
-    print(f"{scorer:7s} mIoU {100 * report['miou']:5.1f}  fwIoU {100 * report['fwiou']:5.1f}  "
-          f"pixel acc. {100 * report['pixel_accuracy']:5.1f}  ({report['seconds']:.1f} s)")
+    print(
+        f"{scorer:7s} mIoU {100 * report['miou']:5.1f}  fwIoU {100 * report['fwiou']:5.1f}  "
+        f"pixel acc. {100 * report['pixel_accuracy']:5.1f}  ({report['seconds']:.1f} s)"
+    )
 print("files:", json.dumps(runs["crop"]["files"], indent=1))
 print(Path(runs["crop"]["files"]["markdown"]).read_text()[:600])
 
@@ -119,15 +131,19 @@ print(Path(runs["crop"]["files"]["markdown"]).read_text()[:600])
 # ## Per-class IoU
 
 # %%
-rows = {"road everywhere": dict(zip(dataset.classes, base["iou"], strict=True)),
-        "oracle (proposal ceiling)": runs["oracle"]["per_class_iou"],
-        "model (CLIP crop scorer)": runs["crop"]["per_class_iou"]}
+rows = {
+    "road everywhere": dict(zip(dataset.classes, base["iou"], strict=True)),
+    "oracle (proposal ceiling)": runs["oracle"]["per_class_iou"],
+    "model (CLIP crop scorer)": runs["crop"]["per_class_iou"],
+}
 x = np.arange(len(dataset.classes))
 width = 0.8 / len(rows)
 fig, ax = plt.subplots(figsize=(12, 3.8))
 for k, (label, per_class) in enumerate(rows.items()):
-    values = [np.nan_to_num(per_class[c] if per_class[c] is not None else np.nan) * 100
-              for c in dataset.classes]
+    values = [
+        np.nan_to_num(per_class[c] if per_class[c] is not None else np.nan) * 100
+        for c in dataset.classes
+    ]
     ax.bar(x + k * width, values, width, label=label)
 ax.set_xticks(x + 0.4 - width / 2, dataset.classes, rotation=45)
 ax.set_ylabel("IoU (%)")

@@ -1,4 +1,5 @@
 """Shared first code cell of every notebook (inserted by ../build.py at "# %% setup")."""
+
 # ruff: noqa: F401  (used by the notebooks)
 # %% setup
 import os
@@ -35,14 +36,14 @@ def street_scene(height=240, width=320):
     sky, a building, a road, a red car, a blue car and a tree."""
     img = np.zeros((height, width, 3), np.uint8)
     h, w = height, width
-    img[: h // 2] = (135, 190, 235)                         # sky
-    img[h // 2 :] = (95, 95, 100)                           # road
-    img[h // 8 : h // 2, : w // 3] = (170, 120, 90)         # building
+    img[: h // 2] = (135, 190, 235)  # sky
+    img[h // 2 :] = (95, 95, 100)  # road
+    img[h // 8 : h // 2, : w // 3] = (170, 120, 90)  # building
     yy, xx = np.mgrid[:h, :w]
     tree = (yy - h * 0.3) ** 2 + (xx - w * 0.8) ** 2 < (h * 0.14) ** 2
-    img[tree] = (40, 130, 50)                               # tree crown
-    img[int(h * 0.62) : int(h * 0.8), int(w * 0.1) : int(w * 0.35)] = (200, 30, 35)   # red car
-    img[int(h * 0.6) : int(h * 0.75), int(w * 0.6) : int(w * 0.8)] = (40, 60, 200)    # blue car
+    img[tree] = (40, 130, 50)  # tree crown
+    img[int(h * 0.62) : int(h * 0.8), int(w * 0.1) : int(w * 0.35)] = (200, 30, 35)  # red car
+    img[int(h * 0.6) : int(h * 0.75), int(w * 0.6) : int(w * 0.8)] = (40, 60, 200)  # blue car
     return img
 
 
@@ -63,8 +64,14 @@ def demo_frame(min_pixels=300):
     "<class> 2" when one is left), or the generated scene and its layout."""
     if CAMVID is None:
         image = street_scene()
-        colours = {"sky": (135, 190, 235), "building": (170, 120, 90), "road": (95, 95, 100),
-                   "tree": (40, 130, 50), "car": (200, 30, 35), "car 2": (40, 60, 200)}
+        colours = {
+            "sky": (135, 190, 235),
+            "building": (170, 120, 90),
+            "road": (95, 95, 100),
+            "tree": (40, 130, 50),
+            "car": (200, 30, 35),
+            "car 2": (40, 60, 200),
+        }
         return image, {k: (image == c).all(-1) for k, c in colours.items()}
     from PIL import Image
 

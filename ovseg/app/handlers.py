@@ -45,8 +45,13 @@ from ovseg.structures import Masks
 EMBED_CHUNK = 8
 
 
-def upload(segmenter, session: Session | None, image, name: str | None = None,
-           progress: Progress | None = None) -> Session:
+def upload(
+    segmenter,
+    session: Session | None,
+    image,
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> Session:
     """Start over with a new image: a path, PIL image or array (None clears the session).
 
     Computes the SAM embedding now (cached by content), so later prompts cost only the decoder.
@@ -56,19 +61,23 @@ def upload(segmenter, session: Session | None, image, name: str | None = None,
     session = Session()
     with session.lock:
         if image is None:
-            return session.say("Upload an image, paste one, take a webcam shot, or pick an "
-                               "example.")
+            return session.say(
+                "Upload an image, paste one, take a webcam shot, or pick an example."
+            )
         if progress is not None:
             progress(0.1, desc="SAM: image embedding")
         try:
             session.image = segmenter.set_image(image)
         except (ValueError, TypeError, FileNotFoundError, OSError) as e:
             return session.say(f"Could not read this image: {e}", warning=True)
-        session.name = file_stem(name if name is not None else
-                             (image if isinstance(image, (str, os.PathLike)) else None))
+        session.name = file_stem(
+            name if name is not None else (image if isinstance(image, (str, os.PathLike)) else None)
+        )
         h, w = session.image.shape[:2]
-        return session.say(f"Loaded {session.name} ({w}x{h}). Type classes, then run automatic "
-                           "mode or click on objects.")
+        return session.say(
+            f"Loaded {session.name} ({w}x{h}). Type classes, then run automatic "
+            "mode or click on objects."
+        )
 
 
 def _need_image(session: Session | None) -> Session | None:
@@ -82,23 +91,30 @@ def _no_image(session: Session | None) -> Session:
     return (session or Session()).say("Upload an image first.", warning=True)
 
 
-def _embed(segmenter, image: np.ndarray, masks: Masks, progress: Progress | None = None,
-           ) -> torch.Tensor:
+def _embed(
+    segmenter,
+    image: np.ndarray,
+    masks: Masks,
+    progress: Progress | None = None,
+) -> torch.Tensor:
     """CLIP region embeddings (N, D) on the CPU, in chunks so that progress can be shown."""
     parts = []
     for start in range(0, len(masks), EMBED_CHUNK):
         if progress is not None:
-            progress(0.5 + 0.45 * start / len(masks),
-                     desc=f"CLIP: scoring regions {start + 1}-"
-                          f"{min(start + EMBED_CHUNK, len(masks))} of {len(masks)}")
+            progress(
+                0.5 + 0.45 * start / len(masks),
+                desc=f"CLIP: scoring regions {start + 1}-"
+                f"{min(start + EMBED_CHUNK, len(masks))} of {len(masks)}",
+            )
         with segmenter.lock, torch.inference_mode():
             emb = segmenter.scorer.embed(image, masks[start : start + EMBED_CHUNK])
         parts.append(emb.float().cpu())
     return torch.cat(parts) if parts else torch.zeros((0, 1))
 
 
-def run_automatic(segmenter, session: Session | None, settings: Settings,
-                  progress: Progress | None = None) -> Session:
+def run_automatic(
+    segmenter, session: Session | None, settings: Settings, progress: Progress | None = None
+) -> Session:
     """Propose masks with the automatic grid, embed each, and label them all."""
     if _need_image(session) is None:
         return _no_image(session)
@@ -113,15 +129,25 @@ def run_automatic(segmenter, session: Session | None, settings: Settings,
             progress(0.97, desc="Fusing")
         _refresh(segmenter, session, settings)
         if len(masks) == 0 and not session.warning:
-            session.say("The automatic grid kept no masks (its quality filters removed them "
-                        "all). Click on objects instead.", warning=True)
+            session.say(
+                "The automatic grid kept no masks (its quality filters removed them "
+                "all). Click on objects instead.",
+                warning=True,
+            )
         elif not session.warning:
             session.say(f"Automatic mode: {len(masks)} proposals. {session.status}")
         return session
 
 
-def click(segmenter, session: Session | None, settings: Settings, mode: str, x: float,
-          y: float, point: str = "new") -> Session:
+def click(
+    segmenter,
+    session: Session | None,
+    settings: Settings,
+    mode: str,
+    x: float,
+    y: float,
+    point: str = "new",
+) -> Session:
     """A click at ``(x, y)`` image pixels.
 
     ``mode="points"``: ``point="new"`` starts a new object from a positive point, ``"add"``
@@ -133,8 +159,9 @@ def click(segmenter, session: Session | None, settings: Settings, mode: str, x: 
     with session.lock:
         h, w = session.image.shape[:2]
         if mode not in ("points", "boxes"):
-            return session.say(f"Clicks prompt in points or boxes mode (now: {mode}).",
-                               warning=True)
+            return session.say(
+                f"Clicks prompt in points or boxes mode (now: {mode}).", warning=True
+            )
         if point not in POINT_ACTIONS:
             raise ValueError(f"point must be one of {POINT_ACTIONS}, got {point!r}")
         if not (0 <= x < w and 0 <= y < h):
@@ -149,8 +176,9 @@ def click(segmenter, session: Session | None, settings: Settings, mode: str, x: 
             box = (min(cx, xi), min(cy, yi), max(cx, xi) + 1, max(cy, yi) + 1)
             if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                 session.history.pop()
-                return session.say("That box is too thin: click two opposite corners.",
-                                   warning=True)
+                return session.say(
+                    "That box is too thin: click two opposite corners.", warning=True
+                )
             count = len(session.objects)
             obj = PromptObject("box", None, 0.0, None, box=box)
             _add(segmenter, session, settings, obj, new=True, snapshot=False)
@@ -159,8 +187,10 @@ def click(segmenter, session: Session | None, settings: Settings, mode: str, x: 
             return session
         if point == "new" or not session.objects:
             if point == "remove":
-                return session.say("A negative point removes area from an object: add an "
-                                   "object first.", warning=True)
+                return session.say(
+                    "A negative point removes area from an object: add an object first.",
+                    warning=True,
+                )
             obj = PromptObject("points", None, 0.0, None, points=((x, y),), labels=(1,))
             return _add(segmenter, session, settings, obj, new=True)
         last = session.objects[-1]
@@ -179,17 +209,22 @@ def brush_mask(editor_value: Any, shape: tuple[int, int]) -> np.ndarray | None:
     if editor_value is None:
         return None
     if isinstance(editor_value, dict):
-        layers = [np.asarray(layer) for layer in editor_value.get("layers") or []
-                  if layer is not None]
+        layers = [
+            np.asarray(layer) for layer in editor_value.get("layers") or [] if layer is not None
+        ]
         if not layers:
             return None
         painted = np.zeros(layers[0].shape[:2], bool)
         for layer in layers:
             if layer.shape[:2] != painted.shape:
-                raise ValueError(f"editor layers differ in size: {layer.shape[:2]} vs "
-                                 f"{painted.shape}")
-            painted |= layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 \
+                raise ValueError(
+                    f"editor layers differ in size: {layer.shape[:2]} vs {painted.shape}"
+                )
+            painted |= (
+                layer[..., 3] > 0
+                if layer.ndim == 3 and layer.shape[2] == 4
                 else (layer.reshape(*layer.shape[:2], -1) > 0).any(-1)
+            )
     else:
         painted = np.asarray(editor_value)
         painted = (painted > 0).any(-1) if painted.ndim == 3 else painted > 0
@@ -203,8 +238,9 @@ def brush_mask(editor_value: Any, shape: tuple[int, int]) -> np.ndarray | None:
     return painted if painted.any() else None
 
 
-def add_brush(segmenter, session: Session | None, settings: Settings, painted: Any,
-              kind: str = "scribble") -> Session:
+def add_brush(
+    segmenter, session: Session | None, settings: Settings, painted: Any, kind: str = "scribble"
+) -> Session:
     """A new object from brush strokes drawn on it (``kind="scribble"``) or a rough mask of it
     (``kind="mask"``). ``painted`` is what :func:`brush_mask` accepts."""
     if _need_image(session) is None:
@@ -225,8 +261,9 @@ def add_brush(segmenter, session: Session | None, settings: Settings, painted: A
 def _decode(segmenter, image: np.ndarray, obj: PromptObject) -> Masks:
     prompt: dict[str, Any] = {}
     if obj.points:
-        prompt.update(points=np.asarray(obj.points, np.float32),
-                      point_labels=np.asarray(obj.labels, np.int32))
+        prompt.update(
+            points=np.asarray(obj.points, np.float32), point_labels=np.asarray(obj.labels, np.int32)
+        )
     if obj.box is not None:
         prompt["boxes"] = np.asarray([obj.box], np.float32)
     if obj.kind == "scribble":
@@ -236,8 +273,14 @@ def _decode(segmenter, image: np.ndarray, obj: PromptObject) -> Masks:
     return segmenter.propose(image, **prompt)
 
 
-def _add(segmenter, session: Session, settings: Settings, obj: PromptObject, new: bool,
-         snapshot: bool = True) -> Session:
+def _add(
+    segmenter,
+    session: Session,
+    settings: Settings,
+    obj: PromptObject,
+    new: bool,
+    snapshot: bool = True,
+) -> Session:
     """Decode and embed ``obj`` alone, then add it (or replace the last object) and relabel.
 
     A box's snapshot is taken at its first corner (``snapshot=False`` here), so that one undo
@@ -247,8 +290,7 @@ def _add(segmenter, session: Session, settings: Settings, obj: PromptObject, new
     except (ValueError, TypeError) as e:
         return session.say(f"Could not use this prompt: {e}", warning=True)
     if len(masks) == 0 or not masks.masks[0].any():
-        return session.say("SAM found no object for this prompt; try another spot.",
-                           warning=True)
+        return session.say("SAM found no object for this prompt; try another spot.", warning=True)
     embedding = _embed(segmenter, session.image, masks[0:1])[0]
     obj = replace(obj, mask=masks.masks[0], score=float(masks.scores[0]), embedding=embedding)
     if snapshot:
@@ -281,8 +323,9 @@ def clear(segmenter, session: Session | None, settings: Settings) -> Session:
     with session.lock:
         session.objects, session.auto, session.corner, session.history = [], None, None, []
         _refresh(segmenter, session, settings)
-        return session.say("Cleared all prompts." if session.image is not None
-                           else "Upload an image first.")
+        return session.say(
+            "Cleared all prompts." if session.image is not None else "Upload an image first."
+        )
 
 
 def refresh(segmenter, session: Session | None, settings: Settings) -> Session:
@@ -327,8 +370,11 @@ def _refresh(segmenter, session: Session, settings: Settings) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"score threshold must be in [0, 1], got {threshold}")
     except (ValueError, TypeError) as e:
-        session.say(f"Classes: {e}. Type names separated by commas or new lines "
-                    "(';' joins synonyms, e.g. 'road; street, car, sky').", warning=True)
+        session.say(
+            f"Classes: {e}. Type names separated by commas or new lines "
+            "(';' joins synonyms, e.g. 'road; street, car, sky').",
+            warning=True,
+        )
         return
     masks, embeddings, scores = [], [], []
     if session.objects:
@@ -348,15 +394,22 @@ def _refresh(segmenter, session: Session, settings: Settings) -> None:
     emb = torch.cat(embeddings)
     with segmenter.lock, torch.inference_mode():
         probs = vocab.probabilities(emb, segmenter.clip)
-    result = fuse(np.concatenate(masks), probs, vocab.classes, score_threshold=threshold,
-                  image=session.image, proposal_scores=np.concatenate(scores))
+    result = fuse(
+        np.concatenate(masks),
+        probs,
+        vocab.classes,
+        score_threshold=threshold,
+        image=session.image,
+        proposal_scores=np.concatenate(scores),
+    )
     session.result = result
     session.hidden &= set(result.classes)
     folder = session.folder()
     session.downloads = {
         "labels": result.save_png(folder / f"{session.name}_labels.png"),
-        "json": result.save_json(folder / f"{session.name}.json",
-                                 file_name=f"{session.name}_labels.png"),
+        "json": result.save_json(
+            folder / f"{session.name}.json", file_name=f"{session.name}_labels.png"
+        ),
     }
     labeled = float((result.label_map >= 0).mean())
     session.say(f"{len(result.segments)} segments, {100 * labeled:.0f}% of the image labeled.")

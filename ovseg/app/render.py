@@ -55,8 +55,17 @@ def render(session: Session | None, alpha: float = 0.5) -> View:
     """The view of ``session`` (None gives the empty page)."""
     if session is None or session.image is None:
         status = session.status if session is not None else ""
-        return View(None, None, "", [], [], None, None, status,
-                    bool(session is not None and session.warning))
+        return View(
+            None,
+            None,
+            "",
+            [],
+            [],
+            None,
+            None,
+            status,
+            bool(session is not None and session.warning),
+        )
     result = session.result
     if result is None:
         canvas = Image.fromarray(session.image)
@@ -68,9 +77,17 @@ def render(session: Session | None, alpha: float = 0.5) -> View:
         classes = list(result.classes)
         visible = [c for c in classes if c not in session.hidden]
     canvas = draw_prompts(canvas.convert("RGB"), session)
-    return View(canvas, confidence, legend_html(session), classes, visible,
-                session.downloads.get("labels"), session.downloads.get("json"),
-                session.status, session.warning)
+    return View(
+        canvas,
+        confidence,
+        legend_html(session),
+        classes,
+        visible,
+        session.downloads.get("labels"),
+        session.downloads.get("json"),
+        session.status,
+        session.warning,
+    )
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -109,8 +126,7 @@ def draw_prompts(canvas: Image.Image, session: Session) -> Image.Image:
             draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour, width=2)
         for (x, y), label in zip(obj.points, obj.labels, strict=True):
             fill = POSITIVE if label == 1 else NEGATIVE
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=(255, 255, 255),
-                         width=2)
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=(255, 255, 255), width=2)
     if session.corner is not None:
         x, y = session.corner
         draw.line([x - 2 * r, y, x + 2 * r, y], fill=LATEST, width=2)
@@ -150,10 +166,12 @@ def legend_html(session: Session) -> str:
             text = f"{html.escape(name)} {100 * areas[name]:.1f}%"
             if name in session.hidden:
                 text = f"<s>{text}</s> (hidden)"
-            rows.append(f'<li data-class="{html.escape(name, quote=True)}">'
-                        f'<span style="display:inline-block;width:0.9em;height:0.9em;'
-                        f'background:{hex_colour};border:1px solid #000;margin-right:0.4em">'
-                        f'</span>{text}</li>')
+            rows.append(
+                f'<li data-class="{html.escape(name, quote=True)}">'
+                f'<span style="display:inline-block;width:0.9em;height:0.9em;'
+                f'background:{hex_colour};border:1px solid #000;margin-right:0.4em">'
+                f"</span>{text}</li>"
+            )
     objects = []
     for k, (name, conf) in enumerate(object_classes(session), start=1):
         label = "unlabeled" if name is None else f"{html.escape(name)} ({conf:.2f})"

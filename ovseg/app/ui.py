@@ -8,8 +8,9 @@ from typing import Any
 try:
     import gradio as gr
 except ModuleNotFoundError as e:  # pragma: no cover - depends on the environment
-    raise ModuleNotFoundError("the ovseg app needs Gradio: pip install 'ovseg[app]'",
-                              name=e.name) from e
+    raise ModuleNotFoundError(
+        "the ovseg app needs Gradio: pip install 'ovseg[app]'", name=e.name
+    ) from e
 
 from ovseg.app import handlers
 from ovseg.app.render import render
@@ -32,9 +33,11 @@ def describe_models(segmenter, models: dict[str, str] | None = None) -> str:
     sam = models.get("sam") or type(segmenter.proposer.model.image_encoder).__name__
     clip = models.get("clip") or segmenter.clip.name
     scorer = type(segmenter.scorer).__name__
-    return (f"**Models** (fixed at launch): SAM `{sam}`, CLIP `{clip}`, scorer `{scorer}`, "
-            f"device `{segmenter.device}`. Restart with `ovseg app --sam "
-            f"{{{','.join(SAM_CHECKPOINTS)}}} --clip ARCH/TAG` to change them.")
+    return (
+        f"**Models** (fixed at launch): SAM `{sam}`, CLIP `{clip}`, scorer `{scorer}`, "
+        f"device `{segmenter.device}`. Restart with `ovseg app --sam "
+        f"{{{','.join(SAM_CHECKPOINTS)}}} --clip ARCH/TAG` to change them."
+    )
 
 
 def _close(session: Session | None) -> None:
@@ -42,9 +45,13 @@ def _close(session: Session | None) -> None:
         session.close()
 
 
-def build_app(segmenter, *, models: dict[str, str] | None = None,
-              title: str = "ovseg: open-vocabulary segmentation",
-              default_classes: str = DEFAULT_CLASSES):
+def build_app(
+    segmenter,
+    *,
+    models: dict[str, str] | None = None,
+    title: str = "ovseg: open-vocabulary segmentation",
+    default_classes: str = DEFAULT_CLASSES,
+):
     """The interactive app as a ``gr.Blocks`` (queue enabled); launch it with ``.launch()``.
 
     Args:
@@ -63,56 +70,96 @@ def build_app(segmenter, *, models: dict[str, str] | None = None,
         state = gr.State(None, delete_callback=_close)
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
-                image_in = gr.Image(label="Image", type="filepath", image_mode=None,
-                                    sources=["upload", "webcam", "clipboard"], height=260,
-                                    elem_id="ovseg-input")
+                image_in = gr.Image(
+                    label="Image",
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "webcam", "clipboard"],
+                    height=260,
+                    elem_id="ovseg-input",
+                )
                 examples = example_images()
                 if examples:
                     gr.Examples(examples, inputs=image_in, label="Examples (CamVid frames)")
-                classes = gr.Textbox(label="Classes (comma or newline separated; ';' joins "
-                                     "synonyms)", value=default_classes, lines=2,
-                                     elem_id="ovseg-classes")
+                classes = gr.Textbox(
+                    label="Classes (comma or newline separated; ';' joins synonyms)",
+                    value=default_classes,
+                    lines=2,
+                    elem_id="ovseg-classes",
+                )
                 mode = gr.Radio(list(MODES), value="automatic", label="Mode", elem_id="ovseg-mode")
-                run_btn = gr.Button("Segment everything", variant="primary",
-                                    elem_id="ovseg-run")
-                point = gr.Radio([("+ new object", "new"), ("+ add to last object", "add"),
-                                  ("− negative: remove from last object", "remove")],
-                                 value="new", label="A click adds", visible=False,
-                                 elem_id="ovseg-point")
-                brush_kind = gr.Radio([("strokes on the object", "scribble"),
-                                       ("rough mask of the object", "mask")],
-                                      value="scribble", label="The brush draws", visible=False)
-                editor = gr.ImageEditor(label="Draw on the object", type="numpy",
-                                        image_mode="RGBA", sources=[], transforms=(),
-                                        layers=False, visible=False, format="png",
-                                        elem_id="ovseg-editor",
-                                        brush=gr.Brush(colors=["#ff2d2d"], color_mode="fixed"))
+                run_btn = gr.Button("Segment everything", variant="primary", elem_id="ovseg-run")
+                point = gr.Radio(
+                    [
+                        ("+ new object", "new"),
+                        ("+ add to last object", "add"),
+                        ("− negative: remove from last object", "remove"),
+                    ],
+                    value="new",
+                    label="A click adds",
+                    visible=False,
+                    elem_id="ovseg-point",
+                )
+                brush_kind = gr.Radio(
+                    [("strokes on the object", "scribble"), ("rough mask of the object", "mask")],
+                    value="scribble",
+                    label="The brush draws",
+                    visible=False,
+                )
+                editor = gr.ImageEditor(
+                    label="Draw on the object",
+                    type="numpy",
+                    image_mode="RGBA",
+                    sources=[],
+                    transforms=(),
+                    layers=False,
+                    visible=False,
+                    format="png",
+                    elem_id="ovseg-editor",
+                    brush=gr.Brush(colors=["#ff2d2d"], color_mode="fixed"),
+                )
                 brush_btn = gr.Button("Add drawing as an object", visible=False)
                 with gr.Row():
                     undo_btn = gr.Button("Undo last prompt", elem_id="ovseg-undo")
                     clear_btn = gr.Button("Clear prompts", elem_id="ovseg-clear")
                 with gr.Accordion("Settings", open=False):
-                    threshold = gr.Slider(0.0, 1.0, value=segmenter.score_threshold, step=0.01,
-                                          label="Score threshold (min class probability)")
-                    template = gr.Dropdown(templates, value=default_templates,
-                                           label="Prompt templates")
+                    threshold = gr.Slider(
+                        0.0,
+                        1.0,
+                        value=segmenter.score_threshold,
+                        step=0.01,
+                        label="Score threshold (min class probability)",
+                    )
+                    template = gr.Dropdown(
+                        templates, value=default_templates, label="Prompt templates"
+                    )
                     gr.Markdown(describe_models(segmenter, models))
             with gr.Column(scale=3, min_width=400):
                 status = gr.Markdown("Upload an image to start.", elem_id="ovseg-status")
-                canvas = gr.Image(label="Segmentation: click here in points or boxes mode",
-                                  interactive=False, format="png", elem_id="ovseg-canvas",
-                                  buttons=["download", "fullscreen"])
+                canvas = gr.Image(
+                    label="Segmentation: click here in points or boxes mode",
+                    interactive=False,
+                    format="png",
+                    elem_id="ovseg-canvas",
+                    buttons=["download", "fullscreen"],
+                )
                 visible = gr.CheckboxGroup([], label="Show classes", elem_id="ovseg-visible")
                 legend = gr.HTML("<i>No labels yet.</i>", elem_id="ovseg-legend")
                 with gr.Row():
-                    confidence = gr.Image(label="Confidence (dark = unsure or unlabeled)",
-                                          interactive=False, format="png", height=220,
-                                          elem_id="ovseg-confidence")
+                    confidence = gr.Image(
+                        label="Confidence (dark = unsure or unlabeled)",
+                        interactive=False,
+                        format="png",
+                        height=220,
+                        elem_id="ovseg-confidence",
+                    )
                     with gr.Column():
-                        dl_png = gr.DownloadButton("Label PNG", interactive=False,
-                                                   elem_id="ovseg-dl-png")
-                        dl_json = gr.DownloadButton("COCO JSON", interactive=False,
-                                                    elem_id="ovseg-dl-json")
+                        dl_png = gr.DownloadButton(
+                            "Label PNG", interactive=False, elem_id="ovseg-dl-png"
+                        )
+                        dl_json = gr.DownloadButton(
+                            "COCO JSON", interactive=False, elem_id="ovseg-dl-json"
+                        )
 
         views = [state, canvas, confidence, legend, visible, dl_png, dl_json, status]
         settings_in = [classes, template, threshold]
@@ -122,13 +169,16 @@ def build_app(segmenter, *, models: dict[str, str] | None = None,
             if toast and view.warning and view.status:
                 gr.Warning(view.status)
             text = f"⚠️ {view.status}" if view.warning else view.status
-            return [session, view.canvas, view.confidence, view.legend,
-                    gr.CheckboxGroup(choices=view.classes, value=view.visible),
-                    gr.DownloadButton(value=view.labels_png, interactive=view.labels_png
-                                      is not None),
-                    gr.DownloadButton(value=view.coco_json, interactive=view.coco_json
-                                      is not None),
-                    text]
+            return [
+                session,
+                view.canvas,
+                view.confidence,
+                view.legend,
+                gr.CheckboxGroup(choices=view.classes, value=view.visible),
+                gr.DownloadButton(value=view.labels_png, interactive=view.labels_png is not None),
+                gr.DownloadButton(value=view.coco_json, interactive=view.coco_json is not None),
+                text,
+            ]
 
         def editor_value(session: Session | None):
             if session is None or session.image is None:
@@ -140,18 +190,23 @@ def build_app(segmenter, *, models: dict[str, str] | None = None,
             return [*show(session), editor_value(session)]
 
         def on_run(session, text, tmpl, thr, progress=gr.Progress()):  # noqa: B008 (Gradio's API)
-            session = handlers.run_automatic(segmenter, session, Settings(text, tmpl, thr),
-                                             progress=progress)
+            session = handlers.run_automatic(
+                segmenter, session, Settings(text, tmpl, thr), progress=progress
+            )
             return show(session)
 
         def on_click(session, text, tmpl, thr, mode_now, action, evt: gr.SelectData):
             x, y = evt.index[:2]
-            return show(handlers.click(segmenter, session, Settings(text, tmpl, thr),
-                                       mode_now, x, y, action))
+            return show(
+                handlers.click(
+                    segmenter, session, Settings(text, tmpl, thr), mode_now, x, y, action
+                )
+            )
 
         def on_brush(session, text, tmpl, thr, drawing, kind):
-            session = handlers.add_brush(segmenter, session, Settings(text, tmpl, thr), drawing,
-                                         kind)
+            session = handlers.add_brush(
+                segmenter, session, Settings(text, tmpl, thr), drawing, kind
+            )
             return [*show(session), editor_value(session)]
 
         def on_undo(session, text, tmpl, thr):
@@ -161,8 +216,9 @@ def build_app(segmenter, *, models: dict[str, str] | None = None,
             return show(handlers.clear(segmenter, session, Settings(text, tmpl, thr)))
 
         def on_settings(session, text, tmpl, thr):
-            return show(handlers.refresh(segmenter, session, Settings(text, tmpl, thr)),
-                        toast=False)
+            return show(
+                handlers.refresh(segmenter, session, Settings(text, tmpl, thr)), toast=False
+            )
 
         def on_visible(session, names):
             return show(handlers.set_visible(session, names), toast=False)
@@ -170,9 +226,14 @@ def build_app(segmenter, *, models: dict[str, str] | None = None,
         def on_mode(session, mode_now):
             session = handlers.mode_changed(session, mode_now)
             painting = mode_now == "scribble"
-            return [*show(session, toast=False), gr.Button(visible=mode_now == "automatic"),
-                    gr.Radio(visible=mode_now == "points"), gr.Radio(visible=painting),
-                    gr.ImageEditor(visible=painting), gr.Button(visible=painting)]
+            return [
+                *show(session, toast=False),
+                gr.Button(visible=mode_now == "automatic"),
+                gr.Radio(visible=mode_now == "points"),
+                gr.Radio(visible=painting),
+                gr.ImageEditor(visible=painting),
+                gr.Button(visible=painting),
+            ]
 
         image_in.change(on_image, [state, image_in], [*views, editor])
         run_btn.click(on_run, [state, *settings_in], views)
@@ -185,7 +246,6 @@ def build_app(segmenter, *, models: dict[str, str] | None = None,
         template.input(on_settings, [state, *settings_in], views)
         threshold.release(on_settings, [state, *settings_in], views)
         visible.input(on_visible, [state, visible], views)
-        mode.change(on_mode, [state, mode],
-                    [*views, run_btn, point, brush_kind, editor, brush_btn])
+        mode.change(on_mode, [state, mode], [*views, run_btn, point, brush_kind, editor, brush_btn])
     app.queue(max_size=64)
     return app

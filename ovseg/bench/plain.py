@@ -25,8 +25,9 @@ from PIL import Image
 MEAN_GREY = (123, 117, 104)  # CLIP's mean colour, 8-bit RGB
 
 
-def label_components(label_map: np.ndarray, ignore: tuple[int, ...] = (),
-                     min_area: int = 1) -> np.ndarray:
+def label_components(
+    label_map: np.ndarray, ignore: tuple[int, ...] = (), min_area: int = 1
+) -> np.ndarray:
     """Connected components (4-connectivity) of each label value of an integer map (H, W).
 
     Returns bool (N, H, W): one mask per component of area >= ``min_area``, labels in
@@ -128,8 +129,9 @@ class PlainPipeline:
 
         self.generator = SamAutomaticMaskGenerator(self.sam, output_mode="binary_mask", **self.grid)
         self.predictor = SamPredictor(self.sam)
-        self.preprocess = open_clip.image_transform(self.image_size, is_train=False,
-                                                    mean=self.mean, std=self.std)
+        self.preprocess = open_clip.image_transform(
+            self.image_size, is_train=False, mean=self.mean, std=self.std
+        )
         self.device = next(self.clip_model.parameters()).device
 
     @torch.no_grad()
@@ -154,8 +156,11 @@ class PlainPipeline:
             total = time.perf_counter() - t0
         finally:
             del predictor.set_image
-        masks = np.stack([r["segmentation"] for r in records]) if records else \
-            np.zeros((0, *image.shape[:2]), bool)
+        masks = (
+            np.stack([r["segmentation"] for r in records])
+            if records
+            else np.zeros((0, *image.shape[:2]), bool)
+        )
         return masks, spent[0], total - spent[0]
 
     @torch.no_grad()
@@ -197,13 +202,16 @@ class PlainPipeline:
         return label
 
     @torch.no_grad()
-    def click(self, point: tuple[float, float], image: np.ndarray,
-              text: torch.Tensor) -> np.ndarray:
+    def click(
+        self, point: tuple[float, float], image: np.ndarray, text: torch.Tensor
+    ) -> np.ndarray:
         """One positive click on the image set on ``self.predictor``: SAM's best candidate and its
         class probabilities. Returns the mask bool (H, W)."""
-        masks, scores, _ = self.predictor.predict(point_coords=np.array([point], np.float32),
-                                                  point_labels=np.array([1]),
-                                                  multimask_output=True)
+        masks, scores, _ = self.predictor.predict(
+            point_coords=np.array([point], np.float32),
+            point_labels=np.array([1]),
+            multimask_output=True,
+        )
         mask = masks[int(np.argmax(scores))]
         self.score(image, mask[None], text)
         return mask

@@ -20,12 +20,16 @@ def median(values) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
-
 def machine_info(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or "unknown",
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device)}
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or "unknown",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -49,8 +53,10 @@ def summarize(records: list[dict], config) -> dict:
             if stage in ("encoder", "proposals"):
                 value = median(r[stage] for r in ours)
             elif stage == "end_to_end":
-                value = median(r["encoder"] + r["proposals"] + r[kind]["scoring"]
-                               + r[kind]["fusion"] for r in ours)
+                value = median(
+                    r["encoder"] + r["proposals"] + r[kind]["scoring"] + r[kind]["fusion"]
+                    for r in ours
+                )
             else:
                 value = median(r[kind][stage] for r in ours)
             row[kind] = value
@@ -66,18 +72,26 @@ def summarize(records: list[dict], config) -> dict:
     adaptive = [a for rec in records for a in rec["adaptive"]]
     return {
         "stages": stages,
-        "masks": {"plain_produced": median(r["masks"] for r in plain),
-                  "ovseg_produced": median(r["masks"] for r in ours),
-                  "scored": median(rec["scored_masks"] for rec in records)},
-        "clip_passes_per_image": {"plain": median(r["clip_passes"] for r in plain),
-                                  **{k: median(r[k]["clip_passes"] for r in ours)
-                                     for k in config.scorers}},
-        "peak_mb": {"plain": median(r["peak_mb"] for r in plain),
-                    "ovseg": median(r["peak_mb"] for r in ours)},
-        "adaptive": {"proposals": median(a["proposals"] for a in adaptive),
-                     "masks": median(a["masks"] for a in adaptive),
-                     "recall_of_full_grid_masks": median(a["recall"] for a in adaptive)}
-        if adaptive else None,
+        "masks": {
+            "plain_produced": median(r["masks"] for r in plain),
+            "ovseg_produced": median(r["masks"] for r in ours),
+            "scored": median(rec["scored_masks"] for rec in records),
+        },
+        "clip_passes_per_image": {
+            "plain": median(r["clip_passes"] for r in plain),
+            **{k: median(r[k]["clip_passes"] for r in ours) for k in config.scorers},
+        },
+        "peak_mb": {
+            "plain": median(r["peak_mb"] for r in plain),
+            "ovseg": median(r["peak_mb"] for r in ours),
+        },
+        "adaptive": {
+            "proposals": median(a["proposals"] for a in adaptive),
+            "masks": median(a["masks"] for a in adaptive),
+            "recall_of_full_grid_masks": median(a["recall"] for a in adaptive),
+        }
+        if adaptive
+        else None,
     }
 
 
@@ -98,12 +112,19 @@ def to_markdown(results: dict) -> str:
         f"- Machine: {where}; {m['platform']}; torch {m['torch']}.",
         f"- Data: {results['data']}, {len(results['records'])} image(s) x {c['repeats']} "
         f"repeat(s); medians over all runs.",
-        "- Weights: " + ("tiny random test models" if c["sam"] == "tiny-random" else
-                         "random (timing only; same architectures as the released checkpoints)")
+        "- Weights: "
+        + (
+            "tiny random test models"
+            if c["sam"] == "tiny-random"
+            else "random (timing only; same architectures as the released checkpoints)"
+        )
         + "; both sides share the same model objects.",
         f"- Proposals: {c['points_per_side']}x{c['points_per_side']} grid on both sides, "
-        + ("SAM's default quality filters (pred IoU 0.88, stability 0.95, NMS 0.7)"
-           if c["filters"] else "quality filters off (NMS 0.7)")
+        + (
+            "SAM's default quality filters (pred IoU 0.88, stability 0.95, NMS 0.7)"
+            if c["filters"]
+            else "quality filters off (NMS 0.7)"
+        )
         + ". Plain = `SamAutomaticMaskGenerator`; ovseg = batched low-resolution decode, "
         "filters at low resolution, survivors upsampled"
         + (", fused SDPA attention in the encoder." if c["fused"] else "."),
@@ -116,31 +137,38 @@ def to_markdown(results: dict) -> str:
         "per vocabulary on both sides, not timed). Click = one point after `set_image`: "
         "SAM's best mask + its scoring + fusion, vs `SamPredictor.predict` + one plain crop.",
         "",
-        "| stage | plain (s) | " + " | ".join(f"ovseg {k} (s) | plain/ovseg {k}" for k in kinds)
+        "| stage | plain (s) | "
+        + " | ".join(f"ovseg {k} (s) | plain/ovseg {k}" for k in kinds)
         + " |",
         "|---|---:|" + "---:|---:|" * len(kinds),
     ]
     for stage, row in s["stages"].items():
         cells = [f"{_fmt(row[k])} | {_fmt(row[f'ratio_{k}'], 2)}x" for k in kinds]
-        lines.append(f"| {stage.replace('_', ' ')} | {_fmt(row['plain'])} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {stage.replace('_', ' ')} | {_fmt(row['plain'])} | " + " | ".join(cells) + " |"
+        )
     passes = s["clip_passes_per_image"]
     lines += [
         "",
         f"- Masks produced by the grid (median): plain {_fmt(s['masks']['plain_produced'], 0)}, "
         f"ovseg {_fmt(s['masks']['ovseg_produced'], 0)}; masks scored: "
         f"{_fmt(s['masks']['scored'], 0)} on both sides.",
-        "- CLIP image passes per image: plain " + _fmt(passes["plain"], 0) + ", "
-        + ", ".join(f"ovseg {k} {_fmt(passes[k], 0)}" for k in kinds) + ".",
+        "- CLIP image passes per image: plain "
+        + _fmt(passes["plain"], 0)
+        + ", "
+        + ", ".join(f"ovseg {k} {_fmt(passes[k], 0)}" for k in kinds)
+        + ".",
         f"- Peak memory above baseline ({'CUDA allocator' if m.get('gpu') else 'process RSS'}, "
         f"MiB): plain {_fmt(s['peak_mb']['plain'], 0)}, ovseg {_fmt(s['peak_mb']['ovseg'], 0)}.",
     ]
     if s.get("adaptive"):
         a = s["adaptive"]
-        lines.append(f"- Adaptive grid (coarse {c['points_per_side'] // 2}x"
-                     f"{c['points_per_side'] // 2} + uncovered fine points): proposals "
-                     f"{_fmt(a['proposals'])} s, {_fmt(a['masks'], 0)} masks, recall of the full "
-                     f"grid's masks at IoU 0.9: {_fmt(a['recall_of_full_grid_masks'], 2)}.")
+        lines.append(
+            f"- Adaptive grid (coarse {c['points_per_side'] // 2}x"
+            f"{c['points_per_side'] // 2} + uncovered fine points): proposals "
+            f"{_fmt(a['proposals'])} s, {_fmt(a['masks'], 0)} masks, recall of the full "
+            f"grid's masks at IoU 0.9: {_fmt(a['recall_of_full_grid_masks'], 2)}."
+        )
     for note in c.get("notes") or []:
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"

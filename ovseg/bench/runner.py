@@ -68,8 +68,9 @@ class BenchConfig:
         return self.sam == "tiny-random"
 
 
-def load_frames(config: BenchConfig) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[str],
-                                                 tuple[int, ...], str]:
+def load_frames(
+    config: BenchConfig,
+) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[str], tuple[int, ...], str]:
     """[(name, RGB uint8 (H, W, 3), label map (H, W))], class names, ignored labels, source."""
     from PIL import Image
 
@@ -78,8 +79,14 @@ def load_frames(config: BenchConfig) -> tuple[list[tuple[str, np.ndarray, np.nda
         files = sorted((root / "images").glob("*.png"))[: config.images]
         if files:
             classes = (root / "classes.txt").read_text().split("\n")
-            frames = [(f.stem, np.asarray(Image.open(f).convert("RGB")),
-                       np.asarray(Image.open(root / "labels" / f.name))) for f in files]
+            frames = [
+                (
+                    f.stem,
+                    np.asarray(Image.open(f).convert("RGB")),
+                    np.asarray(Image.open(root / "labels" / f.name)),
+                )
+                for f in files
+            ]
             return frames, [c.strip() for c in classes if c.strip()], CAMVID_IGNORE, str(root)
     frames = [(f"synthetic_{i}", *synthetic_scene(i)) for i in range(config.images)]
     return frames, SYNTHETIC_CLASSES, (), "generated (CamVid not found)"
@@ -188,8 +195,14 @@ def build(config: BenchConfig):
         clip = build_clip(config.clip, device, random_weights=not config.tiny)
     filters = {} if config.filters else dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
     grid = GridOptions(points_per_side=config.points_per_side, **filters)
-    plain = PlainPipeline(sam, clip.model, clip.image_size, clip.mean, clip.std,
-                          grid=dict(points_per_side=config.points_per_side, **filters))
+    plain = PlainPipeline(
+        sam,
+        clip.model,
+        clip.image_size,
+        clip.mean,
+        clip.std,
+        grid=dict(points_per_side=config.points_per_side, **filters),
+    )
     segmenter = Segmenter(sam, clip, device, grid=grid, scorer=config.scorers[0])
     return plain, segmenter, device
 
@@ -205,8 +218,9 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
     frames, classes, ignore, source = load_frames(config)
     plain, seg, device = build(config)
     scorers = {k: make_scorer(k, seg.clip) for k in config.scorers}
-    autocast = (torch.autocast("cuda", dtype=torch.float16) if config.half
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast("cuda", dtype=torch.float16) if config.half else contextlib.nullcontext()
+    )
     text = plain.text_features(classes)  # per vocabulary, once, untimed on both sides
     seg.vocabulary(classes).text_embeddings(seg.clip)
     records = []
@@ -215,8 +229,14 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
         if i == 0:
             progress(f"[{name}] warm-up (untimed) ...")
             _warmup(plain, seg, scorers, image, fixed, classes, text, config.fused)
-        rec = {"image": name, "shape": list(image.shape[:2]), "scored_masks": len(fixed),
-               "plain": [], "ovseg": [], "adaptive": []}
+        rec = {
+            "image": name,
+            "shape": list(image.shape[:2]),
+            "scored_masks": len(fixed),
+            "plain": [],
+            "ovseg": [],
+            "adaptive": [],
+        }
         for r in range(config.repeats):
             progress(f"[{name} {r + 1}/{config.repeats}] plain ...")
             rec["plain"].append(_run_plain(plain, seg, image, fixed, text, device))
@@ -226,14 +246,26 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
             if config.adaptive:
                 with autocast:
                     adaptive, t_ad = _timed(lambda: seg.propose(adaptive=True), device)
-                rec["adaptive"].append(dict(proposals=t_ad, masks=len(adaptive),
-                                            recall=_recall(ours.masks, adaptive.masks)))
-        rec["clicks"] = _clicks(config, plain, seg, scorers, image, fixed, classes, text, device,
-                                autocast)
+                rec["adaptive"].append(
+                    dict(
+                        proposals=t_ad,
+                        masks=len(adaptive),
+                        recall=_recall(ours.masks, adaptive.masks),
+                    )
+                )
+        rec["clicks"] = _clicks(
+            config, plain, seg, scorers, image, fixed, classes, text, device, autocast
+        )
         records.append(rec)
     fused_attention(seg.proposer.model, config.fused)
-    return {"config": asdict(config), "machine": machine_info(device), "classes": classes,
-            "data": source, "records": records, "summary": summarize(records, config)}
+    return {
+        "config": asdict(config),
+        "machine": machine_info(device),
+        "classes": classes,
+        "data": source,
+        "records": records,
+        "summary": summarize(records, config),
+    }
 
 
 def _run_plain(plain, seg, image, fixed, text, device) -> dict:
@@ -246,8 +278,15 @@ def _run_plain(plain, seg, image, fixed, text, device) -> dict:
         (masks, t_enc, t_prop), _ = _timed(lambda: plain.proposals(image), device)
         probs, t_score = _timed(lambda: plain.score(image, fixed.masks, text), device)
         _, t_fuse = _timed(lambda: plain.fuse(fixed.masks, probs), device)
-    return dict(encoder=t_enc, proposals=t_prop, scoring=t_score, fusion=t_fuse,
-                masks=len(masks), peak_mb=peak.peak_mb, clip_passes=plain.clip_calls)
+    return dict(
+        encoder=t_enc,
+        proposals=t_prop,
+        scoring=t_score,
+        fusion=t_fuse,
+        masks=len(masks),
+        peak_mb=peak.peak_mb,
+        clip_passes=plain.clip_calls,
+    )
 
 
 def _run_ovseg(config, seg, scorers, image, fixed, classes, device, autocast):
@@ -271,8 +310,9 @@ def _run_ovseg(config, seg, scorers, image, fixed, classes, device, autocast):
             for c in passes:
                 c.close()
             _, t_fuse = _timed(lambda p=p: fuse(fixed.masks, p, classes, image=image), device)
-            run[kind] = dict(scoring=t_score, fusion=t_fuse,
-                             clip_passes=sum(c.calls for c in passes))
+            run[kind] = dict(
+                scoring=t_score, fusion=t_fuse, clip_passes=sum(c.calls for c in passes)
+            )
     run["peak_mb"] = peak.peak_mb
     return run, ours
 

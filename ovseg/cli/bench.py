@@ -8,35 +8,56 @@ import sys
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "bench", help="time the plain SAM + CLIP pipeline against ovseg, side by side",
+        "bench",
+        help="time the plain SAM + CLIP pipeline against ovseg, side by side",
         description="Runs SamAutomaticMaskGenerator + per-mask CLIP crops and ovseg's path on the "
-                    "same images with the same (randomly initialised) models; reports per-stage "
-                    "and end-to-end medians, ratios, masks, CLIP passes, peak memory and click "
-                    "latency; writes STEM.json and STEM.md. With vit_b on a small CPU the plain "
-                    "side takes minutes per image: keep --images/--repeats at 1 there.")
-    p.add_argument("--tiny", action="store_true",
-                   help="tiny random test models (quick run; sets --sam/--clip tiny-random)")
+        "same images with the same (randomly initialised) models; reports per-stage "
+        "and end-to-end medians, ratios, masks, CLIP passes, peak memory and click "
+        "latency; writes STEM.json and STEM.md. With vit_b on a small CPU the plain "
+        "side takes minutes per image: keep --images/--repeats at 1 there.",
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny random test models (quick run; sets --sam/--clip tiny-random)",
+    )
     p.add_argument("--sam", default="vit_b", help="vit_b|vit_l|vit_h (random weights)")
     p.add_argument("--clip", default="ViT-B-16", help="open_clip architecture (random weights)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
-    p.add_argument("--images", type=int, default=None,
-                   help="number of frames (default 1)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="timed runs per frame (default 1, 2 with --tiny)")
-    p.add_argument("--data", default="../shared/data/camvid-val",
-                   help="CamVid-style folder (images/, labels/, classes.txt); generated frames "
-                        "when absent")
-    p.add_argument("--points-per-side", type=int, default=None,
-                   help="grid density, both sides (default 32, 16 with --tiny)")
-    p.add_argument("--no-filters", action="store_true",
-                   help="turn SAM's predicted-IoU and stability filters off on both sides")
+    p.add_argument("--images", type=int, default=None, help="number of frames (default 1)")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per frame (default 1, 2 with --tiny)"
+    )
+    p.add_argument(
+        "--data",
+        default="../shared/data/camvid-val",
+        help="CamVid-style folder (images/, labels/, classes.txt); generated frames when absent",
+    )
+    p.add_argument(
+        "--points-per-side",
+        type=int,
+        default=None,
+        help="grid density, both sides (default 32, 16 with --tiny)",
+    )
+    p.add_argument(
+        "--no-filters",
+        action="store_true",
+        help="turn SAM's predicted-IoU and stability filters off on both sides",
+    )
     p.add_argument("--scorers", default="crop,dense", help="ovseg scorers to time: crop,dense,both")
-    p.add_argument("--no-fused", action="store_true",
-                   help="keep segment_anything's own encoder attention on the ovseg side")
+    p.add_argument(
+        "--no-fused",
+        action="store_true",
+        help="keep segment_anything's own encoder attention on the ovseg side",
+    )
     p.add_argument("--half", action="store_true", help="float16 autocast on the ovseg side (CUDA)")
-    p.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time the adaptive grid (default: with --tiny only; with vit_b and "
-                        "random weights the coarse pass keeps nothing, so it saves nothing)")
+    p.add_argument(
+        "--adaptive",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time the adaptive grid (default: with --tiny only; with vit_b and "
+        "random weights the coarse pass keeps nothing, so it saves nothing)",
+    )
     p.add_argument("--clicks", type=int, default=3, help="click points per image (0: skip)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("-o", "--out", default="benchmarks/results", help="output folder")
@@ -51,14 +72,21 @@ def run(args: argparse.Namespace) -> int:
     sam, clip = ("tiny-random", "tiny-random") if args.tiny else (args.sam, args.clip)
     try:
         config = BenchConfig(
-            sam=sam, clip=clip, device=args.device,
-            images=args.images or 1, repeats=args.repeats or (2 if args.tiny else 1),
-            data=args.data, points_per_side=args.points_per_side or (16 if args.tiny else 32),
+            sam=sam,
+            clip=clip,
+            device=args.device,
+            images=args.images or 1,
+            repeats=args.repeats or (2 if args.tiny else 1),
+            data=args.data,
+            points_per_side=args.points_per_side or (16 if args.tiny else 32),
             filters=not args.no_filters,
             scorers=tuple(s.strip() for s in args.scorers.split(",") if s.strip()),
-            fused=not args.no_fused, half=args.half,
+            fused=not args.no_fused,
+            half=args.half,
             adaptive=args.tiny if args.adaptive is None else args.adaptive,
-            clicks=args.clicks, threads=args.threads)
+            clicks=args.clicks,
+            threads=args.threads,
+        )
         results = run_benchmark(config, progress=lambda msg: print(msg, file=sys.stderr))
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"ovseg bench: error: {e}", file=sys.stderr)

@@ -12,7 +12,8 @@ from ovseg.cli import add_model_arguments
 from ovseg.eval.datasets import KINDS
 from ovseg.eval.runner import PROTOCOL_DEFAULTS, SCORERS
 
-EPILOG = """examples:
+EPILOG = (
+    """examples:
   ovseg eval --data ../shared/data/camvid-val --sam tiny-random --clip tiny-random --limit 2 \\
       --points-per-side 8 --pred-iou-thresh 0 --stability-score-thresh 0 --box-nms-thresh 1 \\
       --out runs/camvid_tiny.json    # tiny random SAM passes no default quality filter
@@ -21,51 +22,112 @@ EPILOG = """examples:
   ovseg eval --data ../shared/data/camvid-val --scorer oracle --out runs/camvid_oracle.json
   ovseg eval --data ../shared/data/camvid-val --predictions my_pngs/ --out runs/mine.json
 
-Protocol defaults per benchmark (short side, background threshold): """ + ", ".join(
-    f"{k} ({v['short_side'] or 'as is'}, {v['score_threshold']})"
-    for k, v in PROTOCOL_DEFAULTS.items()) + "."
+Protocol defaults per benchmark (short side, background threshold): """
+    + ", ".join(
+        f"{k} ({v['short_side'] or 'as is'}, {v['score_threshold']})"
+        for k, v in PROTOCOL_DEFAULTS.items()
+    )
+    + "."
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` command."""
     p = subparsers.add_parser(
-        "eval", help="evaluate on a benchmark (mIoU report)", epilog=EPILOG,
+        "eval",
+        help="evaluate on a benchmark (mIoU report)",
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Segment every image of a benchmark (or read saved label PNGs) and report "
         "mIoU, per-class IoU, fwIoU, pixel and mean accuracy, with a confusion-matrix plot. "
-        "Predictions are cached next to the report, so an interrupted run resumes.")
+        "Predictions are cached next to the report, so an interrupted run resumes.",
+    )
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder")
-    p.add_argument("--dataset", choices=KINDS, default=None, metavar="KIND",
-                   help=f"dataset layout, one of: {', '.join(KINDS)} (default: detected)")
+    p.add_argument(
+        "--dataset",
+        choices=KINDS,
+        default=None,
+        metavar="KIND",
+        help=f"dataset layout, one of: {', '.join(KINDS)} (default: detected)",
+    )
     p.add_argument("--split", default="val", help="split to read (default: val)")
-    p.add_argument("--ignore-index", type=int, default=None, metavar="V",
-                   help="label value to ignore for folder/camvid layouts (default 255 / K)")
-    p.add_argument("--out", required=True, metavar="REPORT.json",
-                   help="JSON report path; .md, _confusion.png and _cache/ go next to it")
-    p.add_argument("--predictions", metavar="PRED_DIR", default=None,
-                   help="score label PNGs (value i = class i, 255 = unlabeled, STEM.png) "
-                   "instead of running a model")
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        default=None,
+        metavar="V",
+        help="label value to ignore for folder/camvid layouts (default 255 / K)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="REPORT.json",
+        help="JSON report path; .md, _confusion.png and _cache/ go next to it",
+    )
+    p.add_argument(
+        "--predictions",
+        metavar="PRED_DIR",
+        default=None,
+        help="score label PNGs (value i = class i, 255 = unlabeled, STEM.png) "
+        "instead of running a model",
+    )
     add_model_arguments(p, SCORERS)
-    p.add_argument("--threshold", type=float, default=None, metavar="P",
-                   help="minimum class probability for a mask to label pixels "
-                   "(default: the benchmark's protocol value)")
-    p.add_argument("--short-side", type=int, default=-1, metavar="PX",
-                   help="resize inputs to this short side; 0 keeps the size "
-                   "(default: the benchmark's protocol value)")
-    p.add_argument("--window", type=int, default=None, metavar="PX",
-                   help="sliding-window dense scoring: windows of PX pixels (e.g. 224), stride "
-                   "half a window (default: one pass over the whole input)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="minimum class probability for a mask to label pixels "
+        "(default: the benchmark's protocol value)",
+    )
+    p.add_argument(
+        "--short-side",
+        type=int,
+        default=-1,
+        metavar="PX",
+        help="resize inputs to this short side; 0 keeps the size "
+        "(default: the benchmark's protocol value)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="sliding-window dense scoring: windows of PX pixels (e.g. 224), stride "
+        "half a window (default: one pass over the whole input)",
+    )
     grid = p.add_argument_group("automatic grid (default: SAM's automatic generator values)")
-    grid.add_argument("--points-per-side", type=int, default=None, metavar="N",
-                      help="grid points per image side (32)")
-    grid.add_argument("--pred-iou-thresh", type=float, default=None, metavar="T",
-                      help="keep masks with predicted IoU >= T (0.88)")
-    grid.add_argument("--stability-score-thresh", type=float, default=None, metavar="T",
-                      help="keep masks with stability >= T (0.95)")
-    grid.add_argument("--box-nms-thresh", type=float, default=None, metavar="T",
-                      help="box NMS IoU threshold, 1 disables (0.7)")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="evaluate only the first N images")
+    grid.add_argument(
+        "--points-per-side",
+        type=int,
+        default=None,
+        metavar="N",
+        help="grid points per image side (32)",
+    )
+    grid.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=None,
+        metavar="T",
+        help="keep masks with predicted IoU >= T (0.88)",
+    )
+    grid.add_argument(
+        "--stability-score-thresh",
+        type=float,
+        default=None,
+        metavar="T",
+        help="keep masks with stability >= T (0.95)",
+    )
+    grid.add_argument(
+        "--box-nms-thresh",
+        type=float,
+        default=None,
+        metavar="T",
+        help="box NMS IoU threshold, 1 disables (0.7)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="evaluate only the first N images"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run)
 
@@ -73,24 +135,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ovseg.eval.runner import evaluate
 
-    grid = {k: getattr(args, k) for k in ("points_per_side", "pred_iou_thresh",
-                                          "stability_score_thresh", "box_nms_thresh")
-            if getattr(args, k) is not None}
+    grid = {
+        k: getattr(args, k)
+        for k in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
+        if getattr(args, k) is not None
+    }
     try:
         report = evaluate(
-            args.data, args.out, kind=args.dataset, split=args.split,
-            ignore_index=args.ignore_index, predictions=args.predictions, sam=args.sam,
-            clip=args.clip, scorer=args.scorer, templates=args.templates,
-            score_threshold=args.threshold, short_side=args.short_side or None, grid=grid,
-            limit=args.limit, device=args.device, random_weights=args.random_weights,
-            progress=not args.no_progress, window=args.window)
+            args.data,
+            args.out,
+            kind=args.dataset,
+            split=args.split,
+            ignore_index=args.ignore_index,
+            predictions=args.predictions,
+            sam=args.sam,
+            clip=args.clip,
+            scorer=args.scorer,
+            templates=args.templates,
+            score_threshold=args.threshold,
+            short_side=args.short_side or None,
+            grid=grid,
+            limit=args.limit,
+            device=args.device,
+            random_weights=args.random_weights,
+            progress=not args.no_progress,
+            window=args.window,
+        )
     except (FileNotFoundError, ValueError, TypeError) as e:
         print(f"ovseg eval: error: {e}", file=sys.stderr)
         return 1
     miou = report["miou"]
     shown = "n/a" if miou is None else f"{100 * miou:.2f}"
-    print(f"{report['dataset']['kind']} ({report['mode']}): mIoU {shown} over "
-          f"{report['counts']['images']} images")
+    print(
+        f"{report['dataset']['kind']} ({report['mode']}): mIoU {shown} over "
+        f"{report['counts']['images']} images"
+    )
     for kind, path in report["files"].items():
         print(f"  {kind}: {path}")
     return 0

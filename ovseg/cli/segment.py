@@ -14,17 +14,22 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "segment", help="segment images or folders into an open vocabulary",
+        "segment",
+        help="segment images or folders into an open vocabulary",
         description="Per image, writes NAME_labels.png (class i = value i, 255 = unlabeled), "
-                    "NAME_overlay.png and NAME.json (COCO-style RLE segments).")
+        "NAME_overlay.png and NAME.json (COCO-style RLE segments).",
+    )
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    p.add_argument("--classes", required=True,
-                   help='comma- or newline-separated names; ";" joins synonyms, e.g. '
-                        '"road; street, red truck, sky"')
+    p.add_argument(
+        "--classes",
+        required=True,
+        help='comma- or newline-separated names; ";" joins synonyms, e.g. '
+        '"road; street, red truck, sky"',
+    )
     p.add_argument("-o", "--out", required=True, help="output folder (created)")
     p.add_argument("--points", help='JSON list of [x, y] pixels, e.g. "[[120, 80]]"')
-    p.add_argument("--point-labels", help='JSON list of 1 (positive) / 0 (negative)')
-    p.add_argument("--boxes", help='JSON list of [x0, y0, x1, y1] pixels')
+    p.add_argument("--point-labels", help="JSON list of 1 (positive) / 0 (negative)")
+    p.add_argument("--boxes", help="JSON list of [x0, y0, x1, y1] pixels")
     p.add_argument("--background", default="", help="comma-separated background names")
     add_model_arguments(p)
     p.add_argument("--score-threshold", type=float, default=0.0)
@@ -52,8 +57,9 @@ def collect_images(inputs: list[str]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in "
-                                        f"{path}")
+                raise FileNotFoundError(
+                    f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}"
+                )
             files.extend(found)
         else:
             files.append(path)  # a missing or unreadable file is reported when it is read
@@ -69,14 +75,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         classes = validate_classes(parse_classes(args.classes))
         background = parse_classes(args.background)
-        prompts = dict(points=_json_arg(args.points, "points"),
-                       point_labels=_json_arg(args.point_labels, "point-labels"),
-                       boxes=_json_arg(args.boxes, "boxes"))
+        prompts = dict(
+            points=_json_arg(args.points, "points"),
+            point_labels=_json_arg(args.point_labels, "point-labels"),
+            boxes=_json_arg(args.boxes, "boxes"),
+        )
         grid = {} if args.points_per_side is None else {"points_per_side": args.points_per_side}
         files = collect_images(args.inputs)
-        segmenter = Segmenter(args.sam, args.clip, args.device,
-                              random_weights=args.random_weights, templates=args.templates,
-                              scorer=args.scorer, score_threshold=args.score_threshold)
+        segmenter = Segmenter(
+            args.sam,
+            args.clip,
+            args.device,
+            random_weights=args.random_weights,
+            templates=args.templates,
+            scorer=args.scorer,
+            score_threshold=args.score_threshold,
+        )
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"ovseg segment: error: {e}", file=sys.stderr)
         return 2

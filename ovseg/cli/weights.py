@@ -29,24 +29,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="weights_command", metavar="COMMAND")
 
     p = sub.add_parser("list", help="show known checkpoints and their cache status")
-    p.add_argument("--quick", action="store_true",
-                   help="check file sizes only, do not hash cached files")
-    p.add_argument("--clip", action="store_true",
-                   help="also print every open_clip ARCH/TAG pretrained name")
+    p.add_argument(
+        "--quick", action="store_true", help="check file sizes only, do not hash cached files"
+    )
+    p.add_argument(
+        "--clip", action="store_true", help="also print every open_clip ARCH/TAG pretrained name"
+    )
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("download", help="download and verify a checkpoint")
-    p.add_argument("name", metavar="NAME",
-                   help=f"one of: {', '.join(weights.SAM_CHECKPOINTS)}, or a CLIP spec "
-                   "(ARCH/TAG for open_clip, hf:ORG/NAME)")
+    p.add_argument(
+        "name",
+        metavar="NAME",
+        help=f"one of: {', '.join(weights.SAM_CHECKPOINTS)}, or a CLIP spec "
+        "(ARCH/TAG for open_clip, hf:ORG/NAME)",
+    )
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.add_argument("--dir", default=None, help="destination folder (default: weights folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("verify", help="check cached checkpoints' size and SHA-256")
-    p.add_argument("names", nargs="*", metavar="NAME",
-                   help="checkpoints to verify (default: every cached one)")
+    p.add_argument(
+        "names", nargs="*", metavar="NAME", help="checkpoints to verify (default: every cached one)"
+    )
     p.set_defaults(func=_cmd_verify)
 
 
@@ -88,8 +94,15 @@ def _status(name: str, quick: bool) -> str:
 def _cmd_list(args: argparse.Namespace) -> int:
     rows = [("NAME", "ARCH", "SIZE", "STATUS", "PATH")]
     for name, checkpoint in weights.SAM_CHECKPOINTS.items():
-        rows.append((name, checkpoint.arch, _human(checkpoint.size),
-                     _status(name, args.quick), str(weights.cached_path(name))))
+        rows.append(
+            (
+                name,
+                checkpoint.arch,
+                _human(checkpoint.size),
+                _status(name, args.quick),
+                str(weights.cached_path(name)),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     print(f"SAM checkpoints in {weights.weights_dir()} (override with {weights.ENV_VAR}):")
     for row in rows:
@@ -107,8 +120,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.clip:
         print("\n".join(tags))
     else:
-        print(f"{len(tags)} open_clip pretrained tags are known; `ovseg weights list --clip` "
-              "prints them.")
+        print(
+            f"{len(tags)} open_clip pretrained tags are known; `ovseg weights list --clip` "
+            "prints them."
+        )
     return 0
 
 
@@ -116,8 +131,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
     if args.name not in weights.SAM_CHECKPOINTS and ("/" in args.name or ":" in args.name):
         return _download_clip(args.name)
     try:
-        path = weights.download(args.name, force=args.force, progress=not args.no_progress,
-                                dest_dir=args.dir)
+        path = weights.download(
+            args.name, force=args.force, progress=not args.no_progress, dest_dir=args.dir
+        )
     except (ValueError, OSError) as e:
         return _error(e)
     print(path)

@@ -40,12 +40,41 @@ from PIL import Image
 IGNORE = 255
 _INVALID = -2
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-KINDS = ("voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff171",
-         "cityscapes", "ade150", "camvid", "folder")
+KINDS = (
+    "voc21",
+    "voc20",
+    "context60",
+    "context59",
+    "coco_object",
+    "coco_stuff171",
+    "cityscapes",
+    "ade150",
+    "camvid",
+    "folder",
+)
 
 # Cityscapes label id -> train id (the 19 evaluated classes); other ids are ignored.
-CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
-                        23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_TRAIN_IDS = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 # Raw COCO-Stuff maps store COCO category id - 1; these 11 ids are unused by COCO.
 COCO_UNUSED_IDS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
 
@@ -122,9 +151,16 @@ class SegDataset(Sequence):
     invalid raise ValueError naming the file.
     """
 
-    def __init__(self, kind: str, root: Path, items: list[tuple[str, Path, Path]],
-                 classes: list[str], prompts: list[str], lut: np.ndarray,
-                 background_index: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        root: Path,
+        items: list[tuple[str, Path, Path]],
+        classes: list[str],
+        prompts: list[str],
+        lut: np.ndarray,
+        background_index: int | None = None,
+    ) -> None:
         if not items:
             raise FileNotFoundError(f"no image/label pairs found for {kind!r} under {root}")
         if len(classes) > IGNORE:
@@ -144,8 +180,10 @@ class SegDataset(Sequence):
         image = self.load_image(index)
         label = self.load_label(index)
         if label.shape != image.shape[:2]:
-            raise ValueError(f"label {label_path} has size {label.shape[::-1]} but its image "
-                             f"has {image.shape[1::-1]} (W, H)")
+            raise ValueError(
+                f"label {label_path} has size {label.shape[::-1]} but its image "
+                f"has {image.shape[1::-1]} (W, H)"
+            )
         return Sample(stem, image, label)
 
     def __iter__(self) -> Iterator[Sample]:
@@ -178,8 +216,10 @@ class SegDataset(Sequence):
         label = lut[raw.astype(np.int64)]
         if (label == _INVALID).any():
             bad = np.unique(raw[label == _INVALID])[:8].tolist()
-            raise ValueError(f"label {path} has values {bad} outside the {len(self.classes)} "
-                             f"classes of {self.kind!r} and its ignore values")
+            raise ValueError(
+                f"label {path} has values {bad} outside the {len(self.classes)} "
+                f"classes of {self.kind!r} and its ignore values"
+            )
         return label
 
 
@@ -197,14 +237,19 @@ def _first_with(root: Path, candidates: Sequence[str], marker: str) -> Path:
     raise FileNotFoundError(f"dataset folder not found: expected one of {tried}")
 
 
-def _pairs(images: Path, labels: Path, stems: Sequence[str] | None = None,
-           label_suffix: str = ".png", image_suffixes: Sequence[str] = IMAGE_EXTENSIONS
-           ) -> list[tuple[str, Path, Path]]:
+def _pairs(
+    images: Path,
+    labels: Path,
+    stems: Sequence[str] | None = None,
+    label_suffix: str = ".png",
+    image_suffixes: Sequence[str] = IMAGE_EXTENSIONS,
+) -> list[tuple[str, Path, Path]]:
     _require(images, "an image folder")
     _require(labels, "a label folder")
     if stems is None:
-        stems = sorted(p.name[: -len(label_suffix)] for p in labels.iterdir()
-                       if p.name.endswith(label_suffix))
+        stems = sorted(
+            p.name[: -len(label_suffix)] for p in labels.iterdir() if p.name.endswith(label_suffix)
+        )
     by_stem = {p.stem: p for p in images.iterdir() if p.suffix.lower() in image_suffixes}
     items = []
     for stem in stems:
@@ -281,8 +326,14 @@ def _folder(root: Path, kind: str, ignore_index: int | None) -> SegDataset:
             prompts = ref_prompts
         ignore_index = len(names) if ignore_index is None else ignore_index
     items = _pairs(root / "images", root / "labels")
-    return SegDataset(kind, root, items, names, prompts,
-                      identity_lut(len(names), IGNORE if ignore_index is None else ignore_index))
+    return SegDataset(
+        kind,
+        root,
+        items,
+        names,
+        prompts,
+        identity_lut(len(names), IGNORE if ignore_index is None else ignore_index),
+    )
 
 
 def detect_kind(root: str | Path) -> str:
@@ -305,12 +356,19 @@ def detect_kind(root: str | Path) -> str:
                 names, _ = parse_classnames((root / "classes.txt").read_text("utf-8"))
                 return "camvid" if names == builtin_classnames("camvid")[0] else "folder"
             return kind
-    raise FileNotFoundError(f"cannot tell the dataset kind of {root}: expected classes.txt with "
-                            f"images/ and labels/, or a standard layout ({', '.join(KINDS)})")
+    raise FileNotFoundError(
+        f"cannot tell the dataset kind of {root}: expected classes.txt with "
+        f"images/ and labels/, or a standard layout ({', '.join(KINDS)})"
+    )
 
 
-def open_dataset(root: str | Path, kind: str | None = None, *, split: str = "val",
-                 ignore_index: int | None = None) -> SegDataset:
+def open_dataset(
+    root: str | Path,
+    kind: str | None = None,
+    *,
+    split: str = "val",
+    ignore_index: int | None = None,
+) -> SegDataset:
     """Open the dataset at ``root`` (kind detected when None). ``ignore_index`` is the raw label
     value to ignore for ``folder`` (default 255) and ``camvid`` (default K)."""
     root = Path(root)

@@ -183,8 +183,9 @@ class PanopticQuality:
             raise ValueError(f"pred_ids shape {p.shape} != gt_ids shape {g.shape}")
         n_p, n_g = len(p_cls), len(g_cls)
         # joint histogram with an extra bin (index 0) for "none" on each side
-        joint = np.bincount((g.ravel() + 1) * (n_p + 1) + (p.ravel() + 1),
-                            minlength=(n_g + 1) * (n_p + 1)).reshape(n_g + 1, n_p + 1)
+        joint = np.bincount(
+            (g.ravel() + 1) * (n_p + 1) + (p.ravel() + 1), minlength=(n_g + 1) * (n_p + 1)
+        ).reshape(n_g + 1, n_p + 1)
         gt_area = joint[1:, :].sum(axis=1)
         pred_area = joint[:, 1:].sum(axis=0)
         pred_void = joint[0, 1:]
@@ -222,8 +223,9 @@ class PanopticQuality:
         return PanopticScores(mean(pq), mean(sq), mean(rq), pq, sq, rq)
 
 
-def semantic_to_segments(label_map: np.ndarray, ignore_index: int | None = 255
-                         ) -> tuple[np.ndarray, list[int]]:
+def semantic_to_segments(
+    label_map: np.ndarray, ignore_index: int | None = 255
+) -> tuple[np.ndarray, list[int]]:
     """Turn a semantic map into one segment per present class (stuff-style).
 
     Returns ``(ids int64 (H, W), classes)``; ignored and unlabeled (-1) pixels get id -1.

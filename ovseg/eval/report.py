@@ -12,31 +12,51 @@ import numpy as np
 from ovseg._io import atomic_write, atomic_write_text
 from ovseg.eval.metrics import ConfusionMatrix
 
-HEADLINE = (("miou", "mIoU"), ("fwiou", "fwIoU"), ("pixel_accuracy", "pixel acc."),
-            ("mean_accuracy", "mean acc."))
+HEADLINE = (
+    ("miou", "mIoU"),
+    ("fwiou", "fwIoU"),
+    ("pixel_accuracy", "pixel acc."),
+    ("mean_accuracy", "mean acc."),
+)
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
         else f"{100 * value:.2f}"
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
     """Markdown summary: headline metrics (percent), per-class IoU table, configuration."""
     ds, counts = report["dataset"], report["counts"]
-    lines = [f"# ovseg eval: {ds['kind']} ({report['mode']})", "",
-             f"{counts['images']} of {counts['images_in_dataset']} images, "
-             f"{counts['pixels']} labelled pixels "
-             f"({counts['unlabeled_pixels']} predicted unlabeled).", "",
-             "| " + " | ".join(label for _, label in HEADLINE) + " |",
-             "|" + "---:|" * len(HEADLINE),
-             "| " + " | ".join(_pct(report[key]) for key, _ in HEADLINE) + " |", "",
-             "| class | IoU | accuracy | pixels |", "|---|---:|---:|---:|"]
+    lines = [
+        f"# ovseg eval: {ds['kind']} ({report['mode']})",
+        "",
+        f"{counts['images']} of {counts['images_in_dataset']} images, "
+        f"{counts['pixels']} labelled pixels "
+        f"({counts['unlabeled_pixels']} predicted unlabeled).",
+        "",
+        "| " + " | ".join(label for _, label in HEADLINE) + " |",
+        "|" + "---:|" * len(HEADLINE),
+        "| " + " | ".join(_pct(report[key]) for key, _ in HEADLINE) + " |",
+        "",
+        "| class | IoU | accuracy | pixels |",
+        "|---|---:|---:|---:|",
+    ]
     for name, iou in report["per_class_iou"].items():
         acc = report["per_class_accuracy"][name]
         lines.append(f"| {name} | {_pct(iou)} | {_pct(acc)} | {counts['class_pixels'][name]} |")
-    lines += ["", "Configuration:", "", "```json",
-              json.dumps(report["config"], indent=2, default=str), "```", ""]
+    lines += [
+        "",
+        "Configuration:",
+        "",
+        "```json",
+        json.dumps(report["config"], indent=2, default=str),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -66,11 +86,17 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
 
 def write_reports(report: dict[str, Any], out: Path, cm: ConfusionMatrix) -> dict[str, Path]:
     """Write ``out`` (JSON), ``out.with_suffix('.md')`` and ``<stem>_confusion.png``."""
-    paths = {"json": out, "markdown": out.with_suffix(".md"),
-             "plot": out.with_name(f"{out.stem}_confusion.png")}
-    plot_confusion(cm.matrix, report["dataset"]["classes"], paths["plot"],
-                   f"{report['dataset']['kind']} ({report['mode']}): mIoU "
-                   f"{_pct(report['miou'])}")
+    paths = {
+        "json": out,
+        "markdown": out.with_suffix(".md"),
+        "plot": out.with_name(f"{out.stem}_confusion.png"),
+    }
+    plot_confusion(
+        cm.matrix,
+        report["dataset"]["classes"],
+        paths["plot"],
+        f"{report['dataset']['kind']} ({report['mode']}): mIoU {_pct(report['miou'])}",
+    )
     atomic_write_text(paths["markdown"], markdown(report))
     report = report | {"files": {k: str(v) for k, v in paths.items()}}
     atomic_write_text(paths["json"], json.dumps(report, indent=2, allow_nan=False) + "\n")

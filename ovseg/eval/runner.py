@@ -87,8 +87,9 @@ class EvalConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def oracle_scores(masks: np.ndarray, label: np.ndarray, num_classes: int,
-                  ignore_index: int = IGNORE) -> np.ndarray:
+def oracle_scores(
+    masks: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = IGNORE
+) -> np.ndarray:
     """One-hot scores float32 (N, K): each mask's majority ground-truth class.
 
     ``masks`` bool (N, H, W); ``label`` int (H, W) in [0, K) or ``ignore_index``. Ignored pixels
@@ -157,15 +158,22 @@ class _Predictor:
         scorer = "crop" if config.scorer == "oracle" else config.scorer
         options = {} if config.window is None else {"window": config.window}
         self.segmenter = segmenter or Segmenter(
-            config.sam, config.clip, device, random_weights=config.random_weights,
-            templates=config.templates, scorer=scorer, **options)
+            config.sam,
+            config.clip,
+            device,
+            random_weights=config.random_weights,
+            templates=config.templates,
+            scorer=scorer,
+            **options,
+        )
         k, bg = len(dataset.classes), dataset.background_index
         self.fg = np.array([i for i in range(k) if i != bg], np.int64)
         self.background: list[str] = []
         if bg is not None:
             used = {s.strip().lower() for i in self.fg for s in dataset.prompts[i].split(";")}
-            self.background = [s.strip() for s in dataset.prompts[bg].split(";")
-                               if s.strip().lower() not in used]
+            self.background = [
+                s.strip() for s in dataset.prompts[bg].split(";") if s.strip().lower() not in used
+            ]
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> np.ndarray:
         from ovseg.fusion import fuse
@@ -179,8 +187,13 @@ class _Predictor:
             pred = fuse(masks.masks, scores, ds.classes, proposal_scores=masks.scores).label_map
         else:
             result = self.segmenter.segment(
-                small, [ds.prompts[i] for i in self.fg], background=self.background,
-                templates=cfg.templates, score_threshold=cfg.score_threshold, **cfg.grid)
+                small,
+                [ds.prompts[i] for i in self.fg],
+                background=self.background,
+                templates=cfg.templates,
+                score_threshold=cfg.score_threshold,
+                **cfg.grid,
+            )
             lab = result.label_map
             pred = np.where(lab >= 0, self.fg[np.maximum(lab, 0)], UNLABELED)
         if ds.background_index is not None:
@@ -188,14 +201,28 @@ class _Predictor:
         return resize_labels(pred.astype(np.int64), label.shape)
 
 
-def evaluate(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | None = None,
-             split: str = "val", ignore_index: int | None = None,
-             predictions: str | os.PathLike | None = None, sam: str = DEFAULT_SAM,
-             clip: str = DEFAULT_CLIP, scorer: str = "dense", templates: str = "imagenet",
-             score_threshold: float | None = None, short_side: int | None = -1,
-             grid: Mapping[str, Any] | None = None, limit: int | None = None, device=None,
-             random_weights: bool = False, segmenter=None, progress: bool = True,
-             window: int | None = None) -> dict[str, Any]:
+def evaluate(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    kind: str | None = None,
+    split: str = "val",
+    ignore_index: int | None = None,
+    predictions: str | os.PathLike | None = None,
+    sam: str = DEFAULT_SAM,
+    clip: str = DEFAULT_CLIP,
+    scorer: str = "dense",
+    templates: str = "imagenet",
+    score_threshold: float | None = None,
+    short_side: int | None = -1,
+    grid: Mapping[str, Any] | None = None,
+    limit: int | None = None,
+    device=None,
+    random_weights: bool = False,
+    segmenter=None,
+    progress: bool = True,
+    window: int | None = None,
+) -> dict[str, Any]:
     """Evaluate on the dataset at ``data`` and write the reports (see :mod:`ovseg.eval.report`).
 
     Args:
@@ -240,9 +267,20 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | Non
     out.parent.mkdir(parents=True, exist_ok=True)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     cm = ConfusionMatrix(len(dataset.classes), dataset.ignore_index)
-    config = EvalConfig(str(Path(data).resolve()), dataset.kind, split, str(sam), str(clip),
-                        scorer, str(templates), float(threshold), short_side or None,
-                        random_weights, dict(grid or {}), window)
+    config = EvalConfig(
+        str(Path(data).resolve()),
+        dataset.kind,
+        split,
+        str(sam),
+        str(clip),
+        scorer,
+        str(templates),
+        float(threshold),
+        short_side or None,
+        random_weights,
+        dict(grid or {}),
+        window,
+    )
     counts = {"images": count, "images_in_dataset": len(dataset), "cached": 0, "computed": 0}
     if predictions is not None:
         mode, cache_dir = "predictions", None
@@ -274,16 +312,19 @@ def evaluate(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | Non
     return report
 
 
-def _score_predictions(dataset: SegDataset, pred_dir: Path, count: int, cm: ConfusionMatrix,
-                       progress: bool) -> None:
+def _score_predictions(
+    dataset: SegDataset, pred_dir: Path, count: int, cm: ConfusionMatrix, progress: bool
+) -> None:
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"predictions folder {pred_dir} does not exist")
     for i in tqdm(range(count), desc="ovseg eval predictions", disable=not progress):
         path, pred = read_prediction(pred_dir, dataset.items[i][0])
         label = dataset.load_label(i)
         if pred.shape != label.shape:
-            raise ValueError(f"prediction {path} is {pred.shape[::-1]} (W, H) but its label "
-                             f"{dataset.items[i][2]} is {label.shape[::-1]}")
+            raise ValueError(
+                f"prediction {path} is {pred.shape[::-1]} (W, H) but its label "
+                f"{dataset.items[i][2]} is {label.shape[::-1]}"
+            )
         try:
             cm.update(pred, label)
         except ValueError as e:
@@ -294,33 +335,52 @@ def _nan_to_none(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def _report(dataset: SegDataset, cm: ConfusionMatrix, mode: str, config: EvalConfig,
-            counts: dict, predictions, cache_dir: Path | None) -> dict[str, Any]:
+def _report(
+    dataset: SegDataset,
+    cm: ConfusionMatrix,
+    mode: str,
+    config: EvalConfig,
+    counts: dict,
+    predictions,
+    cache_dir: Path | None,
+) -> dict[str, Any]:
     import ovseg
 
     s = cm.scores()
     names = dataset.classes
     cfg = asdict(config) | {"grid": dict(config.grid), "hash": config.key()}
     if mode == "predictions":
-        cfg = {"data": config.data, "kind": config.kind, "split": config.split,
-               "predictions": str(Path(predictions).resolve())}
+        cfg = {
+            "data": config.data,
+            "kind": config.kind,
+            "split": config.split,
+            "predictions": str(Path(predictions).resolve()),
+        }
     return {
         "miou": _nan_to_none(s["miou"]),
         "fwiou": _nan_to_none(s["fwiou"]),
         "pixel_accuracy": _nan_to_none(s["pixel_accuracy"]),
         "mean_accuracy": _nan_to_none(s["mean_accuracy"]),
         "per_class_iou": {n: _nan_to_none(v) for n, v in zip(names, s["iou"], strict=True)},
-        "per_class_accuracy": {n: _nan_to_none(v)
-                               for n, v in zip(names, s["accuracy"], strict=True)},
+        "per_class_accuracy": {
+            n: _nan_to_none(v) for n, v in zip(names, s["accuracy"], strict=True)
+        },
         "mode": mode,
-        "dataset": {"root": config.data, "kind": dataset.kind, "split": config.split,
-                    "classes": names, "prompts": dataset.prompts,
-                    "background_index": dataset.background_index},
+        "dataset": {
+            "root": config.data,
+            "kind": dataset.kind,
+            "split": config.split,
+            "classes": names,
+            "prompts": dataset.prompts,
+            "background_index": dataset.background_index,
+        },
         "config": cfg,
-        "counts": counts | {"pixels": cm.total,
-                            "unlabeled_pixels": int(cm.matrix[:, -1].sum()),
-                            "class_pixels": dict(zip(names, cm.matrix.sum(1).tolist(),
-                                                     strict=True))},
+        "counts": counts
+        | {
+            "pixels": cm.total,
+            "unlabeled_pixels": int(cm.matrix[:, -1].sum()),
+            "class_pixels": dict(zip(names, cm.matrix.sum(1).tolist(), strict=True)),
+        },
         "confusion_matrix": cm.matrix.tolist(),
         "confusion_columns": [*names, "unlabeled"],
         "cache": str(cache_dir) if cache_dir else None,

@@ -3,5 +3,11 @@
 from ovseg.grounding.core import GroundingResult, Region, ground, heatmap
 from ovseg.grounding.grasp import grasp_point, phrase_from_instruction
 
-__all__ = ["GroundingResult", "Region", "grasp_point", "ground", "heatmap",
-           "phrase_from_instruction"]
+__all__ = [
+    "GroundingResult",
+    "Region",
+    "grasp_point",
+    "ground",
+    "heatmap",
+    "phrase_from_instruction",
+]

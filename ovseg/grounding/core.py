@@ -49,8 +49,15 @@ from ovseg.scoring.vocabulary import Vocabulary, validate_classes
 from ovseg.structures import Masks
 from ovseg.viz import palette
 
-__all__ = ["DEFAULT_BACKGROUND", "GroundingResult", "Region", "grasp_point", "ground",
-           "heatmap", "phrase_from_instruction"]
+__all__ = [
+    "DEFAULT_BACKGROUND",
+    "GroundingResult",
+    "Region",
+    "grasp_point",
+    "ground",
+    "heatmap",
+    "phrase_from_instruction",
+]
 
 DEFAULT_BACKGROUND = ("background",)
 HEATMAP_MODES = ("softmax", "minmax")
@@ -161,8 +168,14 @@ class GroundingResult:
             draw.line([x, y - r, x, y + r], fill=c, width=2)
             if label:
                 text = f"{self.phrase} {region.score:.2f}"
-                draw.text((x0 + 2, max(y0 - size - 2, 0)), text, fill=c, font=font,
-                          stroke_width=2, stroke_fill=(0, 0, 0))
+                draw.text(
+                    (x0 + 2, max(y0 - size - 2, 0)),
+                    text,
+                    fill=c,
+                    font=font,
+                    stroke_width=2,
+                    stroke_fill=(0, 0, 0),
+                )
         return canvas
 
 
@@ -179,8 +192,9 @@ def _phrases(phrase) -> tuple[list[str], bool]:
         if not items:
             raise ValueError("phrase list is empty: give at least one phrase")
     else:
-        raise TypeError(f"phrase must be a string or a list of strings, got "
-                        f"{type(phrase).__name__}")
+        raise TypeError(
+            f"phrase must be a string or a list of strings, got {type(phrase).__name__}"
+        )
     for p in items:
         if not isinstance(p, str):
             raise TypeError(f"phrases must be strings, got {p!r} ({type(p).__name__})")
@@ -222,22 +236,28 @@ def _candidates(seg, array: np.ndarray, candidates, grid_options: dict) -> Masks
         return _nonempty(seg.propose(**grid_options))
     if isinstance(candidates, dict):
         masks = _nonempty(seg.propose(**candidates))
-    elif isinstance(candidates, (list, tuple)) and candidates and \
-            all(isinstance(c, dict) for c in candidates):
+    elif (
+        isinstance(candidates, (list, tuple))
+        and candidates
+        and all(isinstance(c, dict) for c in candidates)
+    ):
         masks = _nonempty(Masks.cat([seg.propose(**c) for c in candidates], shape))
     elif isinstance(candidates, Masks):
         masks = candidates
     elif isinstance(candidates, (np.ndarray, list, tuple)):
         if len(candidates) == 0:
-            raise ValueError("candidates= is empty: give masks or prompts, or None for the "
-                             "automatic grid")
+            raise ValueError(
+                "candidates= is empty: give masks or prompts, or None for the automatic grid"
+            )
         arr = np.asarray(candidates)
         if arr.dtype != np.bool_:
             raise TypeError(f"candidate masks must be bool arrays, got dtype {arr.dtype}")
         masks = Masks.from_masks(arr[None] if arr.ndim == 2 else arr)
     else:
-        raise TypeError("candidates must be None, Masks, bool masks (N, H, W), a prompt dict "
-                        f"or a list of prompt dicts, got {type(candidates).__name__}")
+        raise TypeError(
+            "candidates must be None, Masks, bool masks (N, H, W), a prompt dict "
+            f"or a list of prompt dicts, got {type(candidates).__name__}"
+        )
     if masks.shape != shape:
         raise ValueError(f"candidate masks are {masks.shape}, the image is {shape}")
     if not masks.masks.any(axis=(1, 2)).all():
@@ -245,9 +265,20 @@ def _candidates(seg, array: np.ndarray, candidates, grid_options: dict) -> Masks
     return masks
 
 
-def _rank(phrase: str, masks: Masks, emb: torch.Tensor, backend, templates, negatives,
-          background, eligible: np.ndarray, rejected: dict[int, str], drop_negatives: bool,
-          threshold: float | None, image: np.ndarray) -> GroundingResult:
+def _rank(
+    phrase: str,
+    masks: Masks,
+    emb: torch.Tensor,
+    backend,
+    templates,
+    negatives,
+    background,
+    eligible: np.ndarray,
+    rejected: dict[int, str],
+    drop_negatives: bool,
+    threshold: float | None,
+    image: np.ndarray,
+) -> GroundingResult:
     _competitors(phrase, negatives, background)
     vocab = Vocabulary([phrase, *negatives, *background], templates)
     probs = vocab.probabilities(emb, backend)
@@ -262,19 +293,39 @@ def _rank(phrase: str, masks: Masks, emb: torch.Tensor, backend, templates, nega
             rejected[int(i)] = f"negative {negatives[int(neg[i].argmax())]!r}"
     idx = np.flatnonzero(keep)
     idx = idx[np.lexsort((idx, -sims[idx], -score[idx]))]
-    ranked = [Region(int(i), masks.masks[i], tuple(int(v) for v in masks.boxes[i]),
-                     float(score[i]), float(sims[i]), float(masks.scores[i])) for i in idx]
+    ranked = [
+        Region(
+            int(i),
+            masks.masks[i],
+            tuple(int(v) for v in masks.boxes[i]),
+            float(score[i]),
+            float(sims[i]),
+            float(masks.scores[i]),
+        )
+        for i in idx
+    ]
     matches = ranked[:1] if threshold is None else [r for r in ranked if r.score >= threshold]
     return GroundingResult(phrase, ranked, matches, rejected, threshold, image)
 
 
-def ground(image, phrase: str | Sequence[str], *, candidates=None,
-           negatives: str | Sequence[str] = (), category: str | None = None,
-           distractors: str | Sequence[str] = (),
-           background: str | Sequence[str] = DEFAULT_BACKGROUND, threshold: float | None = None,
-           drop_negatives: bool = True, templates: str | Sequence[str] | None = None,
-           segmenter=None, sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None,
-           **grid_options) -> GroundingResult | list[GroundingResult]:
+def ground(
+    image,
+    phrase: str | Sequence[str],
+    *,
+    candidates=None,
+    negatives: str | Sequence[str] = (),
+    category: str | None = None,
+    distractors: str | Sequence[str] = (),
+    background: str | Sequence[str] = DEFAULT_BACKGROUND,
+    threshold: float | None = None,
+    drop_negatives: bool = True,
+    templates: str | Sequence[str] | None = None,
+    segmenter=None,
+    sam=DEFAULT_SAM,
+    clip=DEFAULT_CLIP,
+    device=None,
+    **grid_options,
+) -> GroundingResult | list[GroundingResult]:
     """Find the region of ``image`` a referring phrase names (rules: see the module docstring).
 
     Args:
@@ -335,15 +386,39 @@ def ground(image, phrase: str | Sequence[str], *, candidates=None,
         for i in np.flatnonzero(winner != 0):
             eligible[i] = False
             rejected[int(i)] = f"category: best entry {entries[int(winner[i])]!r}"
-    results = [_rank(p, masks, emb, seg.clip, templates, negatives, background, eligible,
-                     rejected, drop_negatives, threshold, array) for p in phrases]
+    results = [
+        _rank(
+            p,
+            masks,
+            emb,
+            seg.clip,
+            templates,
+            negatives,
+            background,
+            eligible,
+            rejected,
+            drop_negatives,
+            threshold,
+            array,
+        )
+        for p in phrases
+    ]
     return results[0] if single else results
 
 
-def heatmap(image, phrase: str | Sequence[str], *, negatives: str | Sequence[str] = (),
-            background: str | Sequence[str] = DEFAULT_BACKGROUND, mode: str = "softmax",
-            templates: str | Sequence[str] | None = None, segmenter=None, sam=DEFAULT_SAM,
-            clip=DEFAULT_CLIP, device=None) -> np.ndarray | list[np.ndarray]:
+def heatmap(
+    image,
+    phrase: str | Sequence[str],
+    *,
+    negatives: str | Sequence[str] = (),
+    background: str | Sequence[str] = DEFAULT_BACKGROUND,
+    mode: str = "softmax",
+    templates: str | Sequence[str] | None = None,
+    segmenter=None,
+    sam=DEFAULT_SAM,
+    clip=DEFAULT_CLIP,
+    device=None,
+) -> np.ndarray | list[np.ndarray]:
     """Similarity of a phrase over the image: float32 (H, W) in [0, 1] (a list for a list).
 
     The patch features of one dense CLIP pass (``DenseScorer.feature_map``) are scored per patch
@@ -374,8 +449,12 @@ def heatmap(image, phrase: str | Sequence[str], *, negatives: str | Sequence[str
         else:
             text = vocab.text_embeddings(seg.clip)[torch.as_tensor(vocab.owners == 0)]
             values = (flat.float() @ text.to(flat.device).T).max(1).values.cpu()
-        up = F.interpolate(values.reshape(1, 1, fh, fw).float(), size=array.shape[:2],
-                           mode="bilinear", align_corners=False)[0, 0]
+        up = F.interpolate(
+            values.reshape(1, 1, fh, fw).float(),
+            size=array.shape[:2],
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0]
         if mode == "minmax":
             span = up.max() - up.min()
             up = (up - up.min()) / span if span > 0 else torch.zeros_like(up)

@@ -44,7 +44,9 @@ def grasp_point(mask: np.ndarray) -> tuple[int, int]:
 _INSTRUCTION = re.compile(
     r"^(?:please\s+)?(?:(?:pick\s+up|pick|grab|grasp|take|get|fetch|find|locate|select|touch|"
     r"push|move|point\s+(?:to|at)|show\s+me|hand\s+me|bring\s+me|give\s+me)\s+)?"
-    r"(?:the|a|an)?\s*", re.IGNORECASE)
+    r"(?:the|a|an)?\s*",
+    re.IGNORECASE,
+)
 
 
 def phrase_from_instruction(text: str) -> str:

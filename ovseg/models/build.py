@@ -77,8 +77,10 @@ def build_sam(spec, device=None, *, random_weights: bool = False):
         if not path.is_file():
             raise FileNotFoundError(f"SAM checkpoint not found: {path}")
         return _sam_from_state(weights.load_state_dict(path), path).to(device)
-    raise ValueError(f"unknown SAM model {spec!r}; known names: {', '.join(sam_names())}, "
-                     "or a path to a SAM checkpoint file")
+    raise ValueError(
+        f"unknown SAM model {spec!r}; known names: {', '.join(sam_names())}, "
+        "or a path to a SAM checkpoint file"
+    )
 
 
 def _sam_from_state(state: dict, path: Path):
@@ -141,18 +143,22 @@ def _open_clip(spec: str, device, random_weights: bool) -> ClipBackend:
 
     arch, sep, tag = spec.partition(":") if ":" in spec else spec.partition("/")
     if arch not in open_clip.list_models():
-        raise ValueError(f"unknown CLIP model {spec!r}: {arch!r} is not an open_clip architecture "
-                         f"(e.g. ViT-B-16, ViT-L-14; `open_clip.list_models()` lists them), and "
-                         f"names for other backends are {TINY!r}, {HF_TINY!r}, 'hf:ORG/NAME'")
+        raise ValueError(
+            f"unknown CLIP model {spec!r}: {arch!r} is not an open_clip architecture "
+            f"(e.g. ViT-B-16, ViT-L-14; `open_clip.list_models()` lists them), and "
+            f"names for other backends are {TINY!r}, {HF_TINY!r}, 'hf:ORG/NAME'"
+        )
     if random_weights:
         warnings.warn(_RANDOM_WARNING.format(what=f"CLIP {arch}"), UserWarning, stacklevel=3)
         model = open_clip.create_model(arch, pretrained=None, device=device)
         return OpenClipBackend(model, open_clip.get_tokenizer(arch), name=f"{arch}/random")
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if not tag:
-        raise ValueError(f"CLIP {arch!r} needs pretrained weights: name one as "
-                         f"'{arch}/TAG' with TAG in {tags}, or 'ARCH:PATH' for a local file, "
-                         "or pass random_weights=True for timing")
+        raise ValueError(
+            f"CLIP {arch!r} needs pretrained weights: name one as "
+            f"'{arch}/TAG' with TAG in {tags}, or 'ARCH:PATH' for a local file, "
+            "or pass random_weights=True for timing"
+        )
     if sep == ":":
         if not Path(tag).expanduser().is_file():
             raise FileNotFoundError(f"CLIP checkpoint not found: {tag}")
@@ -160,8 +166,12 @@ def _open_clip(spec: str, device, random_weights: bool) -> ClipBackend:
         raise ValueError(f"unknown pretrained tag {tag!r} for {arch}; known: {tags}")
     cache = weights_dir() / "open_clip"
     try:
-        model = open_clip.create_model(arch, pretrained=str(Path(tag).expanduser()) if sep == ":"
-                                       else tag, device=device, cache_dir=str(cache))
+        model = open_clip.create_model(
+            arch,
+            pretrained=str(Path(tag).expanduser()) if sep == ":" else tag,
+            device=device,
+            cache_dir=str(cache),
+        )
         tokenizer = open_clip.get_tokenizer(arch)
     except (OSError, RuntimeError, ValueError) as e:
         raise FileNotFoundError(
@@ -186,5 +196,6 @@ def _hf_clip(model_id: str, device, random_weights: bool) -> ClipBackend:
             f"cache, and could not be fetched ({e}). On a machine with network access run: "
             f"ovseg weights download hf:{model_id}"
         ) from e
-    return HFClipBackend(model.to(device), tokenizer, name=f"hf:{model_id}",
-                         image_processor=processor)
+    return HFClipBackend(
+        model.to(device), tokenizer, name=f"hf:{model_id}", image_processor=processor
+    )

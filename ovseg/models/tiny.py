@@ -18,7 +18,6 @@ TINY_SAM_IMAGE_SIZE = 256
 TINY_CLIP_IMAGE_SIZE = 64
 
 
-
 def tiny_sam(seed: int = 0):
     """A ``segment_anything.modeling.Sam`` with a 2-block ViT encoder on 256x256 inputs.
 
@@ -112,11 +111,25 @@ def tiny_hf_clip(seed: int = 0):
     from transformers import CLIPConfig, CLIPModel
 
     config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
-                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=TINY_CLIP_IMAGE_SIZE, patch_size=16),
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=TINY_CLIP_IMAGE_SIZE,
+            patch_size=16,
+        ),
         projection_dim=32,
     )
     with torch.random.fork_rng(devices=[]):

@@ -48,7 +48,6 @@ _TIMEOUT_S = 60.0
 _log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Checkpoint:
     """One downloadable checkpoint.
@@ -89,12 +88,24 @@ def _sam(arch: str, tag: str, size: int, sha256: str) -> Checkpoint:
 SAM_CHECKPOINTS: dict[str, Checkpoint] = {
     c.name: c
     for c in (
-        _sam("vit_b", "01ec64", 375_042_383,
-             "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
-        _sam("vit_l", "0b3195", 1_249_524_607,
-             "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
-        _sam("vit_h", "4b8939", 2_564_550_879,
-             "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+        _sam(
+            "vit_b",
+            "01ec64",
+            375_042_383,
+            "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        ),
+        _sam(
+            "vit_l",
+            "0b3195",
+            1_249_524_607,
+            "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        ),
+        _sam(
+            "vit_h",
+            "4b8939",
+            2_564_550_879,
+            "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        ),
     )
 }
 
@@ -195,8 +206,14 @@ def _stream_to(url: str, out: IO[bytes], checkpoint: Checkpoint, progress: bool)
         header = getattr(response, "headers", None)
         length = header.get("Content-Length") if header is not None else None
         total = int(length) if length and str(length).isdigit() else checkpoint.size
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                  desc=checkpoint.filename, disable=not progress) as bar:
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=checkpoint.filename,
+            disable=not progress,
+        ) as bar:
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 out.write(chunk)
                 digest.update(chunk)
@@ -269,8 +286,7 @@ def ensure_checkpoint(name: str, *, download_missing: bool = False) -> Path:
         except ValueError as e:
             if not download_missing:
                 raise ValueError(
-                    f"{e}. Delete {path} and fetch it again: "
-                    f"ovseg weights download {name} --force"
+                    f"{e}. Delete {path} and fetch it again: ovseg weights download {name} --force"
                 ) from e
             _log.warning("%s; downloading it again", e)
             return download(name, force=True)

@@ -47,8 +47,12 @@ def _image_projections(keys: Tensor, pos: Tensor, layers: list, with_pe: list[bo
     where ``with_pe`` else ``layer(keys)``, as ``keys W^T + b (+ pos W^T)``."""
     weight = torch.cat([m.weight for m in layers])
     bias = torch.cat([m.bias for m in layers])
-    pe_weight = torch.cat([m.weight if pe else torch.zeros_like(m.weight)
-                           for m, pe in zip(layers, with_pe, strict=True)])
+    pe_weight = torch.cat(
+        [
+            m.weight if pe else torch.zeros_like(m.weight)
+            for m, pe in zip(layers, with_pe, strict=True)
+        ]
+    )
     shared = F.linear(pos, pe_weight, bias)  # (1, N, sum of outputs)
     b = keys.shape[0]
     out = torch.baddbmm(shared.expand(b, -1, -1), keys, weight.t().expand(b, -1, -1))
@@ -61,7 +65,8 @@ def _block(block, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tenso
     queries = block.norm1(queries + block.self_attn(q=q, k=q, v=queries))
     t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
     k_t2i, v_t2i, q_i2t = _image_projections(
-        keys, key_pe, [t2i.k_proj, t2i.v_proj, i2t.q_proj], [True, False, True])
+        keys, key_pe, [t2i.k_proj, t2i.v_proj, i2t.q_proj], [True, False, True]
+    )
     q = t2i.q_proj(queries + query_pe)
     queries = block.norm2(queries + _attend(t2i, q, k_t2i, v_t2i))
     queries = block.norm3(queries + block.mlp(queries))
@@ -126,14 +131,18 @@ def decode_points(model, features: Tensor, coords: Tensor, iou_threshold: float 
     queries = tr.norm_final_attn(queries + _attend(final, final.q_proj(queries + tokens), k, v))
 
     iou = dec.iou_prediction_head(queries[:, 0])[:, 1:]
-    kept = torch.nonzero((iou > iou_threshold).any(1)).flatten() if iou_threshold > 0 \
+    kept = (
+        torch.nonzero((iou > iou_threshold).any(1)).flatten()
+        if iou_threshold > 0
         else torch.arange(b, device=iou.device)
+    )
     if len(kept) == 0:
         return iou.new_zeros((0, iou.shape[1], 4 * h, 4 * w)), iou[kept], kept
     keys, mask_tokens = keys[kept], queries[kept, 1 : 1 + dec.num_mask_tokens]
     upscaled = dec.output_upscaling(keys.transpose(1, 2).reshape(len(kept), c, h, w))
-    hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in
-                         enumerate(dec.output_hypernetworks_mlps)], dim=1)[:, 1:]
+    hyper = torch.stack(
+        [mlp(mask_tokens[:, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
+    )[:, 1:]
     k, uc, uh, uw = upscaled.shape
     low = (hyper @ upscaled.reshape(k, uc, uh * uw)).reshape(k, -1, uh, uw)
     return low, iou[kept], kept

@@ -82,8 +82,9 @@ def automatic_masks(proposer: Proposer, options: GridOptions = GridOptions()) ->
             first = first.reshape(-1)
             coarse = _decode(proposer, fine[first], options)
             extra = _decode(proposer, fine[~first & ~_covered(proposer, coarse, fine)], options)
-            low = _LowRes(torch.cat([coarse.logits, extra.logits]),
-                          torch.cat([coarse.scores, extra.scores]))
+            low = _LowRes(
+                torch.cat([coarse.logits, extra.logits]), torch.cat([coarse.scores, extra.scores])
+            )
         else:
             low = _decode(proposer, _grid(options.points_per_side, h, w), options)
         low = _nms(proposer, low, options.box_nms_thresh)
@@ -102,8 +103,9 @@ def _decode(proposer: Proposer, points: np.ndarray, o: GridOptions) -> _LowRes:
     side = 4 * model.prompt_encoder.image_embedding_size[0]
     logits, scores = [], []
     for start in range(0, len(points), o.points_per_batch):
-        batch = p.transform.apply_coords(points[start : start + o.points_per_batch],
-                                         p.original_size)
+        batch = p.transform.apply_coords(
+            points[start : start + o.points_per_batch], p.original_size
+        )
         # float64 like SamAutomaticMaskGenerator: the prompt encoder casts after normalising.
         coords = torch.as_tensor(batch, device=p.device)[:, None]
         low, iou, _ = decode_points(model, p.features, coords, o.pred_iou_thresh)
@@ -118,8 +120,10 @@ def _decode(proposer: Proposer, points: np.ndarray, o: GridOptions) -> _LowRes:
         logits.append(low)
         scores.append(iou)
     empty = torch.zeros((0, side, side), device=p.device)
-    return _LowRes(torch.cat(logits) if logits else empty,
-                   torch.cat(scores) if scores else torch.zeros(0, device=p.device))
+    return _LowRes(
+        torch.cat(logits) if logits else empty,
+        torch.cat(scores) if scores else torch.zeros(0, device=p.device),
+    )
 
 
 def _valid(low: torch.Tensor, p, side: int) -> torch.Tensor:
@@ -158,8 +162,12 @@ def _nms(proposer: Proposer, low: _LowRes, thresh: float) -> _LowRes:
     if len(low.scores) == 0 or thresh >= 1.0:
         return low
     boxes = _boxes(proposer, low.logits)
-    keep = batched_nms(boxes, low.scores.float(), torch.zeros_like(low.scores, dtype=torch.long),
-                       iou_threshold=thresh)
+    keep = batched_nms(
+        boxes,
+        low.scores.float(),
+        torch.zeros_like(low.scores, dtype=torch.long),
+        iou_threshold=thresh,
+    )
     return _LowRes(low.logits[keep], low.scores[keep])
 
 
@@ -221,5 +229,8 @@ def fused_attention(sam, enabled: bool = True) -> int:
 
 def uses_fused_attention(sam) -> bool:
     """Whether :func:`fused_attention` is on for ``sam``'s image encoder."""
-    return any("forward" in m.__dict__ for m in sam.image_encoder.modules()
-               if isinstance(m, _EncoderAttention))
+    return any(
+        "forward" in m.__dict__
+        for m in sam.image_encoder.modules()
+        if isinstance(m, _EncoderAttention)
+    )

@@ -66,8 +66,9 @@ def sample_points(mask: np.ndarray, k: int) -> np.ndarray:
     return np.stack([xs[order] + 0.5, ys[order] + 0.5], axis=1).astype(np.float32)
 
 
-def make_prompt(shape, points=None, point_labels=None, boxes=None, mask=None,
-                scribble=None) -> Prompt:
+def make_prompt(
+    shape, points=None, point_labels=None, boxes=None, mask=None, scribble=None
+) -> Prompt:
     """Validate raw user prompts against an image of ``shape`` (H, W) and build a Prompt.
 
     Raises:
@@ -81,8 +82,10 @@ def make_prompt(shape, points=None, point_labels=None, boxes=None, mask=None,
     if pts is not None:
         outside = (pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)
         if outside.any():
-            raise ValueError(f"points {pts[outside].tolist()} lie outside the {w}x{h} image "
-                             "(points are (x, y) pixels with 0 <= x < width, 0 <= y < height)")
+            raise ValueError(
+                f"points {pts[outside].tolist()} lie outside the {w}x{h} image "
+                "(points are (x, y) pixels with 0 <= x < width, 0 <= y < height)"
+            )
     labels = None
     if point_labels is not None and pts is None:
         raise ValueError("point_labels given without points")
@@ -94,27 +97,41 @@ def make_prompt(shape, points=None, point_labels=None, boxes=None, mask=None,
             if len(labels) != len(pts):
                 raise ValueError(f"point_labels has {len(labels)} entries for {len(pts)} points")
             if not np.isin(labels, (0, 1)).all():
-                raise ValueError(f"point_labels must be 1 (positive) or 0 (negative), got "
-                                 f"{labels.tolist()}")
+                raise ValueError(
+                    f"point_labels must be 1 (positive) or 0 (negative), got {labels.tolist()}"
+                )
             labels = labels.astype(np.int32)
             if not (labels == 1).any() and boxes is None and mask is None and scribble is None:
-                raise ValueError("at least one positive point (label 1) is needed to locate an "
-                                 "object, unless a box or mask is given")
+                raise ValueError(
+                    "at least one positive point (label 1) is needed to locate an "
+                    "object, unless a box or mask is given"
+                )
     bxs = _as_float_array(boxes, "boxes", 4)
     if bxs is not None:
         bad = (bxs[:, 0] < 0) | (bxs[:, 1] < 0) | (bxs[:, 2] > w) | (bxs[:, 3] > h)
         if bad.any():
-            raise ValueError(f"boxes {bxs[bad].tolist()} extend outside the {w}x{h} image "
-                             "(boxes are (x0, y0, x1, y1) pixels)")
+            raise ValueError(
+                f"boxes {bxs[bad].tolist()} extend outside the {w}x{h} image "
+                "(boxes are (x0, y0, x1, y1) pixels)"
+            )
         inverted = (bxs[:, 2] <= bxs[:, 0]) | (bxs[:, 3] <= bxs[:, 1])
         if inverted.any():
-            raise ValueError(f"boxes {bxs[inverted].tolist()} are inverted or empty "
-                             "(need x0 < x1 and y0 < y1)")
+            raise ValueError(
+                f"boxes {bxs[inverted].tolist()} are inverted or empty (need x0 < x1 and y0 < y1)"
+            )
         if len(bxs) > 1 and (pts is not None or mask is not None or scribble is not None):
-            raise ValueError("points, masks and scribbles refine a single box; with several "
-                             f"boxes ({len(bxs)}) give boxes alone")
-    return Prompt((h, w), pts, labels, bxs, _as_mask(mask, "mask", (h, w)),
-                  _as_mask(scribble, "scribble", (h, w)))
+            raise ValueError(
+                "points, masks and scribbles refine a single box; with several "
+                f"boxes ({len(bxs)}) give boxes alone"
+            )
+    return Prompt(
+        (h, w),
+        pts,
+        labels,
+        bxs,
+        _as_mask(mask, "mask", (h, w)),
+        _as_mask(scribble, "scribble", (h, w)),
+    )
 
 
 def _as_float_array(value, name: str, width: int) -> np.ndarray | None:

@@ -91,13 +91,20 @@ class Proposer:
                 raise RuntimeError("no image set: call set_image(image) first")
             points, labels = prompt.all_points()
             mask_logits = self._mask_logits(prompt.mask) if prompt.mask is not None else None
-            multimask = prompt.boxes is None and points is not None and len(points) == 1 \
+            multimask = (
+                prompt.boxes is None
+                and points is not None
+                and len(points) == 1
                 and mask_logits is None
+            )
             if prompt.boxes is not None and len(prompt.boxes) > 1:
                 return self._predict_boxes(prompt.boxes)
             box = None if prompt.boxes is None else prompt.boxes[0]
             masks, scores, _ = self.predictor.predict(
-                point_coords=points, point_labels=labels, box=box, mask_input=mask_logits,
+                point_coords=points,
+                point_labels=labels,
+                box=box,
+                mask_input=mask_logits,
                 multimask_output=multimask,
             )
             best = int(np.argmax(scores))
@@ -105,8 +112,9 @@ class Proposer:
 
     def _predict_boxes(self, boxes: np.ndarray) -> Masks:
         p = self.predictor
-        tboxes = p.transform.apply_boxes_torch(torch.as_tensor(boxes, device=p.device),
-                                               p.original_size)
+        tboxes = p.transform.apply_boxes_torch(
+            torch.as_tensor(boxes, device=p.device), p.original_size
+        )
         masks, scores, _ = p.predict_torch(None, None, boxes=tboxes, multimask_output=False)
         return Masks.from_masks(masks[:, 0].cpu().numpy(), scores[:, 0].float().cpu().numpy())
 

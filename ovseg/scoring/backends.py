@@ -124,8 +124,10 @@ class OpenClipBackend(ClipBackend):
     def dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
         visual = self.model.visual
         if not self.supports_dense:
-            raise TypeError(f"dense scoring needs a ViT image tower with a class token; "
-                            f"{self.name} has {type(visual).__name__}")
+            raise TypeError(
+                f"dense scoring needs a ViT image tower with a class token; "
+                f"{self.name} has {type(visual).__name__}"
+            )
         x = pixels.to(self.device, self.dtype)
         x = visual.conv1(x)
         b, c, h, w = x.shape
@@ -145,8 +147,16 @@ class OpenClipBackend(ClipBackend):
         attn = last.attn
         q_w, k_w, v_w = attn.in_proj_weight.chunk(3)
         q_b, k_b, v_b = attn.in_proj_bias.chunk(3)
-        x = _qq_attention(last.ln_1(x), q_w, q_b, v_w, v_b, attn.out_proj.weight,
-                          attn.out_proj.bias, attn.num_heads)
+        x = _qq_attention(
+            last.ln_1(x),
+            q_w,
+            q_b,
+            v_w,
+            v_b,
+            attn.out_proj.weight,
+            attn.out_proj.bias,
+            attn.num_heads,
+        )
         x = visual.ln_post(x[:, 1:])
         if visual.proj is not None:
             x = x @ visual.proj
@@ -180,8 +190,13 @@ class HFClipBackend(ClipBackend):
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        enc = self.tokenizer(list(texts), padding="max_length", truncation=True,
-                             max_length=self.context_length, return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors="pt",
+        )
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         out = self.model.get_text_features(**enc)
         return F.normalize(self._pooled(out).float(), dim=-1)
@@ -189,15 +204,18 @@ class HFClipBackend(ClipBackend):
     @property
     def supports_dense(self) -> bool:
         vm = getattr(self.model, "vision_model", None)
-        return hasattr(self.model, "visual_projection") and \
-            hasattr(getattr(vm, "embeddings", None), "class_embedding")
+        return hasattr(self.model, "visual_projection") and hasattr(
+            getattr(vm, "embeddings", None), "class_embedding"
+        )
 
     @torch.inference_mode()
     def dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
         vm = self.model.vision_model
         if not self.supports_dense:
-            raise TypeError(f"dense scoring supports CLIP-style HF models; {self.name} is "
-                            f"{type(self.model).__name__}")
+            raise TypeError(
+                f"dense scoring supports CLIP-style HF models; {self.name} is "
+                f"{type(self.model).__name__}"
+            )
         x = pixels.to(self.device, self.dtype)
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         emb = vm.embeddings
@@ -211,9 +229,16 @@ class HFClipBackend(ClipBackend):
             out = layer(tokens, None)
             tokens = out[0] if isinstance(out, tuple) else out
         sa = layers[-1].self_attn
-        tokens = _qq_attention(layers[-1].layer_norm1(tokens), sa.q_proj.weight, sa.q_proj.bias,
-                               sa.v_proj.weight, sa.v_proj.bias, sa.out_proj.weight,
-                               sa.out_proj.bias, sa.num_heads)
+        tokens = _qq_attention(
+            layers[-1].layer_norm1(tokens),
+            sa.q_proj.weight,
+            sa.q_proj.bias,
+            sa.v_proj.weight,
+            sa.v_proj.bias,
+            sa.out_proj.weight,
+            sa.out_proj.bias,
+            sa.num_heads,
+        )
         tokens = vm.post_layernorm(tokens[:, 1:])
         feats = self.model.visual_projection(tokens)
         return F.normalize(feats.float(), dim=-1).reshape(x.shape[0], h, w, -1)

@@ -48,8 +48,9 @@ class CropScorer:
         batch_size: crops per CLIP forward pass.
     """
 
-    def __init__(self, backend: ClipBackend, margin: float = 0.1, fill: str = "grey",
-                 batch_size: int = 32):
+    def __init__(
+        self, backend: ClipBackend, margin: float = 0.1, fill: str = "grey", batch_size: int = 32
+    ):
         if fill not in FILLS:
             raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
         if margin < 0:
@@ -62,8 +63,9 @@ class CropScorer:
         dev = self.backend.device
         s = self.backend.image_size
         img = _image_tensor(image, dev)
-        boxes = torch.as_tensor(square_boxes(masks.boxes, self.margin), dtype=torch.float32,
-                                device=dev)
+        boxes = torch.as_tensor(
+            square_boxes(masks.boxes, self.margin), dtype=torch.float32, device=dev
+        )
         if self.fill == "blur":
             k = max(3, (min(image.shape[:2]) // 16) | 1)
             context = gaussian_blur(img, [k, k])
@@ -93,8 +95,10 @@ class CropScorer:
     def embed(self, image: np.ndarray, masks: Masks) -> torch.Tensor:
         """Region embeddings (N, D), unit norm."""
         crops = self.crops(image, masks)
-        feats = [self.backend.encode_images(self.backend.normalize(crops[i : i + self.batch_size]))
-                 for i in range(0, len(crops), self.batch_size)]
+        feats = [
+            self.backend.encode_images(self.backend.normalize(crops[i : i + self.batch_size]))
+            for i in range(0, len(crops), self.batch_size)
+        ]
         return torch.cat(feats) if feats else torch.zeros((0, 1), device=self.backend.device)
 
 
@@ -114,19 +118,26 @@ class DenseScorer:
         stride: the window step in pixels (a multiple of the patch size).
     """
 
-    def __init__(self, backend: ClipBackend, short_side: int | None = None,
-                 window: int | None = None, stride: int | None = None):
+    def __init__(
+        self,
+        backend: ClipBackend,
+        short_side: int | None = None,
+        window: int | None = None,
+        stride: int | None = None,
+    ):
         self.backend = backend
         self.short_side = short_side or 2 * backend.image_size
         p = self.patch_size()
         if window is not None and (window < p or window % p):
-            raise ValueError(f"window must be a positive multiple of the patch size {p}, "
-                             f"got {window}")
+            raise ValueError(
+                f"window must be a positive multiple of the patch size {p}, got {window}"
+            )
         if window is not None and stride is None:
             stride = max(p, window // 2 // p * p)
         if window is not None and (stride < p or stride % p):
-            raise ValueError(f"stride must be a positive multiple of the patch size {p}, "
-                             f"got {stride}")
+            raise ValueError(
+                f"stride must be a positive multiple of the patch size {p}, got {stride}"
+            )
         self.window, self.stride = window, stride
         self._cache: tuple[str, torch.Tensor] | None = None
 
@@ -146,11 +157,15 @@ class DenseScorer:
         h, w = image.shape[:2]
         scale = self.short_side / min(h, w)
         size = (max(p, round(h * scale / p) * p), max(p, round(w * scale / p) * p))
-        img = F.interpolate(_image_tensor(image, self.backend.device), size=size,
-                            mode="bilinear", align_corners=False, antialias=True)
+        img = F.interpolate(
+            _image_tensor(image, self.backend.device),
+            size=size,
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
         img = self.backend.normalize(img)
-        feats = self.backend.dense_features(img)[0] if self.window is None \
-            else self._slide(img, p)
+        feats = self.backend.dense_features(img)[0] if self.window is None else self._slide(img, p)
         self._cache = (key, feats)
         return feats
 
@@ -202,16 +217,20 @@ def make_scorer(kind: str, backend: ClipBackend, **options):
     if kind not in SCORERS:
         raise ValueError(f"scorer must be one of {sorted(SCORERS)}, got {kind!r}")
     if kind != "crop" and not backend.supports_dense:
-        raise ValueError(f"scorer {kind!r} needs a CLIP ViT image tower with a class token; "
-                         f"{backend.name} has none: use scorer='crop'")
+        raise ValueError(
+            f"scorer {kind!r} needs a CLIP ViT image tower with a class token; "
+            f"{backend.name} has none: use scorer='crop'"
+        )
     import inspect
 
     cls = SCORERS[kind]
     takes = CropScorer if kind == "both" else cls  # "both" passes its options to the crop scorer
-    allowed = [n for n in inspect.signature(takes.__init__).parameters
-               if n not in ("self", "backend")]
+    allowed = [
+        n for n in inspect.signature(takes.__init__).parameters if n not in ("self", "backend")
+    ]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for scorer {kind!r}; it takes "
-                         f"{allowed or 'no options'}")
+        raise ValueError(
+            f"unknown option(s) {unknown} for scorer {kind!r}; it takes {allowed or 'no options'}"
+        )
     return cls(backend, **options)

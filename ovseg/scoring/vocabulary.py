@@ -39,13 +39,17 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
     if isinstance(templates, str):
         sets = template_sets()
         if templates not in sets:
-            raise ValueError(f"unknown template set {templates!r}; known: {sorted(sets)}, "
-                             "or a list of strings with one '{}' each")
+            raise ValueError(
+                f"unknown template set {templates!r}; known: {sorted(sets)}, "
+                "or a list of strings with one '{}' each"
+            )
         return sets[templates]
     out = tuple(templates)
     if not out or not all(isinstance(t, str) and t.count("{}") == 1 for t in out):
-        raise ValueError("templates must be a set name or a non-empty list of strings with "
-                         f"exactly one '{{}}' each, got {templates!r}")
+        raise ValueError(
+            "templates must be a set name or a non-empty list of strings with "
+            f"exactly one '{{}}' each, got {templates!r}"
+        )
     return out
 
 
@@ -57,8 +61,9 @@ def parse_classes(text: str) -> list[str]:
 def validate_classes(classes, what: str = "classes", allow_empty: bool = False) -> list[str]:
     """Check a class list: a list of distinct, non-blank strings. Returns it stripped."""
     if isinstance(classes, str):
-        raise TypeError(f"{what} must be a list of strings, not one string; e.g. "
-                        f"{parse_classes(classes)!r}")
+        raise TypeError(
+            f"{what} must be a list of strings, not one string; e.g. {parse_classes(classes)!r}"
+        )
     try:
         items = list(classes)
     except TypeError as e:
@@ -87,8 +92,12 @@ class Vocabulary:
         background: names that compete with the classes but label nothing.
     """
 
-    def __init__(self, classes: Sequence[str], templates: str | Sequence[str] = "imagenet",
-                 background: Sequence[str] = ()):
+    def __init__(
+        self,
+        classes: Sequence[str],
+        templates: str | Sequence[str] = "imagenet",
+        background: Sequence[str] = (),
+    ):
         self.classes = validate_classes(classes)
         self.background = validate_classes(background, "background", allow_empty=True)
         clash = {c.lower() for c in self.classes} & {b.lower() for b in self.background}
