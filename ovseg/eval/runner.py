@@ -148,6 +148,25 @@ def read_prediction(pred_dir: Path, stem: str) -> tuple[Path, np.ndarray]:
     raise FileNotFoundError(f"no prediction for {stem!r}: expected {pred_dir / (stem + '.png')}")
 
 
+class _SamOnly:
+    """The automatic-grid proposals of a Segmenter without its CLIP (all the oracle needs)."""
+
+    def __init__(self, sam, device, random_weights: bool):
+        from ovseg.models.build import build_sam, resolve_device
+        from ovseg.proposals.grid import fused_attention
+        from ovseg.proposals.sam import Proposer
+
+        model = build_sam(sam, resolve_device(device), random_weights=random_weights)
+        fused_attention(model)
+        self.proposer = Proposer(model)
+
+    def propose(self, image: np.ndarray, **grid):
+        from ovseg.proposals.grid import GridOptions, automatic_masks
+
+        self.proposer.set_image(image)
+        return automatic_masks(self.proposer, GridOptions(**grid))
+
+
 class _Predictor:
     """Model or oracle predictions for one dataset, in dataset class indices at label size."""
 
@@ -155,7 +174,8 @@ class _Predictor:
         from ovseg.pipeline import Segmenter
 
         self.config, self.dataset = config, dataset
-        scorer = "crop" if config.scorer == "oracle" else config.scorer
+        if segmenter is None and config.scorer == "oracle":
+            segmenter = _SamOnly(config.sam, device, config.random_weights)  # no CLIP needed
         options = {} if config.window is None else {"window": config.window}
         self.segmenter = segmenter or Segmenter(
             config.sam,
@@ -163,7 +183,7 @@ class _Predictor:
             device,
             random_weights=config.random_weights,
             templates=config.templates,
-            scorer=scorer,
+            scorer=config.scorer,
             **options,
         )
         k, bg = len(dataset.classes), dataset.background_index
