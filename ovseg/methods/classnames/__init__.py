@@ -1,0 +1,49 @@
+"""Each dense method's own class-name files for the eight benchmarks.
+
+``<method>/<dataset>.txt`` are the references' ``configs/cls_<dataset>.txt`` verbatim: one
+line per class (class index = line number), synonyms on one line separated by the method's
+separator (SCLIP and NACLIP ``", "``, ClearCLIP ``","``). Nothing is stripped except the line
+break, exactly as the references read them (so Context60's last entry is ``"wood "``).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+__all__ = ["SEPARATORS", "class_names", "query_list"]
+
+SEPARATORS = {"sclip": ", ", "clearclip": ",", "naclip": ", "}
+_DATASETS = (
+    "voc21",
+    "context60",
+    "coco_object",
+    "voc20",
+    "context59",
+    "coco_stuff",
+    "cityscapes",
+    "ade20k",
+)
+
+
+def class_names(method: str, dataset: str) -> list[list[str]]:
+    """Classes of ``dataset`` as ``method`` names them: a list (one entry per class, in
+    label order) of lists of synonyms (each synonym is its own text query)."""
+    if method not in SEPARATORS:
+        raise ValueError(f"method must be one of {tuple(SEPARATORS)}, got {method!r}")
+    if dataset not in _DATASETS:
+        raise ValueError(f"dataset must be one of {_DATASETS}, got {dataset!r}")
+    path = resources.files(__name__).joinpath(method, f"{dataset}.txt")
+    with path.open("r", encoding="utf-8") as f:
+        lines = f.readlines()
+    sep = SEPARATORS[method]
+    return [[name.replace("\n", "") for name in line.split(sep)] for line in lines]
+
+
+def query_list(classes: list[list[str]]) -> tuple[list[str], list[int]]:
+    """Flatten ``classes`` into the query strings and the class index of each query."""
+    queries: list[str] = []
+    query_class: list[int] = []
+    for idx, names in enumerate(classes):
+        queries.extend(names)
+        query_class.extend([idx] * len(names))
+    return queries, query_class

@@ -1,0 +1,119 @@
+"""mmseg-style sliding-window (or whole-image) dense cosine logits, generic over the encoder.
+
+:func:`slide_logits` is what the references' ``forward_slide`` / ``forward_feature`` compute,
+with any ``window_fn`` mapping a batch of normalised windows to patch features, so other
+methods (ProxyCLIP, ...) can reuse it:
+
+1. windows from :func:`~ovseg.methods.geometry.slide_windows` (all the same size);
+2. optional zero padding of each window to a multiple (ClearCLIP: centred, see
+   :func:`~ovseg.methods.geometry.center_padding`);
+3. ``window_fn`` on batches of windows -> ``(B, D, gh, gw)``; features L2-normalised over
+   ``D``; cosine with the unit-norm text ``(Q, D)`` -> ``(B, Q, gh, gw)``;
+4. each window's logits upsampled bilinearly (``align_corners=False``) to the (padded) window
+   size, the padding cut off, summed into an ``H x W`` map and divided by the per-pixel
+   window count;
+5. optionally resized bilinearly to ``out_size`` (the original image size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ovseg.methods.geometry import center_padding, slide_windows
+
+__all__ = ["patch_logits", "slide_logits"]
+
+WindowFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def patch_logits(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Cosine logits ``(B, Q, gh, gw)`` of features ``(B, D, gh, gw)`` against unit-norm
+    text ``(Q, D)``: features are divided by their L2 norm over ``D`` first."""
+    if features.ndim != 4 or text.ndim != 2 or features.shape[1] != text.shape[1]:
+        raise ValueError(
+            f"features (B, D, gh, gw) and text (Q, D) must share D, got "
+            f"{tuple(features.shape)} and {tuple(text.shape)}"
+        )
+    b, d, gh, gw = features.shape
+    tokens = features.reshape(b, d, gh * gw).transpose(1, 2)
+    tokens = tokens / tokens.norm(dim=-1, keepdim=True)
+    logits = tokens @ text.to(tokens.dtype).T
+    return logits.transpose(1, 2).reshape(b, text.shape[0], gh, gw)
+
+
+def slide_logits(
+    image: torch.Tensor,
+    window_fn: WindowFn,
+    text: torch.Tensor,
+    crop: int | None,
+    stride: int | None = None,
+    pad_multiple: int | None = None,
+    batch_windows: int = 8,
+    out_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Dense cosine logits of ``image`` against ``text``.
+
+    Args:
+        image: ``(1, 3, H, W)`` float32, normalised (the resized network input).
+        window_fn: ``(B, 3, h, w)`` windows -> ``(B, D, gh, gw)`` features (any grid).
+        text: ``(Q, D)`` unit-norm query embeddings.
+        crop: window side in pixels, or ``None`` for one pass over the whole image.
+        stride: window stride in pixels (``1 <= stride <= crop``); required with ``crop``.
+        pad_multiple: zero-pad each window, centred, to a multiple of this (ClearCLIP: 16);
+            ``None`` for no padding. Sliding mode only, as in ClearCLIP (its whole-image
+            path does not pad).
+        batch_windows: windows per ``window_fn`` call (>= 1).
+        out_size: ``(H0, W0)``. Sliding: the averaged ``H x W`` map is resized bilinearly to
+            it (the references' final step). Whole image: the grid logits are resized
+            straight to it (SCLIP / ClearCLIP); ``None`` keeps ``H x W``, as NACLIP's
+            ``forward_feature`` does before its own resize to the original size.
+
+    Returns:
+        ``(1, Q, H, W)`` float32 logits, or ``(1, Q, *out_size)``.
+    """
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[:2] != (1, 3):
+        raise ValueError("image must be a (1, 3, H, W) tensor")
+    if text.ndim != 2:
+        raise ValueError("text must be (Q, D)")
+    if isinstance(batch_windows, bool) or not isinstance(batch_windows, int) or batch_windows < 1:
+        raise ValueError(f"batch_windows must be an int >= 1, got {batch_windows!r}")
+    h_img, w_img = image.shape[-2:]
+    with torch.inference_mode():
+        if crop is None:
+            logits = patch_logits(window_fn(image), text)
+            size = tuple(out_size) if out_size is not None else (h_img, w_img)
+            return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if stride is None or not 1 <= stride <= crop:
+            raise ValueError(f"stride must be in [1, crop={crop}], got {stride!r}")
+        boxes = slide_windows(h_img, w_img, crop, stride)
+        preds = image.new_zeros((1, text.shape[0], h_img, w_img))
+        count = image.new_zeros((1, 1, h_img, w_img))
+        # windows grouped by size (all equal in mmseg's placement, but stay generic)
+        groups: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
+        for box in boxes:
+            groups.setdefault((box[1] - box[0], box[3] - box[2]), []).append(box)
+        for (h, w), group in groups.items():
+            pad = center_padding(h, w, pad_multiple) if pad_multiple else (0, 0, 0, 0)
+            left, _, top, _ = pad
+            for start in range(0, len(group), batch_windows):
+                chunk = group[start : start + batch_windows]
+                crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+                if any(pad):
+                    crops = F.pad(crops, pad)
+                logits = patch_logits(window_fn(crops), text)
+                for i, (y1, y2, x1, x2) in enumerate(chunk):
+                    up = F.interpolate(
+                        logits[i : i + 1],
+                        size=crops.shape[-2:],
+                        mode="bilinear",
+                        align_corners=False,
+                    )
+                    preds[:, :, y1:y2, x1:x2] += up[:, :, top : top + h, left : left + w]
+                    count[:, :, y1:y2, x1:x2] += 1
+        preds = preds / count
+        if out_size is not None:
+            preds = F.interpolate(preds, size=tuple(out_size), mode="bilinear", align_corners=False)
+        return preds
