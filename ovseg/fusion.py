@@ -97,3 +97,88 @@ def fuse(
         segment_map=segment_map,
         image=image,
     )
+
+
+def mask_class_scores(masks: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Mean class probability inside each mask: bool (N, H, W), float (K, H, W) -> (N, K)."""
+    n = masks.shape[0]
+    k = probs.shape[0]
+    if n == 0:
+        return np.zeros((0, k), np.float32)
+    flat = masks.reshape(n, -1).astype(np.float32)
+    area = flat.sum(1, keepdims=True)
+    sums = flat @ probs.reshape(k, -1).T.astype(np.float32)
+    return np.clip(sums / np.maximum(area, 1.0), 0.0, 1.0).astype(np.float32)
+
+
+def fuse_dense(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    *,
+    masks: np.ndarray | None = None,
+    proposal_scores: np.ndarray | None = None,
+    score_threshold: float = 0.0,
+    image: np.ndarray | None = None,
+) -> SegmentationResult:
+    """A dense label map, optionally refined by masks, as a result whose segments partition
+    the labelled pixels.
+
+    Args:
+        labels: int (H, W), class indices or ``UNLABELED``: the method's own prediction.
+        probs: float (K, H, W) class probabilities the labels came from.
+        classes: the K class names.
+        masks: optional bool (N, H, W). Each mask takes the class of highest mean probability
+            inside it, with that mean as its score, and is fused by the rule of :func:`fuse`
+            (score threshold, strongest mask wins); its pixels take its class.
+        proposal_scores: optional (N,) proposer scores of the masks.
+        score_threshold: minimum mask score for a mask to label pixels.
+        image: optional RGB uint8 (H, W, 3).
+
+    Segments: the masks that own pixels (instances), then one segment per class for the
+    labelled pixels no mask owns (score: the mean probability of the class over them).
+    ``confidence`` is the probability of each pixel's class (a mask's score inside it).
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float32)
+    k = len(classes)
+    if probs.ndim != 3 or probs.shape[0] != k or labels.shape != probs.shape[1:]:
+        raise ValueError(
+            f"probs must be (K, H, W) = ({k}, *labels.shape), got {probs.shape} and labels "
+            f"{labels.shape}"
+        )
+    h, w = labels.shape
+    if masks is None:
+        masks = np.zeros((0, h, w), bool)
+    scores = mask_class_scores(masks, probs)
+    base = fuse(masks, scores, classes, score_threshold=score_threshold, image=image,
+                proposal_scores=proposal_scores)  # fmt: skip
+    label_map = np.where(base.label_map != UNLABELED, base.label_map, labels).astype(np.int32)
+    picked = np.take_along_axis(probs, np.clip(labels, 0, k - 1)[None].astype(np.int64), 0)[0]
+    dense_conf = np.where(labels != UNLABELED, picked, 0.0)
+    confidence = np.where(base.label_map != UNLABELED, base.confidence, dense_conf)
+    segments = list(base.segments)
+    segment_map = base.segment_map.copy()
+    rest = (segment_map < 0) & (label_map != UNLABELED)
+    for c in np.unique(label_map[rest]):
+        own = rest & (label_map == c)
+        segment_map[own] = len(segments)
+        segments.append(
+            Segment(
+                id=len(segments) + 1,
+                mask=own,
+                class_index=int(c),
+                score=float(confidence[own].mean()),
+                box=tuple(int(v) for v in masks_to_boxes(own[None])[0]),
+                area=int(own.sum()),
+                proposal_score=0.0,
+            )
+        )
+    return SegmentationResult(
+        label_map=label_map,
+        confidence=confidence.astype(np.float32),
+        classes=list(classes),
+        segments=segments,
+        segment_map=segment_map,
+        image=image,
+    )

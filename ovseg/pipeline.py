@@ -1,49 +1,68 @@
-"""Segmenter: SAM proposals -> CLIP region scores -> fused semantic map.
+"""Segmenter: composes the stages (dense method, SAM proposals, CLIP scoring, fusion).
 
-``ovseg.segment`` is a one-call front to a cached default :class:`Segmenter`.
+``ovseg.segment`` is a one-call front to a cached :class:`Segmenter`.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
+import warnings
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import torch
 
-from ovseg.constants import DEFAULT_CLIP, DEFAULT_SAM
-from ovseg.fusion import fuse
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_METHOD, TINY
+from ovseg.fusion import fuse, fuse_dense, mask_class_scores
 from ovseg.image import load_image
-from ovseg.models.build import build_clip, build_sam, resolve_device
+from ovseg.methods.runner import DENSE_METHODS, METHOD_OPTIONS, DenseMethod
+from ovseg.models.build import build_clip, build_dino, build_sam, resolve_device
 from ovseg.proposals.grid import GridOptions, automatic_masks
 from ovseg.proposals.grid import fused_attention as use_fused_attention
 from ovseg.proposals.prompts import make_prompt
 from ovseg.proposals.sam import Proposer
-from ovseg.result import SegmentationResult
+from ovseg.result import UNLABELED, SegmentationResult
 from ovseg.scoring.regions import make_scorer
 from ovseg.scoring.vocabulary import Vocabulary
-from ovseg.structures import Masks
+from ovseg.structures import Masks, image_key
+
+METHODS = (*DENSE_METHODS, REGION_METHOD)
+REFINES = (None, "masks")
+GRID_OPTIONS = tuple(f.name for f in fields(GridOptions))
+_TINY_GRID = GridOptions(pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
 
 class Segmenter:
-    """Open-vocabulary segmentation with one SAM and one CLIP model.
+    """Open-vocabulary segmentation with a dense method, SAM proposals and CLIP.
 
     Args:
         sam: a SAM registry name (``"vit_b"``, ``"vit_l"``, ``"vit_h"``), a checkpoint path, a
-            built ``Sam``, or ``"tiny-random"``.
-        clip: an open_clip ``"ARCH/TAG"``, ``"ARCH:PATH"``, ``"hf:ORG/NAME"``, a built model, or
-            ``"tiny-random"`` / ``"hf-tiny-random"``.
+            built ``Sam``, ``"tiny-random"``, or None (no prompts, no mask refinement). Built
+            on first use: a dense method alone never loads it.
+        clip: an open_clip ``"ARCH/TAG"``, ``"ARCH:PATH"`` (also an OpenAI-format state dict),
+            ``"hf:ORG/NAME"``, a built model, or ``"tiny-random"`` / ``"hf-tiny-random"``.
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
-        random_weights: build registered architectures with random weights (timing only; warns;
-            labels are meaningless). ``"tiny-random"`` models are random too.
+        dino: DINO for ProxyCLIP: ``"dino_vitb8"``, ``"dino_vitb16"``, ``"NAME:/path.pth"``, a
+            built module, or ``"tiny-random"``.
+        method: the per-pixel method: ``"naclip"`` (default), ``"sclip"``, ``"clearclip"``,
+            ``"proxyclip"`` (each computed exactly as its reference code), or ``"sam-clip"``
+            (SAM's automatic masks scored by the CLIP region ``scorer``; pixels no mask covers
+            stay unlabeled).
+        refine: ``None`` (the method's own map) or ``"masks"``: in automatic mode SAM's grid
+            masks refine the map, each mask taking the class of highest mean probability inside.
+        method_options: overrides of the method's reference settings (``short_side``,
+            ``slide_crop``, ``slide_stride``, ``logit_scale``, ``prob_threshold``,
+            ``area_threshold``, ``pamr_steps``, ``batch_windows``).
+        random_weights: build registered architectures with random weights (timing only; warns).
         templates: prompt-template set name or list (see :mod:`ovseg.scoring.vocabulary`).
-        scorer: ``"dense"`` (default: one CLIP pass per image, features pooled in each mask),
-            ``"crop"`` (one CLIP pass per masked crop) or ``"both"``; see :mod:`ovseg.scoring`.
+        scorer: CLIP region scorer of the ``"sam-clip"`` method and of grounding: ``"dense"``,
+            ``"crop"`` or ``"both"`` (see :mod:`ovseg.scoring.regions`).
         score_threshold: default minimum class probability for a mask to label pixels.
-        grid: automatic-grid options (:class:`~ovseg.proposals.grid.GridOptions`).
-        fused_attention: run SAM's image-encoder attention through PyTorch's fused
-            ``scaled_dot_product_attention`` (same arithmetic up to float rounding, faster).
+        grid: automatic-grid options (:class:`~ovseg.proposals.grid.GridOptions`). The tiny
+            random SAM comes with the quality filters off (its predicted IoUs are meaningless).
+        fused_attention: SAM's encoder attention through fused ``scaled_dot_product_attention``.
         scorer_options: passed to the scorer (e.g. ``margin``, ``fill`` for ``"crop"``).
     """
 
@@ -53,6 +72,10 @@ class Segmenter:
         clip=DEFAULT_CLIP,
         device=None,
         *,
+        dino=None,
+        method: str = DEFAULT_METHOD,
+        refine: str | None = None,
+        method_options: dict | None = None,
         random_weights: bool = False,
         templates: str | Sequence[str] = "imagenet",
         scorer: str = "dense",
@@ -61,21 +84,67 @@ class Segmenter:
         fused_attention: bool = True,
         **scorer_options,
     ):
-        self.device = resolve_device(device)
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if refine not in REFINES:
+            raise ValueError(f"refine must be one of {REFINES}, got {refine!r}")
+        if sam is None and (method == REGION_METHOD or refine):
+            raise ValueError(f"method={method!r} with refine={refine!r} needs a SAM model")
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
-        sam_model = build_sam(sam, self.device, random_weights=random_weights)
-        if fused_attention:
-            use_fused_attention(sam_model)
-        self.proposer = Proposer(sam_model)
+        if grid is not None and not isinstance(grid, GridOptions):
+            raise TypeError(f"grid must be a GridOptions, got {type(grid).__name__}")
+        Vocabulary(["x"], templates)  # validates the templates now
+        self.lock = threading.RLock()
+        self.device = resolve_device(device)
+        self.method, self.refine, self.templates = method, refine, templates
+        self.score_threshold = score_threshold
+        self.random_weights, self.fused_attention = random_weights, fused_attention
         self.clip = build_clip(clip, self.device, random_weights=random_weights)
         self.scorer = make_scorer(scorer, self.clip, **scorer_options)
-        self.templates = templates
-        self.score_threshold = score_threshold
+        self.dino = build_dino(dino, self.device, random_weights=random_weights)
+        self.dense = (
+            DenseMethod(method, self.clip, self.dino, **(method_options or {}))
+            if method in DENSE_METHODS
+            else None
+        )
+        if grid is None and isinstance(sam, str) and sam == TINY:
+            warnings.warn(
+                "ovseg: the tiny random SAM comes with the grid's quality filters off "
+                "(pred_iou_thresh=0, stability_score_thresh=0): its scores are meaningless",
+                UserWarning,
+                stacklevel=2,
+            )
+            grid = _TINY_GRID
         self.grid = grid or GridOptions()
+        self._sam_spec = sam
+        self._proposer: Proposer | None = None
+        if method == REGION_METHOD or refine:
+            self._build_proposer()
         self._image: np.ndarray | None = None
         self._dense_scorer = None
-        self.lock = threading.RLock()
+        self._probs_cache: tuple | None = None
+
+    # -- models -----------------------------------------------------------------------------
+    @property
+    def has_sam(self) -> bool:
+        return self._sam_spec is not None
+
+    def _build_proposer(self) -> Proposer:
+        if self._proposer is None:
+            if self._sam_spec is None:
+                raise ValueError("prompts and mask refinement need a SAM model: Segmenter(sam=...)")
+            model = build_sam(self._sam_spec, self.device, random_weights=self.random_weights)
+            if self.fused_attention:
+                use_fused_attention(model)
+            self._proposer = Proposer(model)
+        return self._proposer
+
+    @property
+    def proposer(self) -> Proposer:
+        """The SAM proposer, built on first use."""
+        with self.lock:
+            return self._build_proposer()
 
     @property
     def dense_scorer(self):
@@ -103,6 +172,7 @@ class Segmenter:
 
         return heatmap(image, phrase, segmenter=self, **options)
 
+    # -- image ------------------------------------------------------------------------------
     @property
     def image(self) -> np.ndarray:
         if self._image is None:
@@ -110,32 +180,35 @@ class Segmenter:
         return self._image
 
     def set_image(self, image) -> np.ndarray:
-        """Load ``image`` (path, PIL image, array) and compute its SAM embedding (cached by
-        content). Returns the RGB uint8 (H, W, 3) array."""
+        """Load ``image`` (path, PIL image, array); with a SAM model, compute its embedding
+        (cached by content). Returns the RGB uint8 (H, W, 3) array."""
         array = load_image(image)
         with self.lock:
-            self.proposer.set_image(array)
+            if self.has_sam:
+                self.proposer.set_image(array)
             self._image = array
         return array
 
-    def _use(self, image) -> np.ndarray:
-        return self.image if image is None else self.set_image(image)
+    def _use(self, image, sam: bool = True) -> np.ndarray:
+        if image is None:
+            array = self.image
+            if sam and self.has_sam:
+                self.proposer.set_image(array)  # a no-op when it is the image already set
+            return array
+        if sam and self.has_sam:
+            return self.set_image(image)
+        self._image = load_image(image)
+        return self._image
 
     def vocabulary(self, classes, background=(), templates=None) -> Vocabulary:
         return Vocabulary(classes, self.templates if templates is None else templates, background)
 
+    # -- stages -----------------------------------------------------------------------------
     @torch.inference_mode()
     def propose(
-        self,
-        image=None,
-        *,
-        points=None,
-        point_labels=None,
-        boxes=None,
-        mask_input=None,
-        scribble=None,
-        **grid_options,
-    ) -> Masks:
+        self, image=None, *, points=None, point_labels=None, boxes=None, mask_input=None,
+        scribble=None, **grid_options,
+    ) -> Masks:  # fmt: skip
         """Class-agnostic masks of ``image`` (or of the image already set).
 
         With any prompt, the prompted object(s); without, the automatic grid
@@ -147,115 +220,178 @@ class Segmenter:
             if not prompt.is_empty:
                 if grid_options:
                     raise ValueError(
-                        f"grid options {sorted(grid_options)} apply to automatic "
-                        "mode only, not with prompts"
+                        f"grid options {sorted(grid_options)} apply to automatic mode only, "
+                        "not with prompts"
                     )
                 return self.proposer.predict(prompt)
-            try:
-                options = replace(self.grid, **grid_options)
-            except TypeError as e:
-                raise ValueError(
-                    f"unknown grid option in {sorted(grid_options)}; known: "
-                    f"{sorted(GridOptions.__dataclass_fields__)}"
-                ) from e
-            return automatic_masks(self.proposer, options)
+            return automatic_masks(self.proposer, self._grid(grid_options))
+
+    def _grid(self, grid_options: dict) -> GridOptions:
+        unknown = sorted(set(grid_options) - set(GRID_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown grid option(s) {unknown}; known: {', '.join(GRID_OPTIONS)}")
+        return replace(self.grid, **grid_options)
+
+    def _dense_probs(self, array: np.ndarray, vocab: Vocabulary, options: dict) -> torch.Tensor:
+        """Probabilities (K + B, H, W) of the classes then the background names; the last
+        image's are cached per (vocabulary, options)."""
+        if self.dense is None:
+            raise ValueError(
+                f"method {self.method!r} has no per-pixel probabilities; choose one of "
+                f"{DENSE_METHODS}"
+            )
+        config = self.dense.config(**options)
+        key = (image_key(array), tuple(vocab.names), tuple(vocab.owners), vocab.templates, config)
+        if self._probs_cache is not None and self._probs_cache[0] == key:
+            return self._probs_cache[1]
+        text = vocab.text_embeddings(self.clip)
+        entries = len(vocab.classes) + len(vocab.background)
+        probs = self.dense.probabilities(array, text, vocab.owners.tolist(), entries, config)
+        self._probs_cache = (key, probs)
+        return probs
+
+    def pixel_probabilities(
+        self, image, classes, *, background=(), templates=None, **options
+    ) -> np.ndarray:
+        """Class probabilities float32 (K, H, W) at the input size, from the dense method.
+
+        ``softmax(logit_scale * cosine)`` over every query (each synonym of each class, and the
+        ``background`` names), then per class the max over its synonyms; NACLIP's PAMR is
+        included. ``options`` override the method's settings (see ``method_options``).
+        """
+        vocab = self.vocabulary(classes, background, templates)
+        DenseMethod.check_options(options)
+        with self.lock:
+            array = self._use(image, sam=False)
+            probs = self._dense_probs(array, vocab, options)
+        return probs[: len(vocab)].cpu().numpy().astype(np.float32)
 
     @torch.inference_mode()
     def score(
         self, masks: Masks, classes, image=None, *, background=(), templates=None
     ) -> np.ndarray:
-        """Class probabilities float32 (N, K) of each mask (see ``Vocabulary.probabilities``)."""
+        """Class probabilities float32 (N, K) of each mask: the region scorer's for
+        ``"sam-clip"``, else the mean of the method's pixel probabilities inside the mask."""
         vocab = self.vocabulary(classes, background, templates)
         with self.lock:
-            return self._probabilities(masks, vocab, self._use(image))
+            return self._mask_scores(masks, vocab, self._use(image), {})
 
-    def _probabilities(self, masks: Masks, vocab: Vocabulary, array: np.ndarray) -> np.ndarray:
+    def _mask_scores(self, masks: Masks, vocab: Vocabulary, array: np.ndarray, options):
         if masks.shape != array.shape[:2]:
             raise ValueError(f"masks are {masks.shape}, the image is {array.shape[:2]}")
         if len(masks) == 0:
             return np.zeros((0, len(vocab)), np.float32)
-        return vocab.probabilities(self.scorer.embed(array, masks), self.clip)
+        if self.dense is None:
+            return vocab.probabilities(self.scorer.embed(array, masks), self.clip)
+        probs = self._dense_probs(array, vocab, options)[: len(vocab)].cpu().numpy()
+        return mask_class_scores(masks.masks, probs)
+
+    def _labels(self, probs: torch.Tensor, k: int, options: dict) -> np.ndarray:
+        """The method's prediction with ovseg's vocabulary: argmax over classes and background
+        names; background wins, the probability threshold and SCLIP's area rule -> UNLABELED."""
+        config = self.dense.config(**options)
+        probs = probs.clone()
+        if config.area_threshold is not None:
+            area = torch.bincount(probs.argmax(0).flatten(), minlength=probs.shape[0])[:k]
+            drop = area <= config.area_threshold * area.sum()
+            probs[:k][drop] = 0.0
+        labels = probs.argmax(0)
+        labels[labels >= k] = UNLABELED
+        if config.prob_threshold > 0:
+            labels[probs.max(0).values < config.prob_threshold] = UNLABELED
+        return labels.cpu().numpy().astype(np.int32)
 
     def segment(
-        self,
-        image,
-        classes,
-        *,
-        points=None,
-        point_labels=None,
-        boxes=None,
-        mask_input=None,
-        scribble=None,
-        background=(),
-        templates=None,
-        score_threshold: float | None = None,
-        **grid_options,
-    ) -> SegmentationResult:
+        self, image, classes, *, points=None, point_labels=None, boxes=None, mask_input=None,
+        scribble=None, background=(), templates=None, score_threshold: float | None = None,
+        **options,
+    ) -> SegmentationResult:  # fmt: skip
         """Segment ``image`` into ``classes``: see :func:`ovseg.segment`."""
         vocab = self.vocabulary(classes, background, templates)
         threshold = self.score_threshold if score_threshold is None else score_threshold
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {threshold}")
-        with self.lock:
-            array = self._use(image)
-            masks = self.propose(
-                points=points,
-                point_labels=point_labels,
-                boxes=boxes,
-                mask_input=mask_input,
-                scribble=scribble,
-                **grid_options,
+        grid_options = {k: v for k, v in options.items() if k in GRID_OPTIONS}
+        method_options = {k: v for k, v in options.items() if k not in GRID_OPTIONS}
+        unknown = sorted(set(method_options) - set(METHOD_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown}; grid options: {', '.join(GRID_OPTIONS)}; method "
+                f"options: {', '.join(METHOD_OPTIONS)}"
             )
-            scores = self._probabilities(masks, vocab, array)
-        return fuse(
-            masks.masks,
-            scores,
+        if method_options and self.dense is None:
+            raise ValueError(f"method options {sorted(method_options)} need a dense method")
+        prompt = dict(points=points, point_labels=point_labels, boxes=boxes,
+                      mask_input=mask_input, scribble=scribble)  # fmt: skip
+        prompted = any(v is not None for v in prompt.values())
+        with self.lock:
+            use_sam = prompted or self.dense is None or self.refine is not None
+            array = self._use(image, sam=use_sam)
+            if prompted and grid_options:
+                raise ValueError(
+                    f"grid options {sorted(grid_options)} apply to automatic mode only, "
+                    "not with prompts"
+                )
+            self._grid(grid_options)  # validate before any work
+            if grid_options and not use_sam:
+                raise ValueError(
+                    f"grid options {sorted(grid_options)} apply to SAM's automatic grid: use "
+                    "method='sam-clip' or refine='masks'"
+                )
+            masks = self.propose(**prompt, **grid_options) if use_sam else None
+            if self.dense is None:
+                scores = self._mask_scores(masks, vocab, array, {})
+                return fuse(masks.masks, scores, vocab.classes, score_threshold=threshold,
+                            image=array, proposal_scores=masks.scores)  # fmt: skip
+            probs = self._dense_probs(array, vocab, method_options)
+            labels = self._labels(probs, len(vocab), method_options)
+        return fuse_dense(
+            labels,
+            probs[: len(vocab)].cpu().numpy(),
             vocab.classes,
+            masks=None if masks is None else masks.masks,
+            proposal_scores=None if masks is None else masks.scores,
             score_threshold=threshold,
             image=array,
-            proposal_scores=masks.scores,
         )
 
 
 _DEFAULTS: dict[tuple, Segmenter] = {}
 _DEFAULTS_LOCK = threading.Lock()
+_INIT_OPTIONS = tuple(
+    n
+    for n in inspect.signature(Segmenter.__init__).parameters
+    if n not in ("self", "scorer_options")
+)
 
 
-def default_segmenter(
-    sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None, random_weights: bool = False
-) -> Segmenter:
-    """A Segmenter cached per (sam, clip, device, random_weights) for named models."""
-    key = (sam, clip, str(resolve_device(device)), random_weights)
+def default_segmenter(sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None, **options) -> Segmenter:
+    """A Segmenter cached per model choice and construction options (when they are hashable)."""
+    key = (sam, clip, str(resolve_device(device)), tuple(sorted(options.items())))
     try:
         hash(key)
     except TypeError:
-        return Segmenter(sam, clip, device, random_weights=random_weights)
+        return Segmenter(sam, clip, device, **options)
     with _DEFAULTS_LOCK:
         if key not in _DEFAULTS:
-            _DEFAULTS[key] = Segmenter(sam, clip, device, random_weights=random_weights)
+            _DEFAULTS[key] = Segmenter(sam, clip, device, **options)
         return _DEFAULTS[key]
 
 
 def segment(
-    image,
-    classes: Sequence[str],
-    *,
-    sam=DEFAULT_SAM,
-    clip=DEFAULT_CLIP,
-    device=None,
-    random_weights: bool = False,
-    **options,
+    image, classes: Sequence[str], *, sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None, **options
 ) -> SegmentationResult:
     """Segment an image into an open vocabulary.
 
     Args:
         image: a path, a ``PIL.Image``, or a uint8 array (H, W, 3) or (H, W).
         classes: K distinct non-blank names; ``"road; street"`` gives synonyms.
-        sam, clip, device, random_weights: models (see :class:`Segmenter`); cached across calls.
-        **options: ``points`` (P, 2) ``(x, y)`` pixels, ``point_labels`` (P,) 1/0, ``boxes``
-            (B, 4) XYXY pixels, ``mask_input`` (H, W) rough mask, ``scribble`` (H, W) strokes,
-            ``background`` names, ``templates``, ``score_threshold``, and grid options. With no
-            prompt, proposals come from the automatic grid.
+        sam, clip, device: models (see :class:`Segmenter`); the Segmenter is cached.
+        **options: any :class:`Segmenter` option (``method``, ``dino``, ``refine``, ``scorer``,
+            ``random_weights``, ...), and per-call options: ``points`` (P, 2) ``(x, y)`` pixels,
+            ``point_labels`` (P,) 1/0, ``boxes`` (B, 4) XYXY pixels, ``mask_input`` (H, W) rough
+            mask, ``scribble`` (H, W) strokes, ``background`` names, ``templates``,
+            ``score_threshold``, grid options and method options.
 
     Returns:
         A :class:`~ovseg.result.SegmentationResult`: ``label_map`` int32 (H, W) with class
@@ -264,4 +400,10 @@ def segment(
     from ovseg.scoring.vocabulary import validate_classes
 
     validate_classes(classes)
-    return default_segmenter(sam, clip, device, random_weights).segment(image, classes, **options)
+    init = {k: options.pop(k) for k in list(options) if k in _INIT_OPTIONS and k != "templates"}
+    scorer_keys = {"margin", "fill", "batch_size", "window", "stride"}
+    if init.get("method", DEFAULT_METHOD) == REGION_METHOD:
+        scorer_keys.add("short_side")  # a dense method takes short_side as a method option
+    init.update({k: options.pop(k) for k in list(options) if k in scorer_keys})
+    seg = default_segmenter(sam, clip, device, **init)
+    return seg.segment(image, classes, **options)

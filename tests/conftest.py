@@ -57,4 +57,4 @@ def tiny_segmenter():
     grid = GridOptions(
         points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9
     )
-    return Segmenter("tiny-random", "tiny-random", device="cpu", grid=grid)
+    return Segmenter("tiny-random", "tiny-random", device="cpu", grid=grid, method="sam-clip")

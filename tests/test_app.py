@@ -24,7 +24,9 @@ SETTINGS = Settings(CLASSES, "simple", 0.0)
 @pytest.fixture(scope="module")
 def seg():
     grid = GridOptions(points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0)
-    return Segmenter("tiny-random", "tiny-random", device="cpu", templates="simple", grid=grid)
+    return Segmenter(
+        "tiny-random", "tiny-random", device="cpu", templates="simple", grid=grid, method="sam-clip"
+    )
 
 
 @pytest.fixture()

@@ -40,7 +40,7 @@ def camvid() -> Path:
 def segmenter():
     from ovseg.pipeline import Segmenter
 
-    return Segmenter(sam="tiny-random", clip="tiny-random", templates="simple")
+    return Segmenter(sam="tiny-random", clip="tiny-random", templates="simple", method="sam-clip")
 
 
 def _run(camvid, out, segmenter, **kw):
@@ -336,7 +336,7 @@ def test_background_names_skip_class_synonyms(segmenter, tmp_path):
         root / "annotations" / "val2017" / "1_instanceTrainIds.png"
     )
     ds = open_dataset(root)
-    predictor = _Predictor(EvalConfig(str(root), ds.kind), ds, segmenter)
+    predictor = _Predictor(EvalConfig(str(root), ds.kind, method="sam-clip"), ds, segmenter)
     assert "bed" in ds.classes and "bed" not in predictor.background
     assert "sky" in predictor.background and 0 not in predictor.fg
 
@@ -346,7 +346,13 @@ def test_sliding_window_dense_scoring_runs_and_keys_the_cache(camvid_dir, tmp_pa
 
     grid = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
     common = dict(
-        sam="tiny-random", clip="tiny-random", grid=grid, limit=1, short_side=180, progress=False
+        sam="tiny-random",
+        clip="tiny-random",
+        method="sam-clip",
+        grid=grid,
+        limit=1,
+        short_side=180,
+        progress=False,
     )
     slid = evaluate(camvid_dir, tmp_path / "slid.json", window=64, **common)
     whole = evaluate(camvid_dir, tmp_path / "whole.json", **common)

@@ -38,17 +38,18 @@ def test_segment_contract_for_every_input_kind(kind, camvid_frame, camvid_image)
         "gray": np.asarray(Image.open(camvid_frame).convert("L")),
     }
     result = ovseg.segment(
-        inputs[kind], CLASSES, sam="tiny-random", clip="tiny-random", device="cpu", **OFF
-    )
+        inputs[kind], CLASSES, sam="tiny-random", clip="tiny-random", device="cpu",
+        method="sam-clip", **OFF,
+    )  # fmt: skip
     _check_contract(result, camvid_image.shape[:2], CLASSES)
     assert result.segments, "the unfiltered grid of the tiny model always yields masks"
     assert (result.label_map != ovseg.UNLABELED).any()
 
 
 def test_segment_is_deterministic(camvid_image):
-    a = ovseg.segment(camvid_image, CLASSES, sam="tiny-random", clip="tiny-random", **OFF)
+    a = ovseg.segment(camvid_image, CLASSES, sam="tiny-random", clip="tiny-random")
     fresh = ovseg.Segmenter("tiny-random", "tiny-random", "cpu")
-    b = fresh.segment(camvid_image, CLASSES, **OFF)
+    b = fresh.segment(camvid_image, CLASSES)
     np.testing.assert_array_equal(a.label_map, b.label_map)
     np.testing.assert_array_equal(a.confidence, b.confidence)
 
@@ -109,13 +110,13 @@ def test_background_names_and_threshold_unlabel_pixels(tiny_segmenter, synthetic
 
 def test_scorers_and_hf_backend_run_end_to_end(synthetic_image):
     for clip, scorer in [("tiny-random", "dense"), ("hf-tiny-random", "both")]:
-        seg = ovseg.Segmenter("tiny-random", clip, "cpu", scorer=scorer)
+        seg = ovseg.Segmenter("tiny-random", clip, "cpu", scorer=scorer, method="sam-clip")
         r = seg.segment(synthetic_image, ["sky", "road"], **OFF)
         _check_contract(r, synthetic_image.shape[:2], ["sky", "road"])
 
 
 def test_set_image_embeds_once_per_image(synthetic_image):
-    seg = ovseg.Segmenter("tiny-random", "tiny-random", "cpu")
+    seg = ovseg.Segmenter("tiny-random", "tiny-random", "cpu", method="sam-clip")
     seg.set_image(synthetic_image)
     for x in (10, 50, 90):
         seg.segment(None, ["a", "b"], points=[[x, 20]])
@@ -124,7 +125,7 @@ def test_set_image_embeds_once_per_image(synthetic_image):
 
 
 def test_misuse_of_state_is_runtime_error():
-    seg = ovseg.Segmenter("tiny-random", "tiny-random", "cpu")
+    seg = ovseg.Segmenter("tiny-random", "tiny-random", "cpu", method="sam-clip")
     with pytest.raises(RuntimeError, match="set_image"):
         seg.segment(None, ["a"])
 
@@ -177,7 +178,7 @@ def test_truncated_file_is_value_error(tmp_path, synthetic_image):
         (dict(points=[[5, 5], [6, 6]], point_labels=[1]), "1 entries for 2"),
         (dict(points_per_side=0), "points_per_side"),
         (dict(points=[[5, 5]], points_per_side=4), "automatic mode only"),
-        (dict(no_such_option=3), "unknown grid option"),
+        (dict(no_such_option=3), "unknown option"),
         (dict(score_threshold=-0.1), "score_threshold"),
     ],
 )

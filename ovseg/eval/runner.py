@@ -37,7 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ovseg._io import atomic_write
-from ovseg.constants import DEFAULT_CLIP, DEFAULT_SAM, UNLABELED
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_METHOD, UNLABELED
 from ovseg.eval.datasets import IGNORE, SegDataset, open_dataset
 from ovseg.eval.metrics import ConfusionMatrix
 
@@ -66,6 +66,9 @@ class EvalConfig:
     ``grid``: automatic-grid options passed to ``Segmenter.segment`` / ``propose``.
     ``window``: sliding-window dense scoring with windows of this many pixels (stride half a
     window; ``scorer="dense"`` only), or None for one dense pass over the whole input.
+    ``method``: a dense method (``"naclip"``...: its own class names, per-dataset settings and
+    prediction rule) or ``"sam-clip"`` (SAM proposals scored by ``scorer``).
+    ``method_options``: overrides of the dense method's per-dataset settings.
     """
 
     data: str
@@ -73,6 +76,9 @@ class EvalConfig:
     split: str = "val"
     sam: str = DEFAULT_SAM
     clip: str = DEFAULT_CLIP
+    method: str = DEFAULT_METHOD
+    dino: str | None = None
+    method_options: Mapping[str, Any] = field(default_factory=dict)
     scorer: str = "dense"
     templates: str = "imagenet"
     score_threshold: float = 0.0
@@ -83,7 +89,11 @@ class EvalConfig:
 
     def key(self) -> str:
         """12-hex-digit hash of the configuration."""
-        text = json.dumps(asdict(self) | {"grid": dict(self.grid)}, sort_keys=True, default=str)
+        fields = asdict(self) | {
+            "grid": dict(self.grid),
+            "method_options": dict(self.method_options),
+        }
+        text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -167,6 +177,19 @@ class _SamOnly:
         return automatic_masks(self.proposer, GridOptions(**grid))
 
 
+# ovseg's benchmark kinds -> the dense methods' dataset names (their class files and configs).
+METHOD_DATASETS = {
+    "voc21": "voc21",
+    "voc20": "voc20",
+    "context60": "context60",
+    "context59": "context59",
+    "coco_object": "coco_object",
+    "coco_stuff171": "coco_stuff",
+    "cityscapes": "cityscapes",
+    "ade150": "ade20k",
+}
+
+
 class _Predictor:
     """Model or oracle predictions for one dataset, in dataset class indices at label size."""
 
@@ -176,16 +199,20 @@ class _Predictor:
         self.config, self.dataset = config, dataset
         if segmenter is None and config.scorer == "oracle":
             segmenter = _SamOnly(config.sam, device, config.random_weights)  # no CLIP needed
+        dense = config.method != REGION_METHOD and config.scorer != "oracle"
         options = {} if config.window is None else {"window": config.window}
         self.segmenter = segmenter or Segmenter(
-            config.sam,
+            None if dense else config.sam,
             config.clip,
             device,
+            dino=config.dino,
+            method=config.method if dense else REGION_METHOD,
             random_weights=config.random_weights,
             templates=config.templates,
-            scorer=config.scorer,
+            scorer="dense" if config.scorer == "oracle" else config.scorer,
             **options,
         )
+        self.dense = self._dense_setup() if dense else None
         k, bg = len(dataset.classes), dataset.background_index
         self.fg = np.array([i for i in range(k) if i != bg], np.int64)
         self.background: list[str] = []
@@ -195,10 +222,45 @@ class _Predictor:
                 s.strip() for s in dataset.prompts[bg].split(";") if s.strip().lower() not in used
             ]
 
+    def _dense_setup(self):
+        """The method's own queries and per-dataset settings (published protocol), or, for
+        datasets it has no files for, the dataset's class names and the method's defaults."""
+        from ovseg.scoring.vocabulary import resolve_templates, text_embeddings
+
+        cfg, ds, seg = self.config, self.dataset, self.segmenter
+        if seg.dense is None or seg.method != cfg.method:
+            raise ValueError(
+                f"the segmenter runs method {seg.method!r}, the evaluation asks {cfg.method!r}"
+            )
+        name = METHOD_DATASETS.get(ds.kind)
+        if name is not None:
+            from ovseg.methods.classnames import class_names
+
+            classes = class_names(cfg.method, name)
+        else:
+            classes = [[n.strip() for n in p.split(";") if n.strip()] for p in ds.prompts]
+        if len(classes) != len(ds.classes):
+            raise ValueError(
+                f"{cfg.method}'s class file for {name} has {len(classes)} classes, the dataset "
+                f"{len(ds.classes)}"
+            )
+        queries = [q for names in classes for q in names]
+        owners = [i for i, names in enumerate(classes) for _ in names]
+        text = text_embeddings(queries, resolve_templates(cfg.templates), seg.clip)
+        config = seg.dense.config(name, **dict(cfg.method_options))
+        return text, owners, config
+
     def __call__(self, image: np.ndarray, label: np.ndarray) -> np.ndarray:
         from ovseg.fusion import fuse
 
         cfg, ds = self.config, self.dataset
+        if self.dense is not None:
+            from ovseg.methods.dense import predict_labels
+
+            text, owners, config = self.dense
+            probs = self.segmenter.dense.probabilities(image, text, owners, len(ds.classes), config)
+            pred = predict_labels(probs, config, ds.background_index).cpu().numpy()
+            return resize_labels(pred.astype(np.int64), label.shape)
         small = resize_short_side(image, cfg.short_side)
         if cfg.scorer == "oracle":
             masks = self.segmenter.propose(small, **cfg.grid)
@@ -231,6 +293,9 @@ def evaluate(
     predictions: str | os.PathLike | None = None,
     sam: str = DEFAULT_SAM,
     clip: str = DEFAULT_CLIP,
+    method: str | None = None,
+    dino: str | None = None,
+    method_options: Mapping[str, Any] | None = None,
     scorer: str = "dense",
     templates: str = "imagenet",
     score_threshold: float | None = None,
@@ -250,6 +315,15 @@ def evaluate(
         out: path of the JSON report; the markdown report (``.md``), the confusion plot
             (``_confusion.png``) and the prediction cache (``_cache/``) go next to it.
         predictions: folder of label PNGs to score instead of running a model.
+        method: a dense method (``"naclip"``, ``"sclip"``, ``"clearclip"``, ``"proxyclip"``):
+            the method's own class names and per-dataset settings (resize, windows, logit
+            scale, thresholds) and its prediction rule, so its published protocol is applied;
+            or ``"sam-clip"`` (SAM proposals scored by ``scorer``; ``short_side``,
+            ``score_threshold``, ``grid`` and ``window`` apply to it). None: the segmenter's
+            method, else the default (``"naclip"``). ``scorer="oracle"`` always uses SAM.
+        dino: the DINO model of ProxyCLIP (``"dino_vitb8"``...).
+        method_options: overrides of the method's per-dataset settings (``short_side``,
+            ``slide_crop``, ``slide_stride``, ``logit_scale``, ``prob_threshold``, ...).
         scorer: ``"crop"``, ``"dense"``, ``"both"`` (CLIP scorers) or ``"oracle"``.
         score_threshold: None takes the benchmark default (:data:`PROTOCOL_DEFAULTS`).
         short_side: input short side in pixels; -1 takes the benchmark default, None or 0 keeps
@@ -273,6 +347,29 @@ def evaluate(
         raise ValueError(f"limit must be a positive integer, got {limit}")
     if window is not None and scorer != "dense":
         raise ValueError(f"window (sliding-window scoring) needs scorer='dense', got {scorer!r}")
+    if short_side is not None and short_side < 0 and short_side != -1:
+        raise ValueError("short_side must be positive, 0/None (no resizing) or -1 (default)")
+    if method is None:
+        method = getattr(segmenter, "method", DEFAULT_METHOD)
+    if scorer == "oracle":
+        method = REGION_METHOD
+    method_options = dict(method_options or {})
+    if method != REGION_METHOD:
+        from ovseg.methods.runner import DENSE_METHODS, DenseMethod
+
+        if method not in DENSE_METHODS:
+            raise ValueError(
+                f"method must be one of {(*DENSE_METHODS, REGION_METHOD)}, got {method!r}"
+            )
+        DenseMethod.check_options(method_options)
+        if short_side not in (-1, None, 0):
+            method_options.setdefault("short_side", short_side)
+        if window is not None or grid or score_threshold is not None:
+            raise ValueError(
+                "window, grid and score_threshold apply to method='sam-clip'; a dense method "
+                "takes method_options (e.g. slide_crop, slide_stride, prob_threshold)"
+            )
+        short_side, score_threshold = None, 0.0
     defaults = PROTOCOL_DEFAULTS[dataset.kind]
     if short_side == -1:
         short_side = defaults["short_side"]
@@ -288,18 +385,21 @@ def evaluate(
     count = len(dataset) if limit is None else min(limit, len(dataset))
     cm = ConfusionMatrix(len(dataset.classes), dataset.ignore_index)
     config = EvalConfig(
-        str(Path(data).resolve()),
-        dataset.kind,
-        split,
-        str(sam),
-        str(clip),
-        scorer,
-        str(templates),
-        float(threshold),
-        short_side or None,
-        random_weights,
-        dict(grid or {}),
-        window,
+        data=str(Path(data).resolve()),
+        kind=dataset.kind,
+        split=split,
+        sam=str(sam),
+        clip=str(clip),
+        method=method,
+        dino=None if dino is None else str(dino),
+        method_options=method_options,
+        scorer=scorer,
+        templates=str(templates),
+        score_threshold=float(threshold),
+        short_side=short_side or None,
+        random_weights=random_weights,
+        grid=dict(grid or {}),
+        window=window,
     )
     counts = {"images": count, "images_in_dataset": len(dataset), "cached": 0, "computed": 0}
     if predictions is not None:
@@ -368,7 +468,11 @@ def _report(
 
     s = cm.scores()
     names = dataset.classes
-    cfg = asdict(config) | {"grid": dict(config.grid), "hash": config.key()}
+    cfg = asdict(config) | {
+        "grid": dict(config.grid),
+        "method_options": dict(config.method_options),
+        "hash": config.key(),
+    }
     if mode == "predictions":
         cfg = {
             "data": config.data,

@@ -199,3 +199,48 @@ def _hf_clip(model_id: str, device, random_weights: bool) -> ClipBackend:
     return HFClipBackend(
         model.to(device), tokenizer, name=f"hf:{model_id}", image_processor=processor
     )
+
+
+def dino_names() -> list[str]:
+    from ovseg.models.weights import DINO_CHECKPOINTS
+
+    return [TINY, *DINO_CHECKPOINTS]
+
+
+def build_dino(spec, device=None, *, random_weights: bool = False):
+    """Return a DINO ViT (timm ``VisionTransformer``) in eval mode on ``device``, or None.
+
+    ``spec``: ``None``; a registry name (``"dino_vitb8"``, ``"dino_vitb16"``, ``"dino_vits8"``,
+    ``"dino_vits16"``: the official backbone checkpoints from the weights folder);
+    ``"NAME:/path.pth"`` (an official-format DINO state dict of architecture NAME); a built
+    module; or ``"tiny-random"`` (a tiny random ViT with patch 8, for tests).
+    """
+    from ovseg.methods import dino as dino_arch
+    from ovseg.models import weights
+
+    device = resolve_device(device)
+    if spec is None:
+        return None
+    if isinstance(spec, torch.nn.Module):
+        return spec.eval().to(device)
+    if not isinstance(spec, str) or not spec.strip():
+        raise TypeError(f"dino must be a name, 'NAME:/path.pth' or a model, got {spec!r}")
+    if spec == TINY:
+        return dino_arch.tiny_dino(patch_size=8).to(device)
+    name, sep, path = spec.partition(":")
+    if name not in weights.DINO_CHECKPOINTS:
+        raise ValueError(
+            f"unknown DINO model {spec!r}; known names: {', '.join(dino_names())}, or "
+            "'NAME:/path.pth' with NAME one of those"
+        )
+    if sep:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"DINO checkpoint not found: {file}")
+    elif random_weights:
+        warnings.warn(_RANDOM_WARNING.format(what=f"DINO {name}"), UserWarning, stacklevel=2)
+        return dino_arch.build_dino(name).to(device)
+    else:
+        file = weights.ensure_checkpoint(name)
+    state = weights.load_state_dict(file)
+    return dino_arch.build_dino(name, state).to(device)

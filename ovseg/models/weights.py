@@ -30,8 +30,10 @@ from ovseg.constants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
 __all__ = [
     "ENV_VAR",
+    "DINO_CHECKPOINTS",
     "SAM_CHECKPOINTS",
     "Checkpoint",
+    "all_checkpoints",
     "cached_path",
     "download",
     "ensure_checkpoint",
@@ -54,7 +56,8 @@ class Checkpoint:
 
     Attributes:
         name: registry key, e.g. ``"vit_b"``.
-        arch: ``segment_anything.sam_model_registry`` key (``vit_b``/``vit_l``/``vit_h``).
+        arch: the architecture: a ``segment_anything.sam_model_registry`` key
+            (``vit_b``/``vit_l``/``vit_h``) or a DINO ViT (``dino_vitb8``...).
         url: official download URL.
         filename: file name in the weights folder.
         size: exact size in bytes, or ``None`` when unknown (size check skipped).
@@ -109,16 +112,43 @@ SAM_CHECKPOINTS: dict[str, Checkpoint] = {
     )
 }
 
+
+def _dino(name: str, stem: str) -> Checkpoint:
+    url = f"https://dl.fbaipublicfiles.com/dino/{stem}/{stem}.pth"
+    # DINO normalises with ImageNet's mean and std, the same numbers as SAM's.
+    return Checkpoint(name, name, url, f"{stem}.pth", None, None, 224)
+
+
+# The official DINO backbones (facebookresearch/dino README, "backbone only"). DINO publishes
+# no sizes or digests, so those checks are skipped; the state dict is checked key by key and
+# shape by shape when it is loaded.
+DINO_CHECKPOINTS: dict[str, Checkpoint] = {
+    c.name: c
+    for c in (
+        _dino("dino_vitb8", "dino_vitbase8_pretrain"),
+        _dino("dino_vitb16", "dino_vitbase16_pretrain"),
+        _dino("dino_vits8", "dino_deitsmall8_pretrain"),
+        _dino("dino_vits16", "dino_deitsmall16_pretrain"),
+    )
+}
+
+
+def all_checkpoints() -> dict[str, Checkpoint]:
+    """Every registered checkpoint: SAM, then DINO."""
+    return {**SAM_CHECKPOINTS, **DINO_CHECKPOINTS}
+
+
 # (path, size, mtime_ns) of files verified in this process, so repeated use skips rehashing.
 _VERIFIED: set[tuple[str, int, int, str | None]] = set()
 
 
 def get_checkpoint(name: str) -> Checkpoint:
     """The registry entry for ``name``; ValueError listing the known names otherwise."""
-    if not isinstance(name, str) or name not in SAM_CHECKPOINTS:
-        known = ", ".join(sorted(SAM_CHECKPOINTS))
+    registry = all_checkpoints()
+    if not isinstance(name, str) or name not in registry:
+        known = ", ".join(sorted(registry))
         raise ValueError(f"unknown checkpoint {name!r}; known checkpoints: {known}")
-    return SAM_CHECKPOINTS[name]
+    return registry[name]
 
 
 def _checkout_weights_dir() -> Path | None:

@@ -83,6 +83,26 @@ def validate_classes(classes, what: str = "classes", allow_empty: bool = False) 
     return stripped
 
 
+def text_embeddings(
+    names: Sequence[str], templates: Sequence[str], backend: ClipBackend
+) -> torch.Tensor:
+    """(M, D) unit-norm embeddings of ``names``: each name in every template, each embedding
+    L2-normalised, the mean over templates L2-normalised again (the CLIP prompt ensemble).
+
+    Cached on the backend per (name, templates): a name is embedded once per model.
+    """
+    templates = tuple(templates)
+    cache = backend.__dict__.setdefault("_ovseg_text_cache", {})
+    missing = [n for n in dict.fromkeys(names) if (n, templates) not in cache]
+    if missing:
+        prompts = [t.format(n) for n in missing for t in templates]
+        emb = backend.encode_text(prompts).reshape(len(missing), len(templates), -1)
+        emb = torch.nn.functional.normalize(emb.mean(1), dim=-1)
+        for n, e in zip(missing, emb, strict=True):
+            cache[(n, templates)] = e
+    return torch.stack([cache[(n, templates)] for n in names])
+
+
 class Vocabulary:
     """Classes (with ``;`` synonyms), templates and background names.
 
@@ -121,15 +141,7 @@ class Vocabulary:
 
         Cached on the backend per (name, templates): a name is embedded once per model.
         """
-        cache = backend.__dict__.setdefault("_ovseg_text_cache", {})
-        missing = [n for n in dict.fromkeys(self.names) if (n, self.templates) not in cache]
-        if missing:
-            prompts = [t.format(n) for n in missing for t in self.templates]
-            emb = backend.encode_text(prompts).reshape(len(missing), len(self.templates), -1)
-            emb = torch.nn.functional.normalize(emb.mean(1), dim=-1)
-            for n, e in zip(missing, emb, strict=True):
-                cache[(n, self.templates)] = e
-        return torch.stack([cache[(n, self.templates)] for n in self.names])
+        return text_embeddings(self.names, self.templates, backend)
 
     def probabilities(self, region_embeddings: torch.Tensor, backend: ClipBackend) -> np.ndarray:
         """Region embeddings (N, D) -> class probabilities float32 (N, K).
