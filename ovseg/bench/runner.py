@@ -203,7 +203,7 @@ def build(config: BenchConfig):
         clip.std,
         grid=dict(points_per_side=config.points_per_side, **filters),
     )
-    segmenter = Segmenter(sam, clip, device, grid=grid, scorer=config.scorers[0])
+    segmenter = Segmenter(sam, clip, device, method="sam-clip", grid=grid, scorer=config.scorers[0])
     return plain, segmenter, device
 
 
