@@ -164,10 +164,10 @@ def _run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, TypeError) as e:
         print(f"ovseg eval: error: {e}", file=sys.stderr)
         return 1
-    miou = report["miou"]
-    shown = "n/a" if miou is None else f"{100 * miou:.2f}"
+    from ovseg.eval.report import percent
+
     print(
-        f"{report['dataset']['kind']} ({report['mode']}): mIoU {shown} over "
+        f"{report['dataset']['kind']} ({report['mode']}): mIoU {percent(report['miou'])} over "
         f"{report['counts']['images']} images"
     )
     for kind, path in report["files"].items():

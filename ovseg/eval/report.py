@@ -20,11 +20,12 @@ HEADLINE = (
 )
 
 
-def _pct(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A metric stored as a fraction in [0, 1], shown as a percentage: ``0.0012`` -> ``0.12%``."""
     return (
         "n/a"
         if value is None or (isinstance(value, float) and math.isnan(value))
-        else f"{100 * value:.2f}"
+        else f"{100 * value:.2f}%"
     )
 
 
@@ -40,14 +41,15 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "| " + " | ".join(label for _, label in HEADLINE) + " |",
         "|" + "---:|" * len(HEADLINE),
-        "| " + " | ".join(_pct(report[key]) for key, _ in HEADLINE) + " |",
+        "| " + " | ".join(percent(report[key]) for key, _ in HEADLINE) + " |",
         "",
         "| class | IoU | accuracy | pixels |",
         "|---|---:|---:|---:|",
     ]
     for name, iou in report["per_class_iou"].items():
         acc = report["per_class_accuracy"][name]
-        lines.append(f"| {name} | {_pct(iou)} | {_pct(acc)} | {counts['class_pixels'][name]} |")
+        pixels = counts["class_pixels"][name]
+        lines.append(f"| {name} | {percent(iou)} | {percent(acc)} | {pixels} |")
     lines += [
         "",
         "Configuration:",
@@ -95,7 +97,7 @@ def write_reports(report: dict[str, Any], out: Path, cm: ConfusionMatrix) -> dic
         cm.matrix,
         report["dataset"]["classes"],
         paths["plot"],
-        f"{report['dataset']['kind']} ({report['mode']}): mIoU {_pct(report['miou'])}",
+        f"{report['dataset']['kind']} ({report['mode']}): mIoU {percent(report['miou'])}",
     )
     atomic_write_text(paths["markdown"], markdown(report))
     report = report | {"files": {k: str(v) for k, v in paths.items()}}
