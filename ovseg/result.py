@@ -82,6 +82,13 @@ class Segment:
             raise ValueError(f"Segment.area must be >= 0; got {self.area}")
         self.proposal_score = float(self.proposal_score)
 
+    def __repr__(self) -> str:
+        h, w = self.mask.shape
+        return (
+            f"Segment(id={self.id}, class_index={self.class_index}, score={self.score:.3f}, "
+            f"box={self.box}, area={self.area}, mask={h}x{w})"
+        )
+
 
 @dataclass
 class SegmentationResult:
@@ -141,6 +148,16 @@ class SegmentationResult:
             if img.shape != (*shape, 3) or img.dtype != np.uint8:
                 raise ValueError(f"image must be uint8 {(*shape, 3)}; got {img.dtype} {img.shape}")
             self.image = img
+
+    def __repr__(self) -> str:
+        h, w = self.shape
+        shown = ", ".join(repr(c) for c in self.classes[:5])
+        more = f", ... ({len(self.classes)} in all)" if len(self.classes) > 5 else ""
+        labelled = float((self.label_map >= 0).mean()) if self.label_map.size else 0.0
+        return (
+            f"SegmentationResult({h}x{w}, classes=[{shown}{more}], "
+            f"{len(self.segments)} segments, {100 * labelled:.1f}% labelled)"
+        )
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -27,6 +27,12 @@ class Masks:
     def __len__(self) -> int:
         return int(self.masks.shape[0])
 
+    def __repr__(self) -> str:
+        h, w = self.masks.shape[1:] if self.masks.ndim == 3 else ("?", "?")
+        scores = np.asarray(self.scores)
+        span = f", scores {scores.min():.3f}..{scores.max():.3f}" if scores.size else ""
+        return f"Masks({len(self)} masks of {h}x{w}{span})"
+
     def __getitem__(self, index) -> Masks:
         index = np.atleast_1d(np.arange(len(self))[index])
         return Masks(self.masks[index], self.scores[index], self.boxes[index])
