@@ -21,6 +21,20 @@ from ovseg.structures import Masks, image_key
 _MASK_PROMPT_LOGIT = 8.0
 
 
+def _resize_longest_side(target_length: int):
+    """SAM's ``ResizeLongestSide`` with each side at least one pixel, so very elongated images
+    (e.g. 30000 x 20, whose short side would round to 0) are embedded instead of refused."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    class _AtLeastOnePixel(ResizeLongestSide):
+        @staticmethod
+        def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+            newh, neww = ResizeLongestSide.get_preprocess_shape(oldh, oldw, long_side_length)
+            return max(1, newh), max(1, neww)
+
+    return _AtLeastOnePixel(target_length)
+
+
 class Proposer:
     """SAM proposals for one image at a time.
 
@@ -33,6 +47,7 @@ class Proposer:
         from segment_anything import SamPredictor
 
         self.predictor = SamPredictor(sam)
+        self.predictor.transform = _resize_longest_side(sam.image_encoder.img_size)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple] = OrderedDict()
         self._key: str | None = None
@@ -124,7 +139,7 @@ class Proposer:
         side = 4 * p.model.prompt_encoder.image_embedding_size[0]
         h, w = p.original_size
         scale = side / max(h, w)
-        nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+        nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
         t = torch.from_numpy(mask.astype(np.float32))[None, None]
         small = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)[0, 0]
         logits = torch.full((side, side), -_MASK_PROMPT_LOGIT)

@@ -28,6 +28,26 @@ def _image_tensor(image: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255.0
 
 
+_MAX_SAMPLES = 16  # bilinear samples per crop pixel and axis (roi_align's adaptive default)
+_MAX_ASPECT = 8  # the dense pass keeps at most this long-to-short ratio of the resized image
+
+
+def _crop(x: torch.Tensor, rois: torch.Tensor, size: int) -> torch.Tensor:
+    """``roi_align`` (aligned) of ``rois`` (N, 5) to ``size`` x ``size``, with the adaptive
+    sampling ratio capped at :data:`_MAX_SAMPLES` for boxes more than that many times the crop
+    (roi_align's CPU kernel precomputes every sample, so a 30000-pixel box would need
+    gigabytes); smaller boxes are sampled exactly as roi_align's default does."""
+    side = torch.maximum(rois[:, 3] - rois[:, 1], rois[:, 4] - rois[:, 2])
+    big = side > _MAX_SAMPLES * size
+    if not bool(big.any()):
+        return roi_align(x, rois, output_size=size, aligned=True)
+    out = torch.empty((len(rois), x.shape[1], size, size), dtype=x.dtype, device=x.device)
+    for part, ratio in ((~big, -1), (big, _MAX_SAMPLES)):
+        if bool(part.any()):
+            out[part] = roi_align(x, rois[part], size, sampling_ratio=ratio, aligned=True)
+    return out
+
+
 def square_boxes(boxes: np.ndarray, margin: float) -> np.ndarray:
     """XYXY boxes (N, 4) -> square XYXY boxes around them, each side grown by ``margin`` of the
     longer side on both ends (the square may extend past the image)."""
@@ -76,13 +96,13 @@ class CropScorer:
         for start in range(0, len(masks), self.batch_size):
             b = boxes[start : start + self.batch_size]
             rois = torch.cat([torch.zeros(len(b), 1, device=dev), b], 1)
-            crop = roi_align(img, rois, output_size=s, aligned=True)
+            crop = _crop(img, rois, s)
             m = torch.from_numpy(masks.masks[start : start + self.batch_size]).to(dev)
             idx = torch.cat([torch.arange(len(b), device=dev)[:, None].float(), b], 1)
-            alpha = roi_align(m[:, None].float(), idx, output_size=s, aligned=True)
+            alpha = _crop(m[:, None].float(), idx, s)
             if context is not None:
-                fill = roi_align(context, rois, output_size=s, aligned=True)
-                inside = roi_align(torch.ones_like(img[:, :1]), rois, output_size=s, aligned=True)
+                fill = _crop(context, rois, s)
+                inside = _crop(torch.ones_like(img[:, :1]), rois, s)
                 fill = fill + mean * (1 - inside)
             else:
                 fill = mean.expand_as(crop)
@@ -155,7 +175,9 @@ class DenseScorer:
             return self._cache[1]
         p = self.patch_size()
         h, w = image.shape[:2]
-        scale = self.short_side / min(h, w)
+        # Short side to ``short_side``, unless that makes the long side more than
+        # _MAX_ASPECT times as long (a 30000 x 20 image); at least one patch either way.
+        scale = min(self.short_side / min(h, w), _MAX_ASPECT * self.short_side / max(h, w))
         size = (max(p, round(h * scale / p) * p), max(p, round(w * scale / p) * p))
         img = F.interpolate(
             _image_tensor(image, self.backend.device),
