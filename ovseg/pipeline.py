@@ -343,16 +343,39 @@ class Segmenter:
                 scores = self._mask_scores(masks, vocab, array, {})
                 return fuse(masks.masks, scores, vocab.classes, score_threshold=threshold,
                             image=array, proposal_scores=masks.scores)  # fmt: skip
-            probs = self._dense_probs(array, vocab, method_options)
+            return self.label_regions(
+                array,
+                vocab,
+                None if masks is None else masks.masks,
+                None if masks is None else masks.scores,
+                score_threshold=threshold,
+                **method_options,
+            )
+
+    def label_regions(
+        self,
+        image: np.ndarray,
+        vocab: Vocabulary,
+        masks: np.ndarray | None = None,
+        proposal_scores: np.ndarray | None = None,
+        *,
+        score_threshold: float = 0.0,
+        **method_options,
+    ) -> SegmentationResult:
+        """The dense method's map of ``image`` (RGB uint8) with ``masks`` (bool (N, H, W))
+        painted in the class of highest mean probability inside each (see
+        :func:`ovseg.fusion.fuse_dense`). Dense methods only."""
+        with self.lock:
+            probs = self._dense_probs(image, vocab, method_options)
             labels = self._labels(probs, len(vocab), method_options)
         return fuse_dense(
             labels,
             probs[: len(vocab)].cpu().numpy(),
             vocab.classes,
-            masks=None if masks is None else masks.masks,
-            proposal_scores=None if masks is None else masks.scores,
-            score_threshold=threshold,
-            image=array,
+            masks=masks,
+            proposal_scores=proposal_scores,
+            score_threshold=score_threshold,
+            image=image,
         )
 
 

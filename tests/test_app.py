@@ -463,3 +463,29 @@ def test_cli_options(capsys):
     )
     assert args.host == "127.0.0.1" and not args.share
     assert args.func(args) == 2 and "--port" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def dense_seg():
+    return Segmenter("tiny-random", "tiny-random", device="cpu", templates="simple")
+
+
+def test_dense_method_automatic_mode_labels_every_pixel_without_the_grid(dense_seg, image):
+    session = _loaded(dense_seg, image)
+    calls = dense_seg.proposer.encoder_calls
+    H.run_automatic(dense_seg, session, SETTINGS)
+    assert not session.warning, session.status
+    assert "naclip" in session.status
+    expected = dense_seg.segment(image, NAMES, templates="simple")
+    np.testing.assert_array_equal(session.result.label_map, expected.label_map)
+    assert (session.result.label_map >= 0).all()
+    assert dense_seg.proposer.encoder_calls == calls
+
+
+def test_dense_method_click_equals_the_segmenter(dense_seg, image):
+    session = _loaded(dense_seg, image)
+    H.click(dense_seg, session, SETTINGS, "points", 45, 90)
+    assert not session.warning, session.status
+    direct = dense_seg.segment(image, NAMES, points=[[45, 90]], templates="simple")
+    np.testing.assert_array_equal(session.result.label_map, direct.label_map)
+    assert session.result.segments[0].proposal_score > 0

@@ -97,7 +97,11 @@ def _embed(
     masks: Masks,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """CLIP region embeddings (N, D) on the CPU, in chunks so that progress can be shown."""
+    """CLIP region embeddings (N, D) on the CPU, in chunks so that progress can be shown.
+
+    A dense method labels regions from its pixel probabilities: no region embedding needed."""
+    if segmenter.dense is not None:
+        return torch.zeros((len(masks), 1))
     parts = []
     for start in range(0, len(masks), EMBED_CHUNK):
         if progress is not None:
@@ -121,14 +125,21 @@ def run_automatic(
     with session.lock:
         if progress is not None:
             progress(0.05, desc="SAM: automatic grid proposals")
-        masks = segmenter.propose(session.image)
+        if segmenter.dense is not None and segmenter.refine is None:
+            h, w = session.image.shape[:2]  # the dense map labels every pixel: no grid
+            masks = Masks(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros((0, 4)))
+        else:
+            masks = segmenter.propose(session.image)
         embeddings = _embed(segmenter, session.image, masks, progress)
         session._snapshot()
         session.auto, session.corner = AutoProposals(masks, embeddings), None
         if progress is not None:
             progress(0.97, desc="Fusing")
         _refresh(segmenter, session, settings)
-        if len(masks) == 0 and not session.warning:
+        if segmenter.dense is not None and segmenter.refine is None:
+            if not session.warning:
+                session.say(f"Automatic mode ({segmenter.method}): {session.status}")
+        elif len(masks) == 0 and not session.warning:
             session.say(
                 "The automatic grid kept no masks (its quality filters removed them "
                 "all). Click on objects instead.",
@@ -388,20 +399,29 @@ def _refresh(segmenter, session: Session, settings: Settings) -> None:
         masks.append(cut)
         embeddings.append(session.auto.embeddings)
         scores.append(session.auto.masks.scores)
-    if not masks:
+    if segmenter.dense is not None:
+        result = segmenter.label_regions(
+            session.image,
+            vocab,
+            np.concatenate(masks) if masks else None,
+            np.concatenate(scores) if masks else None,
+            score_threshold=threshold,
+        )
+    elif not masks:
         session.say("No regions to label yet.")
         return
-    emb = torch.cat(embeddings)
-    with segmenter.lock, torch.inference_mode():
-        probs = vocab.probabilities(emb, segmenter.clip)
-    result = fuse(
-        np.concatenate(masks),
-        probs,
-        vocab.classes,
-        score_threshold=threshold,
-        image=session.image,
-        proposal_scores=np.concatenate(scores),
-    )
+    else:
+        emb = torch.cat(embeddings)
+        with segmenter.lock, torch.inference_mode():
+            probs = vocab.probabilities(emb, segmenter.clip)
+        result = fuse(
+            np.concatenate(masks),
+            probs,
+            vocab.classes,
+            score_threshold=threshold,
+            image=session.image,
+            proposal_scores=np.concatenate(scores),
+        )
     session.result = result
     session.hidden &= set(result.classes)
     folder = session.folder()
