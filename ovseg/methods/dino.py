@@ -37,6 +37,7 @@ __all__ = [
     "IMAGENET_STD",
     "DinoCheckpoint",
     "build_dino",
+    "check_dino",
     "dino_block",
     "dino_embed",
     "dino_feature_map",
@@ -95,7 +96,12 @@ DINO_CHECKPOINTS: dict[str, DinoCheckpoint] = {
 
 
 def _make_vit(
-    patch_size: int, embed_dim: int, depth: int, num_heads: int, img_size: int = DINO_IMG_SIZE
+    patch_size: int,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    img_size: int = DINO_IMG_SIZE,
+    device: torch.device | str | None = None,
 ) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
@@ -112,6 +118,7 @@ def _make_vit(
         class_token=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
         act_layer=nn.GELU,
+        device=device,
     )
 
 
@@ -126,21 +133,31 @@ def _fmt_keys(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def load_dino_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], name: str) -> None:
+def load_dino_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    name: str = "the DINO model",
+    device: torch.device | str | None = None,
+) -> None:
     """Load an official-format DINO state dict into ``model`` strictly.
 
-    Raises ValueError naming the missing keys, unexpected keys and shape mismatches (with both
-    shapes) when the dict does not fit; TypeError when it is not a mapping of tensors. Values are
-    copied into the model's parameters (their dtype is converted to the model's).
+    The tensors are copied (float32, or the model's dtype when it has real parameters) onto
+    ``device`` (default: the model's device, CPU for a model on the meta device) and assigned
+    to the model, so a model built on the meta device is materialised without a random init.
+
+    Raises:
+        ValueError: missing keys, unexpected keys or shape mismatches (all named, with both
+            shapes).
+        TypeError: ``state_dict`` is not a mapping of str to tensors.
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of str to Tensor, got {type(state_dict)}")
-    bad = [k for k, v in state_dict.items() if not isinstance(v, Tensor)]
+    bad = [str(k) for k, v in state_dict.items() if not isinstance(v, Tensor)]
     if bad:
         raise TypeError(f"state_dict values must be tensors; not tensors: {_fmt_keys(bad)}")
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
+    unexpected = [str(k) for k in state_dict if k not in expected]
     shapes = [
         f"{k}: got {tuple(state_dict[k].shape)}, expected {tuple(v.shape)}"
         for k, v in expected.items()
@@ -156,32 +173,50 @@ def load_dino_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], nam
             parts.append(f"shape mismatches: {_fmt_keys(shapes, limit=4)}")
         hint = ""
         prefixes = ("module.", "backbone.", "student", "teacher")
-        if any(k.startswith(prefixes) for k in state_dict):
+        if any(str(k).startswith(prefixes) for k in state_dict):
             hint = (
                 " (keys look like a DINO training checkpoint: pass the 'backbone only' file, "
                 "or the teacher's entries with the 'module.'/'backbone.' prefixes removed)"
             )
         raise ValueError(f"state dict does not match {name}: " + "; ".join(parts) + hint)
-    model.load_state_dict(dict(state_dict), strict=True)
+    ref = next(iter(expected.values()))
+    if device is None:
+        device = "cpu" if ref.is_meta else ref.device
+    dtype = torch.float32 if ref.is_meta else ref.dtype
+    tensors = {
+        k: state_dict[k].detach().to(device=device, dtype=dtype, copy=True) for k in expected
+    }
+    model.load_state_dict(tensors, strict=True, assign=True)
 
 
-def build_dino(arch: str = "dino_vitb8", state_dict: Mapping[str, Tensor] | None = None):
+def build_dino(
+    arch: str = "dino_vitb8",
+    state_dict: Mapping[str, Tensor] | None = None,
+    *,
+    device: torch.device | str | None = None,
+):
     """A DINO ViT (timm ``VisionTransformer``) of architecture ``arch``, in eval mode.
 
     Args:
         arch: ``"dino_vitb8"``, ``"dino_vitb16"``, ``"dino_vits8"`` or ``"dino_vits16"``
             (DINO's hubconf names).
         state_dict: an official DINO backbone state dict (e.g. ``torch.load`` of a file in
-            :data:`DINO_CHECKPOINTS`), loaded strictly; None keeps timm's random init.
+            :data:`DINO_CHECKPOINTS`), loaded strictly as float32 (the model is built on the
+            meta device first, so no time goes into a random init); None keeps timm's random
+            init.
+        device: where the parameters live (default CPU; ``"meta"`` gives a weightless model
+            whose layout can be inspected).
 
     Raises:
         ValueError: unknown ``arch``, or a state dict whose keys or shapes do not match (the
             message names them).
+        TypeError: ``state_dict`` is not a mapping of tensors.
     """
     spec = _check_arch(arch)
-    model = _make_vit(**spec)
-    if state_dict is not None:
-        load_dino_state_dict(model, state_dict, arch)
+    if state_dict is None:
+        return _make_vit(**spec, device=device).eval()
+    model = _make_vit(**spec, device="meta")
+    load_dino_state_dict(model, state_dict, arch, device=device)
     return model.eval()
 
 
@@ -208,7 +243,8 @@ def tiny_dino(
             raise ValueError(f"{name} must be a positive int, got {val!r}")
     if embed_dim % num_heads:
         raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-    model = _make_vit(patch_size, embed_dim, depth, num_heads, img_size=img_size)
+    with torch.random.fork_rng(devices=[]):
+        model = _make_vit(patch_size, embed_dim, depth, num_heads, img_size=img_size)
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -224,7 +260,8 @@ def tiny_dino(
     return model.eval()
 
 
-def _check_model(model: nn.Module) -> None:
+def check_dino(model: nn.Module) -> None:
+    """Raise TypeError unless ``model`` is a DINO-style timm ViT (class token, learnt table)."""
     from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(model, VisionTransformer):
@@ -274,7 +311,7 @@ def dino_pos_encoding(model: nn.Module, height: int, width: int) -> Tensor:
     with ``scale_factor = ((gh + 0.1) / sqrt(N), (gw + 0.1) / sqrt(N))`` (no ``size``,
     ``align_corners=False``), as DINO's code does.
     """
-    _check_model(model)
+    check_dino(model)
     pos = model.pos_embed
     n = pos.shape[1] - 1
     side = int(math.sqrt(n))
@@ -304,7 +341,7 @@ def dino_embed(model: nn.Module, x: Tensor) -> Tensor:
     Returns:
         ``(B, 1 + gh * gw, D)``, class token first, patches in row-major order.
     """
-    _check_model(model)
+    check_dino(model)
     h, w = _check_images(model, x)
     tokens = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
     cls = model.cls_token.expand(tokens.shape[0], -1, -1)

@@ -1,0 +1,394 @@
+"""ProxyCLIP against an independent implementation written from its published formulas.
+
+The reference below uses plain torch with explicit matrices and per-window, per-head loops:
+mmcv's rescale rule, mmseg's normalisation and window placement, ProxyCLIP's centred padding to
+a multiple of 56, DINO features of the crop re-normalised with ImageNet statistics,
+``S = cos``, ``(S - 1.2 mean S) * 3``, ``S < 0 -> -inf``, softmax, CLIP values resized
+bilinearly to the DINO grid, ``out_proj``, ``ln_post``, ``proj``, cosine logits resized to the
+padded window, averaged, resized to the image, ``softmax(40 x)`` and the max over synonyms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovseg.methods.dino import tiny_dino
+from ovseg.methods.proxyclip import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    PROXYCLIP_CONFIGS,
+    dino_input_from_clip,
+    proxy_attention,
+    proxyclip_class_names,
+    proxyclip_config,
+    proxyclip_logits,
+    proxyclip_probabilities,
+    proxyclip_window_features,
+)
+
+CLIP_MEAN_255 = torch.tensor([122.771, 116.746, 104.094]).view(3, 1, 1)
+CLIP_STD_255 = torch.tensor([68.501, 66.632, 70.323]).view(3, 1, 1)
+IMNET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMNET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def clip_visual():
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CLIP(
+            embed_dim=32,
+            vision_cfg=CLIPVisionCfg(
+                layers=3, width=64, head_width=32, patch_size=16, image_size=224
+            ),
+            text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2),
+        )
+    return model.eval().visual
+
+
+@pytest.fixture(scope="module")
+def dino():
+    return tiny_dino(patch_size=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (217, 341, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:217, 0:341]
+    img[(yy // 40 + xx // 60) % 2 == 0] //= 3  # blocks, so DINO's affinities have structure
+    return img
+
+
+@pytest.fixture(scope="module")
+def queries():
+    gen = torch.Generator().manual_seed(3)
+    query_class = [0, 0, 0, 1, 2, 3, 3, 4]
+    text = F.normalize(torch.randn(len(query_class), 32, generator=gen), dim=-1)
+    return text, query_class
+
+
+# ---- independent implementation -------------------------------------------------------------
+
+
+def _ln(x, w, b, eps):
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps) * w + b
+
+
+def _patches(img, p):
+    gh, gw = img.shape[1] // p, img.shape[2] // p
+    x = img[:, : gh * p, : gw * p].reshape(3, gh, p, gw, p)
+    return x.permute(1, 3, 0, 2, 4).reshape(gh * gw, 3 * p * p)
+
+
+def _pos(table, gh, gw, keep):
+    """(1 + N, D) table resampled to gh x gw with DINO's (g + 0.1) / sqrt(N) scale factor."""
+    if keep:
+        return table
+    n = table.shape[0] - 1
+    s = int(math.sqrt(n))
+    grid = table[1:].reshape(1, s, s, -1).permute(0, 3, 1, 2)
+    out = F.interpolate(
+        grid, scale_factor=((gh + 0.1) / math.sqrt(n), (gw + 0.1) / math.sqrt(n)), mode="bicubic"
+    )
+    return torch.cat([table[:1], out[0].permute(1, 2, 0).reshape(gh * gw, -1)])
+
+
+def _attend(q, k, v, heads):
+    hd = q.shape[1] // heads
+    outs = []
+    for h in range(heads):
+        sl = slice(h * hd, (h + 1) * hd)
+        outs.append(torch.softmax(q[:, sl] @ k[:, sl].T / math.sqrt(hd), dim=-1) @ v[:, sl])
+    return torch.cat(outs, dim=1)
+
+
+def _dino_feats(sd, heads, img):
+    """Final-norm DINO patch tokens (N, C) and the grid of one ImageNet-normalised image."""
+    p = sd["patch_embed.proj.weight"].shape[-1]
+    c = sd["cls_token"].shape[-1]
+    gh, gw = img.shape[1] // p, img.shape[2] // p
+    x = _patches(img, p) @ sd["patch_embed.proj.weight"].reshape(c, -1).T
+    x = torch.cat([sd["cls_token"][0], x + sd["patch_embed.proj.bias"]])
+    n = sd["pos_embed"].shape[1] - 1
+    x = x + _pos(sd["pos_embed"][0], gh, gw, gh * gw == n and img.shape[1] == img.shape[2])
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    for i in range(depth):
+        g = {k[len(f"blocks.{i}.") :]: v for k, v in sd.items() if k.startswith(f"blocks.{i}.")}
+        qkv = _ln(x, g["norm1.weight"], g["norm1.bias"], 1e-6) @ g["attn.qkv.weight"].T
+        qkv = qkv + g["attn.qkv.bias"]
+        y = _attend(qkv[:, :c], qkv[:, c : 2 * c], qkv[:, 2 * c :], heads)
+        x = x + y @ g["attn.proj.weight"].T + g["attn.proj.bias"]
+        y = _ln(x, g["norm2.weight"], g["norm2.bias"], 1e-6) @ g["mlp.fc1.weight"].T
+        y = F.gelu(y + g["mlp.fc1.bias"]) @ g["mlp.fc2.weight"].T + g["mlp.fc2.bias"]
+        x = x + y
+    return _ln(x, sd["norm.weight"], sd["norm.bias"], 1e-6)[1:], (gh, gw)
+
+
+def _clip_window(visual, dino_sd, dino_heads, crop, beta=1.2, gamma=3.0):
+    """ProxyCLIP's projected features (Nd, D) and DINO grid of one CLIP-normalised crop."""
+    sd = {k: v.detach() for k, v in visual.state_dict().items()}
+    p = sd["conv1.weight"].shape[-1]
+    c = sd["class_embedding"].shape[0]
+    heads = visual.transformer.resblocks[0].attn.num_heads
+    gh, gw = crop.shape[1] // p, crop.shape[2] // p
+    x = torch.cat(
+        [sd["class_embedding"][None], _patches(crop, p) @ sd["conv1.weight"].reshape(c, -1).T]
+    )
+    table = sd["positional_embedding"]
+    x = x + _pos(table, gh, gw, gh * gw == table.shape[0] - 1)
+    x = _ln(x, sd["ln_pre.weight"], sd["ln_pre.bias"], 1e-5)
+    n_blocks = len(visual.transformer.resblocks)
+    for i in range(n_blocks):
+        g = {
+            k[len(f"transformer.resblocks.{i}.") :]: v
+            for k, v in sd.items()
+            if k.startswith(f"transformer.resblocks.{i}.")
+        }
+        y = _ln(x, g["ln_1.weight"], g["ln_1.bias"], 1e-5)
+        qkv = y @ g["attn.in_proj_weight"].T + g["attn.in_proj_bias"]
+        if i < n_blocks - 1:
+            a = _attend(qkv[:, :c], qkv[:, c : 2 * c], qkv[:, 2 * c :], heads)
+            x = x + a @ g["attn.out_proj.weight"].T + g["attn.out_proj.bias"]
+            y = _ln(x, g["ln_2.weight"], g["ln_2.bias"], 1e-5) @ g["mlp.c_fc.weight"].T
+            y = F.gelu(y + g["mlp.c_fc.bias"]) @ g["mlp.c_proj.weight"].T + g["mlp.c_proj.bias"]
+            x = x + y
+            continue
+        # last block: ProxyCLIP's proxy attention on the values only
+        v = qkv[1:, 2 * c :]
+        dino_img = (crop * torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)) + torch.tensor(
+            OPENAI_CLIP_MEAN
+        ).view(3, 1, 1)
+        dino_img = (dino_img - IMNET_MEAN) / IMNET_STD
+        f, (hd_, wd_) = _dino_feats(dino_sd, dino_heads, dino_img)
+        f = f / f.norm(dim=1, keepdim=True)
+        s = f @ f.T
+        s = (s - beta * s.mean()) * gamma
+        s[s < 0] = float("-inf")
+        attn = torch.softmax(s, dim=1)
+        hd = c // heads
+        outs = []
+        for h in range(heads):
+            vh = v[:, h * hd : (h + 1) * hd].T.reshape(1, hd, gh, gw)
+            vh = F.interpolate(vh, size=(hd_, wd_), mode="bilinear", align_corners=False)
+            outs.append(attn @ vh[0].reshape(hd, -1).T)
+        out = torch.cat(outs, dim=1) @ g["attn.out_proj.weight"].T + g["attn.out_proj.bias"]
+        out = _ln(out, sd["ln_post.weight"], sd["ln_post.bias"], 1e-5) @ sd["proj"]
+        return out, (hd_, wd_)
+
+
+def _reference_probabilities(visual, dino_model, image, text, query_class, k, short, crop, stride):
+    h0, w0 = image.shape[:2]
+    f = min(2048 / max(h0, w0), short / min(h0, w0))
+    nh, nw = int(h0 * f + 0.5), int(w0 * f + 0.5)
+    img = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    x = (torch.from_numpy(img).permute(2, 0, 1).float() - CLIP_MEAN_255) / CLIP_STD_255
+    dino_sd = {kk: v.detach() for kk, v in dino_model.state_dict().items()}
+    heads = dino_model.blocks[0].attn.num_heads
+    q = text.shape[0]
+    acc = torch.zeros(q, nh, nw)
+    cnt = torch.zeros(1, nh, nw)
+    for i in range(max(nh - crop + stride - 1, 0) // stride + 1):
+        for j in range(max(nw - crop + stride - 1, 0) // stride + 1):
+            y2, x2 = min(i * stride + crop, nh), min(j * stride + crop, nw)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            win = x[:, y1:y2, x1:x2]
+            hh, ww = win.shape[1:]
+            ph, pw = (-hh) % 56, (-ww) % 56
+            top, left = ph // 2, pw // 2
+            padded = torch.zeros(3, hh + ph, ww + pw)
+            padded[:, top : top + hh, left : left + ww] = win
+            feats, (gh, gw) = _clip_window(visual, dino_sd, heads, padded)
+            logits = (feats / feats.norm(dim=1, keepdim=True)) @ text.T  # (Nd, Q)
+            logits = logits.T.reshape(1, q, gh, gw)
+            up = F.interpolate(logits, size=(hh + ph, ww + pw), mode="bilinear")
+            acc[:, y1:y2, x1:x2] += up[0, :, top : top + hh, left : left + ww]
+            cnt[:, y1:y2, x1:x2] += 1
+    logits = F.interpolate((acc / cnt)[None], size=(h0, w0), mode="bilinear")[0]
+    probs = torch.softmax(40.0 * logits, dim=0)
+    out = torch.zeros(k, h0, w0)
+    for cls in range(k):
+        rows = [r for r, qc in enumerate(query_class) if qc == cls]
+        if rows:
+            out[cls] = probs[rows].max(dim=0).values
+    return out
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("short", "crop", "stride"),
+    [(336, 336, 112), (150, 100, 50)],  # the default; and windows padded 100 -> 112
+)
+def test_probabilities_match_independent_implementation(
+    clip_visual, dino, image, queries, short, crop, stride
+):
+    text, query_class = queries
+    got = proxyclip_probabilities(
+        clip_visual, dino, image, text, query_class, 5, short, crop, stride, 40.0
+    )
+    want = _reference_probabilities(
+        clip_visual, dino, image, text, query_class, 5, short, crop, stride
+    )
+    assert got.shape == (5, 217, 341) and got.dtype == torch.float32
+    assert not torch.isnan(got).any()
+    assert (got - want).abs().max().item() <= 1e-4
+    assert 0.0 <= got.min().item() and got.max().item() <= 1.0
+
+
+def test_window_features_match_and_batch(clip_visual, dino):
+    gen = torch.Generator().manual_seed(1)
+    crops = torch.randn(2, 3, 112, 112, generator=gen)
+    feats = proxyclip_window_features(clip_visual, dino, crops)
+    assert feats.shape == (2, 32, 14, 14) and feats.dtype == torch.float32
+    dino_sd = {k: v.detach() for k, v in dino.state_dict().items()}
+    for b in range(2):
+        ref, grid = _clip_window(clip_visual, dino_sd, 2, crops[b])
+        assert grid == (14, 14)
+        assert (feats[b] - ref.T.reshape(32, 14, 14)).abs().max().item() < 1e-4
+        # the mean of S is per crop: batching does not change a window's numbers
+        alone = proxyclip_window_features(clip_visual, dino, crops[b : b + 1])
+        assert (alone[0] - feats[b]).abs().max().item() < 1e-5
+
+
+def test_non_square_windows_use_each_side(clip_visual, dino):
+    """ProxyCLIP's code fails on non-square windows; ovseg takes each side's own grid."""
+    gen = torch.Generator().manual_seed(2)
+    crop = torch.randn(1, 3, 56, 112, generator=gen)
+    feats = proxyclip_window_features(clip_visual, dino, crop)
+    assert feats.shape == (1, 32, 7, 14)
+    dino_sd = {k: v.detach() for k, v in dino.state_dict().items()}
+    ref, grid = _clip_window(clip_visual, dino_sd, 2, crop[0])
+    assert grid == (7, 14)
+    assert (feats[0] - ref.T.reshape(32, 7, 14)).abs().max().item() < 1e-4
+
+
+def test_proxy_attention_formula():
+    gen = torch.Generator().manual_seed(4)
+    feats = torch.randn(2, 6, 3, 4, generator=gen)
+    attn = proxy_attention(feats, beta=1.2, gamma=3.0)
+    assert attn.shape == (2, 12, 12)
+    for b in range(2):
+        f = feats[b].reshape(6, 12)
+        f = f / f.norm(dim=0, keepdim=True)
+        s = f.T @ f
+        s = (s - 1.2 * s.mean()) * 3.0
+        want = torch.where(s < 0, torch.zeros_like(s), torch.exp(s - s.max(dim=1).values[:, None]))
+        want = want / want.sum(dim=1, keepdim=True)
+        assert (attn[b] - want).abs().max().item() < 1e-6
+        assert torch.equal(attn[b] == 0, s < 0)
+
+
+def test_dino_input_from_clip():
+    img = np.random.default_rng(5).integers(0, 256, (3, 10, 12)).astype(np.float32)
+    pixels = torch.from_numpy(img)[None]
+    clip_norm = (pixels - CLIP_MEAN_255) / CLIP_STD_255
+    got = dino_input_from_clip(clip_norm)
+    want = (pixels / 255.0 - IMNET_MEAN) / IMNET_STD  # up to the 0-255 vs 0-1 constants
+    assert (got - want).abs().max().item() < 1e-3
+    zero = dino_input_from_clip(torch.zeros(1, 3, 2, 2))  # padding = the CLIP mean colour
+    expect = (torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1) - IMNET_MEAN) / IMNET_STD
+    assert torch.allclose(zero[0], expect.expand(3, 2, 2))
+
+
+def test_logits_and_whole_image(clip_visual, dino, queries):
+    text, query_class = queries
+    img = np.random.default_rng(6).integers(0, 256, (120, 120, 3), dtype=np.uint8)
+    logits = proxyclip_logits(clip_visual, dino, img, text, 112, None)
+    assert logits.shape == (8, 120, 120) and logits.abs().max().item() <= 1.0 + 1e-5
+    probs = proxyclip_probabilities(clip_visual, dino, img, text, query_class, 6, 112, None)
+    assert probs.shape == (6, 120, 120)
+    assert torch.equal(probs[5], torch.zeros(120, 120))  # a class without queries
+    full = torch.softmax(40 * logits, dim=0)
+    assert torch.allclose(probs[0], full[:3].max(dim=0).values, atol=1e-6)
+
+
+def test_configs_and_class_names():
+    assert set(PROXYCLIP_CONFIGS) == {
+        "voc21",
+        "context60",
+        "coco_object",
+        "voc20",
+        "context59",
+        "coco_stuff",
+        "cityscapes",
+        "ade20k",
+    }
+    cfg = PROXYCLIP_CONFIGS
+    assert (cfg["voc21"]["short_side"], cfg["voc21"]["slide_crop"]) == (336, 336)
+    assert cfg["voc21"]["slide_stride"] == 112 and cfg["voc21"]["pad_multiple"] == 56
+    assert cfg["voc21"]["prob_threshold"] == 0.2 and cfg["context60"]["prob_threshold"] == 0.15
+    assert cfg["coco_object"]["prob_threshold"] == 0.25 and cfg["ade20k"]["prob_threshold"] == 0
+    assert (cfg["cityscapes"]["short_side"], cfg["cityscapes"]["slide_crop"]) == (448, 224)
+    assert cfg["ade20k"]["short_side"] == 448 and cfg["coco_stuff"]["short_side"] == 336
+    assert all(c["logit_scale"] == 40.0 and c["dino"] == "dino_vitb8" for c in cfg.values())
+    assert proxyclip_config("voc21", logit_scale=50.0)["logit_scale"] == 50.0
+    assert cfg["voc21"]["logit_scale"] == 40.0
+
+    counts = {
+        "voc21": 21,
+        "context60": 60,
+        "coco_object": 81,
+        "voc20": 20,
+        "context59": 59,
+        "coco_stuff": 171,
+        "cityscapes": 19,
+        "ade20k": 150,
+    }
+    for name, n in counts.items():
+        assert len(proxyclip_class_names(name)) == n, name
+    voc = proxyclip_class_names("voc21")
+    assert len(voc[0]) == 26 and voc[0][:3] == ["sky", "wall", "tree"] and voc[0][-1] == "fence"
+    assert voc[15] == ["person"] and voc[20] == ["tvmonitor"]
+    assert proxyclip_class_names("context60")[-1] == ["wood "]  # verbatim, as ProxyCLIP reads it
+    obj = proxyclip_class_names("coco_object")
+    assert len(obj[0]) == 17 and "bed" in obj[0] and obj[1] == ["person"]
+
+
+def test_bad_arguments(clip_visual, dino, image, queries):
+    text, qc = queries
+    with pytest.raises(ValueError):
+        proxyclip_window_features(clip_visual, dino, torch.zeros(3, 112, 112))
+    with pytest.raises(TypeError):
+        proxyclip_window_features(clip_visual, dino, torch.zeros(1, 3, 112, 112).long())
+    with pytest.raises(ValueError):
+        proxyclip_window_features(clip_visual, dino, torch.zeros(1, 3, 112, 112), beta=math.nan)
+    with pytest.raises(TypeError):
+        proxyclip_window_features(clip_visual, torch.nn.Linear(2, 2), torch.zeros(1, 3, 64, 64))
+    with pytest.raises(TypeError):
+        proxyclip_window_features(torch.nn.Linear(2, 2), dino, torch.zeros(1, 3, 64, 64))
+    with pytest.raises(TypeError):
+        proxyclip_probabilities(clip_visual, dino, image.astype(np.float32), text, qc, 5)
+    with pytest.raises(ValueError):
+        proxyclip_probabilities(clip_visual, dino, image[..., :2], text, qc, 5)
+    with pytest.raises(ValueError):
+        proxyclip_probabilities(clip_visual, dino, image, text, [0, 1], 5)
+    with pytest.raises(ValueError):
+        proxyclip_probabilities(clip_visual, dino, image, text, [9] * len(qc), 5)
+    with pytest.raises(ValueError):
+        proxyclip_probabilities(clip_visual, dino, image, text, qc, 0)
+    with pytest.raises(ValueError):
+        proxyclip_probabilities(clip_visual, dino, image, text, qc, 5, 336, 112, 224)
+    with pytest.raises(ValueError):
+        proxyclip_probabilities(clip_visual, dino, image, text, qc, 5, logit_scale=-1.0)
+    with pytest.raises(ValueError):
+        proxyclip_probabilities(clip_visual, dino, image, text, qc, 5, short_side=0)
+    with pytest.raises(ValueError):
+        proxyclip_probabilities(clip_visual, dino, image, text, qc, 5, mean=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError):
+        proxyclip_class_names("voc")
+    with pytest.raises(ValueError):
+        proxyclip_config("kitti")
+    with pytest.raises(ValueError):
+        proxyclip_config("voc21", crop=3)
