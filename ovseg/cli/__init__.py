@@ -1,6 +1,8 @@
 """The ``ovseg`` command line: ``ovseg segment | eval | weights | app | bench``.
 
-Each subcommand lives in its own module exposing ``register(subparsers)``.
+Each subcommand lives in its own module exposing ``register(subparsers)``. The options shared
+by several subcommands (models, automatic grid, device) and their checks live here; every
+check that does not depend on an image runs before any model is loaded.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ import argparse
 import importlib
 import sys
 
-from ovseg.constants import DEFAULT_CLIP, DEFAULT_SAM
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_METHOD
 
 SUBCOMMANDS = ("segment", "eval", "weights", "app", "bench")
+GRID_FLAGS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
 
 
 def add_model_arguments(
@@ -24,6 +27,19 @@ def add_model_arguments(
         default=DEFAULT_CLIP,
         help="CLIP: ARCH/TAG (open_clip), ARCH:PATH, hf:ORG/NAME, or tiny-random",
     )
+    p.add_argument(
+        "--method",
+        default=None,
+        metavar="NAME",
+        help=f"per-pixel method: {DEFAULT_METHOD} (default), sclip, clearclip, proxyclip "
+        f"(needs --dino), or {REGION_METHOD} (SAM's automatic masks, each scored by CLIP)",
+    )
+    p.add_argument(
+        "--dino",
+        default=None,
+        metavar="NAME",
+        help="DINO model of proxyclip: dino_vitb8, dino_vitb16, NAME:PATH or tiny-random",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
     p.add_argument(
         "--random-weights",
@@ -34,7 +50,7 @@ def add_model_arguments(
         "--scorer",
         default="dense",
         choices=scorers,
-        help="region scorer (default dense: one CLIP pass per image)"
+        help=f"CLIP region scorer of {REGION_METHOD} (default dense: one CLIP pass per image)"
         + (
             "; oracle: each proposal gets its majority ground-truth class"
             if "oracle" in scorers
@@ -46,6 +62,81 @@ def add_model_arguments(
         default="imagenet",
         help="prompt templates: imagenet (80, default), simple, photo, none",
     )
+
+
+def add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    """SAM's automatic-grid options (``--points-per-side`` ...), shared by segment, eval, app."""
+    grid = p.add_argument_group(
+        "automatic grid (SAM's automatic masks; defaults as SamAutomaticMaskGenerator)"
+    )
+    grid.add_argument(
+        "--points-per-side", type=int, default=None, metavar="N", help="grid points per side (32)"
+    )
+    grid.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=None,
+        metavar="T",
+        help="keep masks with predicted IoU >= T (0.88)",
+    )
+    grid.add_argument(
+        "--stability-score-thresh",
+        type=float,
+        default=None,
+        metavar="T",
+        help="keep masks with stability >= T (0.95)",
+    )
+    grid.add_argument(
+        "--box-nms-thresh",
+        type=float,
+        default=None,
+        metavar="T",
+        help="box NMS IoU threshold, 1 disables (0.7)",
+    )
+    grid.add_argument(
+        "--no-quality-filters",
+        action="store_true",
+        help="keep every grid mask (--pred-iou-thresh 0 --stability-score-thresh 0)",
+    )
+
+
+def grid_options(args: argparse.Namespace) -> dict:
+    """The grid options given on the command line (only those), validated by ``GridOptions``.
+
+    Raises:
+        ValueError: a value out of range (e.g. ``--pred-iou-thresh 2``).
+    """
+    from ovseg.proposals.grid import GridOptions
+
+    options = {k: getattr(args, k) for k in GRID_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "no_quality_filters", False):
+        options.setdefault("pred_iou_thresh", 0.0)
+        options.setdefault("stability_score_thresh", 0.0)
+    GridOptions(**options)  # the library's own checks, once, before any model loads
+    return options
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device that cannot work here before any model loads: a bad name, or CUDA
+    asked for where there is none. ``None`` (automatic) always passes."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device must be like cpu, cuda or cuda:0, got {device!r}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {device}: CUDA is not available here (no NVIDIA GPU or driver, or a "
+                "CPU-only PyTorch build); use --device cpu or leave --device out"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # A subcommand with ``intermixed`` set takes positionals placed after its options too
+        # (``ovseg segment a.jpg --classes road -o out b.jpg``); anything else is an error.
+        target = getattr(args, "intermixed", None)
+        if target is None or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        setattr(args, target, [*getattr(args, target), *extra])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

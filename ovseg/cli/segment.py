@@ -1,4 +1,9 @@
-"""``ovseg segment IMAGE_OR_FOLDER... --classes ... -o OUT_DIR``."""
+"""``ovseg segment IMAGE_OR_FOLDER... --classes ... -o OUT_DIR``.
+
+Every check that does not depend on an image (classes, templates, prompts, grid flags,
+device, output folder, existing outputs) runs once, before any model loads. Output names and
+resuming: see :mod:`ovseg.cli._outputs`.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +12,89 @@ import json
 import sys
 from pathlib import Path
 
-from ovseg.cli import add_model_arguments
+from ovseg.cli import _outputs, add_grid_arguments, add_model_arguments, check_device
+from ovseg.cli import grid_options as cli_grid_options
+from ovseg.cli._outputs import FORMATS, IMAGE_SUFFIXES, collect_images
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+_BIG = 1 << 30  # an image size for checks of prompts that do not depend on the image
+
+DESCRIPTION = """\
+Segment images into an open vocabulary. Per image, under OUT, at the image's path relative
+to the input root with its extension kept (a/x.jpg -> OUT/a/x.jpg_labels.png):
+NAME_labels.png (class i = value i, 255 = unlabeled), NAME_overlay.png and NAME.json (COCO,
+RLE masks). Per run: OUT/instances.json (COCO instances, file_name = the image's relative
+path), OUT/ovseg_run.json (the run's settings), and the --format exports. The same command
+again resumes an interrupted run; other settings into the same OUT are refused."""
+
+EPILOG = """\
+examples:
+  ovseg segment photos/ --classes road car sky -o out/
+  ovseg segment street.jpg --classes "road; street, red truck" --points "[[410, 220]]" -o out/
+  ovseg segment photos/ --classes road car --method sam-clip --points-per-side 16 -o out/
+  ovseg segment photos/ --classes road car --format yolo --format coco-panoptic -o out/
+
+--classes takes one or more names (quote names with spaces: "red truck"); commas and
+newlines also split, ";" joins synonyms. End the class list with -- when images follow it."""
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "segment",
         help="segment images or folders into an open vocabulary",
-        description="Per image, writes NAME_labels.png (class i = value i, 255 = unlabeled), "
-        "NAME_overlay.png and NAME.json (COCO-style RLE segments).",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    p.add_argument(
+        "inputs", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files and/or folders"
+    )
     p.add_argument(
         "--classes",
+        nargs="+",
+        action="extend",
         required=True,
-        help='comma- or newline-separated names; ";" joins synonyms, e.g. '
-        '"road; street, red truck, sky"',
+        metavar="NAME",
+        help='class names, e.g. --classes road car sky, or "road; street, red truck, sky" '
+        '(commas split, ";" joins synonyms); may be repeated',
     )
-    p.add_argument("-o", "--out", required=True, help="output folder (created)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder (created)")
+    p.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        default=[],
+        type=_formats,
+        metavar="FMT",
+        help=f"extra exports, repeatable or comma-separated: {', '.join(FORMATS)} "
+        "(COCO instances are always written)",
+    )
     p.add_argument("--points", help='JSON list of [x, y] pixels, e.g. "[[120, 80]]"')
     p.add_argument("--point-labels", help="JSON list of 1 (positive) / 0 (negative)")
     p.add_argument("--boxes", help="JSON list of [x0, y0, x1, y1] pixels")
-    p.add_argument("--background", default="", help="comma-separated background names")
+    p.add_argument(
+        "--background", nargs="+", action="extend", default=[], metavar="NAME",
+        help="background names (comma-separated or several)",
+    )  # fmt: skip
     add_model_arguments(p)
-    p.add_argument("--score-threshold", type=float, default=0.0)
-    p.add_argument("--points-per-side", type=int, default=None, help="automatic grid density")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.0,
+        help="minimum class probability for a pixel or mask to be labelled (default 0)",
+    )
+    add_grid_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run, intermixed="inputs")
+
+
+def _formats(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown format {', '.join(bad) or repr(text)}; choose from {', '.join(FORMATS)}"
+        )
+    return names
 
 
 def _json_arg(text: str | None, name: str):
@@ -47,69 +106,218 @@ def _json_arg(text: str | None, name: str):
         raise ValueError(f"--{name} must be JSON, e.g. [[10, 20]]: {e}") from e
 
 
-def collect_images(inputs: list[str]) -> list[Path]:
-    """Files as given, plus the image files (by suffix, sorted) of each folder.
+def _error(message: object, code: int = 2) -> int:
+    print(f"ovseg segment: error: {message}", file=sys.stderr)
+    return code
 
-    Raises FileNotFoundError for a folder without images."""
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(
-                    f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}"
-                )
-            files.extend(found)
-        else:
-            files.append(path)  # a missing or unreadable file is reported when it is read
-    return files
+
+def _settings(args: argparse.Namespace) -> dict:
+    """Everything besides the images that decides what the run writes (checked on resume)."""
+    from ovseg.constants import DEFAULT_METHOD
+    from ovseg.proposals.prompts import make_prompt
+    from ovseg.scoring.vocabulary import Vocabulary, parse_classes
+
+    classes = [c for token in args.classes for c in parse_classes(token)]
+    background = [c for token in args.background for c in parse_classes(token)]
+    # the library's own checks: names, synonyms, duplicates, background, templates
+    vocab = Vocabulary(classes, args.templates, background)
+    prompts = {
+        "points": _json_arg(args.points, "points"),
+        "point_labels": _json_arg(args.point_labels, "point-labels"),
+        "boxes": _json_arg(args.boxes, "boxes"),
+    }
+    make_prompt((_BIG, _BIG), **prompts)  # all but the in-image checks, which need the image
+    grid = cli_grid_options(args)
+    method = args.method or DEFAULT_METHOD
+    if grid and any(v is not None for v in prompts.values()):
+        raise ValueError(
+            f"grid options ({', '.join('--' + k.replace('_', '-') for k in grid)}) apply to "
+            "automatic mode only, not with --points or --boxes"
+        )
+    if grid and method != "sam-clip":
+        raise ValueError(
+            f"grid options ({', '.join('--' + k.replace('_', '-') for k in grid)}) set SAM's "
+            f"automatic masks, which method {method!r} does not use; add --method sam-clip"
+        )
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    check_device(args.device)
+    return _outputs.normalised(
+        {
+            "classes": vocab.classes,
+            "background": list(background),
+            "templates": args.templates,
+            "method": method,
+            "sam": args.sam,
+            "clip": args.clip,
+            "dino": args.dino,
+            "random_weights": args.random_weights,
+            "scorer": args.scorer,
+            "score_threshold": args.score_threshold,
+            "grid": grid,
+            **prompts,
+        }
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ovseg.pipeline import Segmenter
-    from ovseg.scoring.vocabulary import parse_classes, validate_classes
-
-    try:
-        classes = validate_classes(parse_classes(args.classes))
-        background = parse_classes(args.background)
-        prompts = dict(
-            points=_json_arg(args.points, "points"),
-            point_labels=_json_arg(args.point_labels, "point-labels"),
-            boxes=_json_arg(args.boxes, "boxes"),
-        )
-        grid = {} if args.points_per_side is None else {"points_per_side": args.points_per_side}
-        files = collect_images(args.inputs)
-        segmenter = Segmenter(
-            args.sam,
-            args.clip,
-            args.device,
-            random_weights=args.random_weights,
-            templates=args.templates,
-            scorer=args.scorer,
-            score_threshold=args.score_threshold,
-        )
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"ovseg segment: error: {e}", file=sys.stderr)
-        return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    failed = []
-    stems: dict[str, int] = {}
-    bar = tqdm(files, desc="segment", unit="img", disable=args.no_progress or len(files) < 2)
-    for path in bar:
-        stem = path.stem
-        stems[stem] = stems.get(stem, 0) + 1
-        if stems[stem] > 1:
-            stem = f"{stem}_{stems[stem]}"
+    formats = sorted({f for group in args.formats for f in group})
+    try:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"-o {out} is a file; give a folder for the outputs")
+        settings = _settings(args)
+        if not args.inputs:
+            raise ValueError(_no_inputs_message(args.classes))
+        root, images = collect_images(args.inputs, out)
+        settings["root"] = str(root)
+        record = _outputs.read_record(out)
+        names = [i.name for i in images]
+        known = [] if record is None else [n for n in record["images"] if n not in set(names)]
+        _outputs.check_collisions(out, [*known, *names], formats)
+        _outputs.check_existing(out, record, settings, names, formats)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        return _error(e)
+    return _Run(args, out, formats, settings, images, known).run()
+
+
+def _no_inputs_message(class_tokens: list[str]) -> str:
+    eaten = [
+        t for t in class_tokens if Path(t).suffix.lower() in IMAGE_SUFFIXES or Path(t).exists()
+    ]
+    if eaten:
+        return (
+            f"no image given: {eaten[0]!r} was read as a class name; put the images before "
+            "--classes, or end the class list with --"
+        )
+    return "no image given: name image files and/or folders"
+
+
+class _Run:
+    """One ``ovseg segment`` run after the checks: segment, save, then write the run files."""
+
+    def __init__(self, args, out: Path, formats: list[str], settings: dict, images, known):
+        self.args, self.out, self.formats, self.settings = args, out, formats, settings
+        self.images, self.names = images, [*known, *(i.name for i in images)]
+        self.classes = settings["classes"]
+        self.segmenter = None
+        self.written, self.skipped, self.failed = 0, 0, []
+        self.recorded = False
+
+    def run(self) -> int:
+        from tqdm import tqdm
+
+        todo = [i for i in self.images if not _outputs.is_complete(self.out, i.name)]
+        self.skipped = len(self.images) - len(todo)
+        if self.skipped:
+            print(
+                f"ovseg segment: resuming: {self.skipped} of {len(self.images)} image(s) already "
+                f"have their outputs in {self.out}; skipped",
+                file=sys.stderr,
+            )
+        bar = tqdm(todo, desc="segment", unit="img", disable=self.args.no_progress or len(todo) < 2)
         try:
-            result = segmenter.segment(path, classes, background=background, **prompts, **grid)
-            result.save(out, stem)
+            for image in bar:
+                self._one(image, bar)
+        except _LoadError as e:
+            return _error(e.__cause__ or e)
+        except KeyboardInterrupt:
+            bar.close()
+            try:
+                run_files = self._finish()
+            except KeyboardInterrupt:
+                run_files = "the run files were not written"
+            print(
+                f"ovseg segment: interrupted: {self._summary()}; {run_files}. Run the same "
+                "command again to resume.",
+                file=sys.stderr,
+            )
+            return 130
+        try:
+            run_files = self._finish()
+        except (ValueError, OSError) as e:
+            return _error(f"writing the run files: {e}", 1)
+        print(f"ovseg segment: {self._summary()}; {run_files}", file=sys.stderr)
+        return 1 if self.failed else 0
+
+    def _summary(self) -> str:
+        text = f"wrote {self.written} of {len(self.images)} image(s) to {self.out}"
+        if self.skipped:
+            text += f" ({self.skipped} already there)"
+        if self.failed:
+            text += f", {len(self.failed)} failed (listed above)"
+        return text
+
+    def _build(self):
+        from ovseg.pipeline import Segmenter
+
+        s = self.settings
+        try:
+            return Segmenter(
+                s["sam"], s["clip"], self.args.device, dino=s["dino"], method=s["method"],
+                random_weights=s["random_weights"], templates=s["templates"],
+                scorer=s["scorer"], score_threshold=s["score_threshold"],
+            )  # fmt: skip
+        except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as e:
+            raise _LoadError() from e
+
+    def _one(self, image, bar) -> None:
+        from tqdm import tqdm
+
+        s = self.settings
+        self.segmenter = self.segmenter or self._build()
+        prompts = {k: s[k] for k in ("points", "point_labels", "boxes")}
+        try:
+            result = self.segmenter.segment(
+                image.path, self.classes, background=s["background"], **prompts, **s["grid"]
+            )
+            self._record()
+            paths = _outputs.per_image_paths(self.out, image.name)
+            paths["json"].parent.mkdir(parents=True, exist_ok=True)
+            result.save_png(paths["labels"])
+            result.save_overlay(paths["overlay"])
+            result.save_json(paths["json"], file_name=image.name)  # last: marks it complete
+            self.written += 1
         except (ValueError, TypeError, OSError) as e:
-            failed.append(path)
-            tqdm.write(f"ovseg segment: skipped {path}: {e}", file=sys.stderr)
-    done = len(files) - len(failed)
-    print(f"ovseg segment: wrote {done} of {len(files)} image(s) to {out}", file=sys.stderr)
-    return 1 if failed else 0
+            self.failed.append(image.path)
+            tqdm.write(f"ovseg segment: skipped {image.path}: {e}", file=sys.stderr)
+
+    def _record(self) -> None:
+        """Write ``ovseg_run.json`` before the first output (so a failed model load leaves
+        nothing that a corrected command would have to match)."""
+        if self.recorded:
+            return
+        from ovseg import __version__
+        from ovseg._io import atomic_write_text
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = {"ovseg": __version__, "settings": self.settings, "images": self.names}
+        atomic_write_text(self.out / _outputs.RECORD, json.dumps(record, indent=1) + "\n")
+        self.recorded = True
+
+    def _finish(self) -> str:
+        """Write the run files for every recorded image whose outputs are complete."""
+        from ovseg.exports import CocoInstancesWriter, CocoPanopticWriter, YoloWriter
+
+        done = [n for n in self.names if _outputs.is_complete(self.out, n)]
+        if not done:
+            return "no run files (no image done)"
+        self._record()
+        coco = CocoInstancesWriter(self.classes, self.out / _outputs.INSTANCES)
+        others = []
+        if "coco-panoptic" in self.formats:
+            others.append(CocoPanopticWriter(self.classes, self.out))
+        if "yolo" in self.formats:
+            others.append(YoloWriter(self.classes, self.out / "yolo"))
+        for name in done:
+            coco.add_record(_outputs.coco_record_of(self.out, name))
+            if others:
+                result = _outputs.load_saved(self.out, name, self.classes)
+                for writer in others:
+                    writer.add(result, name)
+        paths = [coco.close(), *(w.close() for w in others)]
+        return f"{', '.join(str(p) for p in paths)} cover {len(done)} image(s)"
+
+
+class _LoadError(Exception):
+    """The models could not be built (the cause says why)."""
