@@ -456,11 +456,7 @@ def test_cli_options(capsys):
         ]
     )
     options = grid_options(args)
-    assert (options.points_per_side, options.pred_iou_thresh, options.stability_score_thresh) == (
-        4,
-        0.0,
-        0.0,
-    )
+    assert options == {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
     assert args.host == "127.0.0.1" and not args.share
     assert args.func(args) == 2 and "--port" in capsys.readouterr().err
 

@@ -31,3 +31,15 @@ def test_printed_miou_is_the_stored_fraction_in_percent(tmp_path, capsys):
     printed = re.search(r"mIoU ([0-9.]+)%", capsys.readouterr().out)
     assert printed and float(printed.group(1)) == round(100 * stored, 2)
     assert "%" in out.with_suffix(".md").read_text()
+
+
+def test_cuda_without_a_gpu_fails_before_the_dataset_is_read(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from ovseg.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(
+        ["eval", "--data", str(tmp_path), "--out", str(tmp_path / "r.json"), "--device", "cuda"]
+    )
+    assert code == 1 and "CUDA is not available" in capsys.readouterr().err

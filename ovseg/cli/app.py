@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ovseg.cli import add_model_arguments
+from ovseg.cli import add_grid_arguments, add_model_arguments, check_device, grid_options
 
 
 def register(subparsers) -> None:
@@ -25,16 +25,6 @@ def register(subparsers) -> None:
         help="initial score threshold in [0, 1] (adjustable in the page)",
     )
     p.add_argument(
-        "--points-per-side", type=int, default=None, help="automatic grid density (default 32)"
-    )
-    p.add_argument(
-        "--no-quality-filters",
-        action="store_true",
-        help="keep every automatic-grid mask (pred_iou_thresh=0, "
-        "stability_score_thresh=0); for smoke tests with the tiny random "
-        "models, whose masks rarely pass the filters",
-    )
-    p.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)",
@@ -43,42 +33,58 @@ def register(subparsers) -> None:
     p.add_argument(
         "--share", action="store_true", help="also create a temporary public Gradio link"
     )
+    add_grid_arguments(p)
     p.set_defaults(func=run)
 
 
-def grid_options(args: argparse.Namespace):
-    """The :class:`~ovseg.proposals.grid.GridOptions` asked for on the command line."""
-    from ovseg.proposals.grid import GridOptions
+def _check_port(host: str, port: int) -> None:
+    """Raise OSError (with a clear message) if ``host:port`` cannot be listened on now."""
+    import socket
 
-    options = {}
-    if args.points_per_side is not None:
-        options["points_per_side"] = args.points_per_side
-    if args.no_quality_filters:
-        options.update(pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    return GridOptions(**options)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise OSError(f"--host {host!r} is not an address of this machine ({e})") from e
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as web servers do
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise OSError(
+                f"cannot listen on {host}:{port} ({e.strerror or e}): the port is in use or "
+                "not allowed; choose another with --port"
+            ) from e
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovseg.pipeline import Segmenter
+    from ovseg.constants import DEFAULT_METHOD
 
     if not 0 < args.port < 65536:
         print(f"ovseg app: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
+        grid = grid_options(args)
+        check_device(args.device)
+        _check_port(args.host, args.port)  # before the models load
         from ovseg.app import build_app
+        from ovseg.pipeline import Segmenter
+        from ovseg.proposals.grid import GridOptions
 
         segmenter = Segmenter(
             args.sam,
             args.clip,
             args.device,
+            dino=args.dino,
+            method=args.method or DEFAULT_METHOD,
             random_weights=args.random_weights,
             templates=args.templates,
             scorer=args.scorer,
             score_threshold=args.score_threshold,
-            grid=grid_options(args),
+            grid=GridOptions(**grid) if grid else None,
         )
         app = build_app(segmenter, models={"sam": str(args.sam), "clip": str(args.clip)})
-    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as e:
+    except (ValueError, TypeError, OSError, ModuleNotFoundError) as e:
         print(f"ovseg app: error: {e}", file=sys.stderr)
         return 2
     print(
@@ -86,5 +92,12 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    app.launch(server_name=args.host, server_port=args.port, share=args.share)
+    try:
+        app.launch(server_name=args.host, server_port=args.port, share=args.share)
+    except OSError as e:  # the port was taken between the check and the launch
+        print(f"ovseg app: error: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ovseg app: stopped", file=sys.stderr)
+        return 130
     return 0

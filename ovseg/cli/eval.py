@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ovseg.cli import add_model_arguments
+from ovseg.cli import add_grid_arguments, add_model_arguments, check_device, grid_options
 from ovseg.eval.datasets import KINDS
 from ovseg.eval.runner import PROTOCOL_DEFAULTS, SCORERS
 
@@ -96,35 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="sliding-window dense scoring: windows of PX pixels (e.g. 224), stride "
         "half a window (default: one pass over the whole input)",
     )
-    grid = p.add_argument_group("automatic grid (default: SAM's automatic generator values)")
-    grid.add_argument(
-        "--points-per-side",
-        type=int,
-        default=None,
-        metavar="N",
-        help="grid points per image side (32)",
-    )
-    grid.add_argument(
-        "--pred-iou-thresh",
-        type=float,
-        default=None,
-        metavar="T",
-        help="keep masks with predicted IoU >= T (0.88)",
-    )
-    grid.add_argument(
-        "--stability-score-thresh",
-        type=float,
-        default=None,
-        metavar="T",
-        help="keep masks with stability >= T (0.95)",
-    )
-    grid.add_argument(
-        "--box-nms-thresh",
-        type=float,
-        default=None,
-        metavar="T",
-        help="box NMS IoU threshold, 1 disables (0.7)",
-    )
+    add_grid_arguments(p)
     p.add_argument(
         "--limit", type=int, default=None, metavar="N", help="evaluate only the first N images"
     )
@@ -135,12 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ovseg.eval.runner import evaluate
 
-    grid = {
-        k: getattr(args, k)
-        for k in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
-        if getattr(args, k) is not None
-    }
     try:
+        grid = grid_options(args)
+        check_device(args.device)
         report = evaluate(
             args.data,
             args.out,
@@ -150,6 +119,8 @@ def _run(args: argparse.Namespace) -> int:
             predictions=args.predictions,
             sam=args.sam,
             clip=args.clip,
+            method=args.method,
+            dino=args.dino,
             scorer=args.scorer,
             templates=args.templates,
             score_threshold=args.threshold,
