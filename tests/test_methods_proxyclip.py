@@ -29,6 +29,7 @@ from ovseg.methods.proxyclip import (
     proxyclip_config,
     proxyclip_logits,
     proxyclip_probabilities,
+    proxyclip_probabilities_from_config,
     proxyclip_window_features,
 )
 
@@ -312,6 +313,33 @@ def test_logits_and_whole_image(clip_visual, dino, queries):
     assert torch.equal(probs[5], torch.zeros(120, 120))  # a class without queries
     full = torch.softmax(40 * logits, dim=0)
     assert torch.allclose(probs[0], full[:3].max(dim=0).values, atol=1e-6)
+
+
+def test_probabilities_from_config(clip_visual, dino, queries):
+    from dataclasses import dataclass
+
+    text, query_class = queries
+    img = np.random.default_rng(7).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    cfg = proxyclip_config("voc21", short_side=112, slide_crop=112, slide_stride=56)
+    direct = proxyclip_probabilities(clip_visual, dino, img, text, query_class, 5, 112, 112, 56)
+    got = proxyclip_probabilities_from_config(clip_visual, dino, img, text, query_class, 5, cfg)
+    assert torch.equal(got, direct)
+
+    @dataclass
+    class Settings:  # attribute access, as a MethodConfig gives
+        short_side: int = 112
+        slide_crop: int = 112
+        slide_stride: int = 56
+        logit_scale: float = 40.0
+        pad_multiple: int = 56
+        long_cap: int = 2048
+
+    got = proxyclip_probabilities_from_config(
+        clip_visual, dino, img, text, query_class, 5, Settings()
+    )
+    assert torch.equal(got, direct)
+    with pytest.raises(TypeError, match="short_side"):
+        proxyclip_probabilities_from_config(clip_visual, dino, img, text, query_class, 5, {})
 
 
 def test_configs_and_class_names():

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 
 import numpy as np
@@ -70,6 +70,7 @@ __all__ = [
     "proxyclip_config",
     "proxyclip_logits",
     "proxyclip_probabilities",
+    "proxyclip_probabilities_from_config",
     "proxyclip_window_features",
 ]
 
@@ -439,3 +440,68 @@ def proxyclip_probabilities(
         for k in torch.unique(idx).tolist():
             out[k] = probs[idx == k].amax(dim=0)
         return out.float()
+
+
+_CONFIG_FIELDS = (
+    "short_side",
+    "slide_crop",
+    "slide_stride",
+    "logit_scale",
+    "pad_multiple",
+    "long_cap",
+)
+
+
+def proxyclip_probabilities_from_config(
+    clip_visual: nn.Module,
+    dino: nn.Module,
+    image: np.ndarray,
+    text: Tensor,
+    query_class: Sequence[int],
+    num_classes: int,
+    config: object,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Tensor:
+    """:func:`proxyclip_probabilities` with the settings taken from ``config``.
+
+    Args:
+        config: a mapping such as :func:`proxyclip_config` returns, or an object with those
+            attributes (e.g. a :class:`~ovseg.methods.config.MethodConfig`). Read:
+            ``short_side``, ``slide_crop`` (None: whole image), ``slide_stride``,
+            ``logit_scale``, ``pad_multiple``, ``long_cap`` (all required), and ``beta``,
+            ``gamma``, ``batch_windows`` when present (else 1.2, 3.0, 4).
+        mean, std: as in :func:`proxyclip_probabilities`.
+
+    Raises:
+        TypeError: ``config`` lacks one of the required settings.
+    """
+
+    def get(name: str, default: object = ..., /) -> object:
+        if isinstance(config, Mapping):
+            value = config.get(name, default)
+        else:
+            value = getattr(config, name, default)
+        if value is ...:
+            raise TypeError(f"config has no {name!r} (need {', '.join(_CONFIG_FIELDS)})")
+        return value
+
+    return proxyclip_probabilities(
+        clip_visual,
+        dino,
+        image,
+        text,
+        query_class,
+        num_classes,
+        get("short_side"),
+        get("slide_crop"),
+        get("slide_stride"),
+        get("logit_scale"),
+        beta=get("beta", 1.2),
+        gamma=get("gamma", 3.0),
+        pad_multiple=get("pad_multiple"),
+        long_cap=get("long_cap"),
+        batch_windows=get("batch_windows", 4),
+        mean=mean,
+        std=std,
+    )
