@@ -11,9 +11,11 @@ import sys
 from ovseg.models import weights
 
 CLIP_NOTE = (
-    "CLIP weights are not stored here: give an open_clip pretrained tag as ARCH/TAG "
-    "(e.g. ViT-B-16/openai) or a Hugging Face id as hf:ORG/NAME; open_clip and huggingface_hub "
-    "fetch them on first use into their own cache (HF_HOME, default ~/.cache/huggingface)."
+    "CLIP weights: `ovseg weights download ARCH/TAG` (an open_clip pretrained tag, e.g. "
+    "ViT-B-16/openai) stores them in the open_clip/ subfolder of the weights folder; "
+    "`ovseg weights download hf:ORG/NAME` stores a Hugging Face model in the Hugging Face cache "
+    "(HF_HOME, default ~/.cache/huggingface). Models are built from these caches only, never "
+    "online."
 )
 
 
@@ -141,15 +143,17 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _download_clip(spec: str) -> int:
-    """CLIP weights: open_clip tags and Hugging Face ids are fetched by those libraries into
-    their own caches (open_clip's under the weights folder), by building the model once."""
+    """CLIP weights: an open_clip tag into the weights folder's open_clip/, a Hugging Face id
+    into the Hugging Face cache; then the model is built once from the cache as a check."""
     from ovseg.models.build import build_clip
+    from ovseg.models.clip_weights import fetch_clip
 
     try:
+        where = fetch_clip(spec)
         backend = build_clip(spec, "cpu")
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
         return _error(e)
-    print(f"{backend.name}: cached")
+    print(f"{backend.name}: cached in {where}")
     return 0
 
 

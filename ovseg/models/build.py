@@ -8,7 +8,9 @@ CLIP specs: ``"ARCH/TAG"`` (an open_clip architecture and pretrained tag, e.g.
 ``"ViT-B-16/openai"``), ``"ARCH:PATH"`` (open_clip architecture, local checkpoint file),
 ``"hf:ORG/NAME"`` or a local Hugging Face model folder (transformers CLIP/SigLIP), an open_clip
 model, a ``(model, tokenizer)`` pair, a :class:`~ovseg.scoring.backends.ClipBackend`,
-``"tiny-random"`` (open_clip) or ``"hf-tiny-random"`` (transformers).
+``"tiny-random"`` (open_clip) or ``"hf-tiny-random"`` (transformers). Pretrained CLIP
+weights are read from their caches only (see :mod:`ovseg.models.clip_weights`): missing ones
+fail at once with the command that fetches them.
 
 ``random_weights=True`` builds a registered architecture (``sam="vit_b"``, ``clip="ViT-B-16"``)
 with random weights, for timing only: it warns, and its labels are meaningless.
@@ -139,7 +141,7 @@ def _wrap_model(model, tokenizer, name, device) -> ClipBackend:
 def _open_clip(spec: str, device, random_weights: bool) -> ClipBackend:
     import open_clip
 
-    from ovseg.models.weights import weights_dir
+    from ovseg.models.clip_weights import open_clip_pretrained
 
     arch, sep, tag = spec.partition(":") if ":" in spec else spec.partition("/")
     if arch not in open_clip.list_models():
@@ -164,38 +166,30 @@ def _open_clip(spec: str, device, random_weights: bool) -> ClipBackend:
             raise FileNotFoundError(f"CLIP checkpoint not found: {tag}")
     elif tag not in tags:
         raise ValueError(f"unknown pretrained tag {tag!r} for {arch}; known: {tags}")
-    cache = weights_dir() / "open_clip"
-    try:
-        model = open_clip.create_model(
-            arch,
-            pretrained=str(Path(tag).expanduser()) if sep == ":" else tag,
-            device=device,
-            cache_dir=str(cache),
-        )
-        tokenizer = open_clip.get_tokenizer(arch)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise FileNotFoundError(
-            f"CLIP weights {spec!r} are not cached in {cache} and could not be fetched ({e}). "
-            f"On a machine with network access run: ovseg weights download {spec}"
-        ) from e
-    return OpenClipBackend(model, tokenizer, name=spec)
+    if sep == ":":
+        try:
+            file = str(Path(tag).expanduser())
+            model = open_clip.create_model(arch, pretrained=file, device=device)
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            raise ValueError(f"CLIP checkpoint {tag} does not load into {arch}: {e}") from e
+    else:
+        model = open_clip_pretrained(arch, tag, device)  # from the cache only, never online
+    return OpenClipBackend(model, open_clip.get_tokenizer(arch), name=spec)
 
 
 def _hf_clip(model_id: str, device, random_weights: bool) -> ClipBackend:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
+    from ovseg.models.clip_weights import hf_missing
+
     if random_weights:
         raise ValueError("random_weights is supported for open_clip architectures only")
-    try:
-        model = AutoModel.from_pretrained(model_id)
-        tokenizer = AutoTokenizer.from_pretrained(model_id)
-        processor = AutoImageProcessor.from_pretrained(model_id)
+    try:  # the local folder or the Hugging Face cache only: `ovseg weights download` fetches
+        model = AutoModel.from_pretrained(model_id, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_id, local_files_only=True)
+        processor = AutoImageProcessor.from_pretrained(model_id, local_files_only=True)
     except OSError as e:
-        raise FileNotFoundError(
-            f"Hugging Face model {model_id!r} is neither a local folder nor in the Hugging Face "
-            f"cache, and could not be fetched ({e}). On a machine with network access run: "
-            f"ovseg weights download hf:{model_id}"
-        ) from e
+        raise FileNotFoundError(hf_missing(model_id, e)) from e
     return HFClipBackend(
         model.to(device), tokenizer, name=f"hf:{model_id}", image_processor=processor
     )
