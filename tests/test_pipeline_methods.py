@@ -178,3 +178,18 @@ def test_segment_front_takes_segmenter_options(image):
     assert crop.label_map.shape == image.shape[:2]
     with pytest.raises(ValueError, match="unknown option"):
         ovseg.segment(image, CLASSES, sam=None, clip="tiny-random", bogus=1)
+
+
+def test_proxyclip_through_the_segmenter_equals_its_front(image):
+    from ovseg.methods.proxyclip import proxyclip_probabilities
+    from ovseg.methods.text import OPENAI_IMAGENET_TEMPLATES, query_embeddings
+
+    seg = Segmenter(None, "tiny-random", "cpu", dino="tiny-random", method="proxyclip")
+    probs = seg.pixel_probabilities(image, CLASSES)
+    model = seg.clip.model
+    queries, owners = ["road", "street", "car", "sky"], [0, 0, 1, 2]
+    text = query_embeddings(model, seg.clip.tokenizer, queries, OPENAI_IMAGENET_TEMPLATES)
+    expected = proxyclip_probabilities(model.visual, seg.dino, image, text, owners, 3)
+    np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
+    labels = seg.segment(image, CLASSES).label_map
+    np.testing.assert_array_equal(labels, probs.argmax(0))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 __all__ = ["DATASETS", "METHODS", "MethodConfig", "method_config"]
 
-METHODS = ("sclip", "clearclip", "naclip")
+METHODS = ("sclip", "clearclip", "naclip", "proxyclip")
 DATASETS = (
     "voc21",
     "context60",
@@ -39,7 +39,12 @@ DATASETS = (
     "cityscapes",
     "ade20k",
 )
-ATTENTIONS = {"sclip": ("csa",), "clearclip": ("clearclip", "vanilla"), "naclip": ("naclip",)}
+ATTENTIONS = {
+    "sclip": ("csa",),
+    "clearclip": ("clearclip", "vanilla"),
+    "naclip": ("naclip",),
+    "proxyclip": ("proxy",),
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class MethodConfig:
         attention: last-block variant (see :mod:`ovseg.methods.clip_blocks`); ``None`` is
             the method's own (``"csa"``, ``"clearclip"``, ``"naclip"``).
         batch_windows: windows per forward pass (>= 1; memory knob, no effect on numbers).
+        beta, gamma: ProxyCLIP's proxy attention ``(S - beta * mean(S)) * gamma`` (finite).
     """
 
     method: str
@@ -83,6 +89,8 @@ class MethodConfig:
     gaussian_std: float = 5.0
     attention: str | None = None
     batch_windows: int = 8
+    beta: float = 1.2
+    gamma: float = 3.0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -142,6 +150,9 @@ def _validate(cfg: MethodConfig) -> None:
         raise ValueError(
             f"pamr_dilations must be a non-empty tuple of ints >= 1, got {cfg.pamr_dilations!r}"
         )
+    for name in ("beta", "gamma"):
+        if not _is_real(getattr(cfg, name)):
+            raise ValueError(f"{name} must be a finite float, got {getattr(cfg, name)!r}")
     if not _is_real(cfg.gaussian_std) or cfg.gaussian_std <= 0:
         raise ValueError(f"gaussian_std must be a finite float > 0, got {cfg.gaussian_std!r}")
     if cfg.attention is not None and cfg.attention not in ATTENTIONS[cfg.method]:
@@ -158,6 +169,8 @@ _DEFAULTS: dict[str, dict[str, object]] = {
                       pad_multiple=16, attention="clearclip"),
     "naclip": dict(short_side=336, slide_crop=224, slide_stride=112, logit_scale=40.0,
                    pamr_steps=10, pamr_dilations=(8, 16), gaussian_std=5.0, attention="naclip"),
+    "proxyclip": dict(short_side=336, slide_crop=336, slide_stride=112, logit_scale=40.0,
+                      pad_multiple=56, beta=1.2, gamma=3.0, attention="proxy", batch_windows=4),
 }  # fmt: skip
 
 _PER_DATASET: dict[str, dict[str, dict[str, object]]] = {
@@ -173,6 +186,13 @@ _PER_DATASET: dict[str, dict[str, dict[str, object]]] = {
         "context60": dict(prob_threshold=0.15),
         "coco_object": dict(prob_threshold=0.4),
         "cityscapes": dict(slide_crop=224, slide_stride=224),
+    },
+    "proxyclip": {
+        "voc21": dict(prob_threshold=0.2),
+        "context60": dict(prob_threshold=0.15),
+        "coco_object": dict(prob_threshold=0.25),
+        "cityscapes": dict(short_side=448, slide_crop=224, slide_stride=112),
+        "ade20k": dict(short_side=448),
     },
     "naclip": {
         "voc21": dict(prob_threshold=0.1, slide_crop=None),

@@ -119,9 +119,9 @@ class DenseMethod:
         mean, std = self._mean_std()
         visual = self.clip.model.visual
         if self.name == "proxyclip":
-            from ovseg.methods.proxyclip import proxyclip_probabilities
+            from ovseg.methods.proxyclip import proxyclip_probabilities_from_config
 
-            return proxyclip_probabilities(
+            return proxyclip_probabilities_from_config(
                 visual, self.dino, image, text, query_class, num_classes, config, mean, std
             )
         return dense_probabilities(

@@ -2,8 +2,9 @@
 
 ``<method>/<dataset>.txt`` are the references' ``configs/cls_<dataset>.txt`` verbatim: one
 line per class (class index = line number), synonyms on one line separated by the method's
-separator (SCLIP and NACLIP ``", "``, ClearCLIP ``","``). Nothing is stripped except the line
-break, exactly as the references read them (so Context60's last entry is ``"wood "``).
+separator (SCLIP and NACLIP ``", "``, ClearCLIP ``","``, ProxyCLIP ``"; "``). Nothing is
+stripped except the line break, exactly as the references read them (so Context60's last entry
+is ``"wood "``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from importlib import resources
 
 __all__ = ["SEPARATORS", "class_names", "query_list"]
 
-SEPARATORS = {"sclip": ", ", "clearclip": ",", "naclip": ", "}
+SEPARATORS = {"sclip": ", ", "clearclip": ",", "naclip": ", ", "proxyclip": "; "}
 _DATASETS = (
     "voc21",
     "context60",
