@@ -21,6 +21,7 @@ Then ``ln_post`` on every token, ``@ proj``, class token dropped.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -127,6 +128,11 @@ def last_block_qkv(
     return split(q), split(k), split(v)
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_addition(gh: int, gw: int, std: float) -> torch.Tensor:
+    return naclip_attention_addition(gh, gw, std)
+
+
 def naclip_attention_addition(gh: int, gw: int, std: float = 5.0) -> torch.Tensor:
     """NACLIP's ``Omega``: ``(1 + gh*gw, 1 + gh*gw)`` float32, zero row and column for the
     class token, and for patches ``p = (i, j)``, ``p' = (k, l)`` (row-major)
@@ -226,7 +232,7 @@ def dense_features(
             weights = torch.softmax(q @ other.transpose(-1, -2) * scale, dim=-1)
             x = _attend(block, weights, v)
         else:
-            omega = naclip_attention_addition(*grid, std=gaussian_std).to(k.dtype).to(k.device)
+            omega = _cached_addition(*grid, float(gaussian_std)).to(k.device, k.dtype)
             weights = torch.softmax(k @ k.transpose(-1, -2) * scale + omega, dim=-1)
             x = _attend(block, weights, v)
         return project_tokens(visual, x, grid)

@@ -65,8 +65,9 @@ def dense_logits(
         raise TypeError("text must be a (Q, D) tensor")
     h0, w0 = image.shape[:2]
     size = imrescale_size(h0, w0, config.short_side, config.long_cap)
-    x = normalize_image(resize_image(image, size), mean, std)
-    text = text.to(torch.float32)
+    device = next(visual.parameters()).device
+    x = normalize_image(resize_image(image, size), mean, std).to(device)
+    text = text.to(device=device, dtype=torch.float32)
     window_fn = functools.partial(
         dense_features,
         visual,
@@ -97,7 +98,7 @@ def dense_logits(
 def class_max(probs: torch.Tensor, query_class: Sequence[int], num_classes: int) -> torch.Tensor:
     """Per class the max over its queries: ``(Q, H, W)`` -> ``(K, H, W)``; a class without
     queries gets 0 (as the references' one-hot product does)."""
-    idx = torch.as_tensor(list(query_class), dtype=torch.int64)
+    idx = torch.as_tensor(list(query_class), dtype=torch.int64, device=probs.device)
     out = probs.new_zeros((num_classes, *probs.shape[1:]))
     for k in torch.unique(idx).tolist():
         out[k] = probs[idx == k].amax(dim=0).clamp_min(0)
@@ -132,6 +133,7 @@ def dense_probabilities(
     Returns:
         ``softmax(logit_scale * cosine)`` over the ``Q`` queries, max over each class's
         queries; per pixel the values of a class's best query, so they need not sum to 1.
+        On the device of ``visual``.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
@@ -178,11 +180,11 @@ def predict_labels(
         probs = probs.clone()
         if config.area_threshold is not None:
             pred = probs.argmax(dim=0)
-            fg = torch.ones(k, dtype=torch.bool)
+            fg = torch.ones(k, dtype=torch.bool, device=probs.device)
             fg[background_class] = False
             area = torch.bincount(pred.flatten(), minlength=k).to(probs.dtype)[fg]
             keep = (area > config.area_threshold * area.sum()).to(probs.dtype)
-            probs[fg] *= keep.view(-1, 1, 1).to(probs.device)
+            probs[fg] *= keep.view(-1, 1, 1)
         labels = probs.argmax(dim=0)
         if config.prob_threshold > 0:
             labels[probs.max(dim=0).values < config.prob_threshold] = background_class
