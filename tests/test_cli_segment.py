@@ -241,6 +241,8 @@ def test_grid_flags_reach_the_segmenter(fake, tmp_path):
         (["--classes", "a", "--pred-iou-thresh", "2", "--method", "sam-clip"], "pred_iou"),
         (["--classes", "a", "--score-threshold", "1.5"], "score-threshold"),
         (["--classes", "a", "--background", "a"], "background"),
+        (["--classes", "a", "--method", "bogus"], "--method must be one of"),
+        (["--classes", "a", "--method", "proxyclip"], "needs --dino"),
     ],
 )
 def test_image_independent_errors_once_before_models_load(

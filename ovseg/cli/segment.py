@@ -129,6 +129,13 @@ def _settings(args: argparse.Namespace) -> dict:
     make_prompt((_BIG, _BIG), **prompts)  # all but the in-image checks, which need the image
     grid = cli_grid_options(args)
     method = args.method or DEFAULT_METHOD
+    from ovseg.methods.runner import needs_dino
+    from ovseg.pipeline import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if needs_dino(method) and args.dino is None:
+        raise ValueError(f"--method {method} needs --dino (dino_vitb8, dino_vitb16, NAME:PATH)")
     if grid and any(v is not None for v in prompts.values()):
         raise ValueError(
             f"grid options ({', '.join('--' + k.replace('_', '-') for k in grid)}) apply to "
