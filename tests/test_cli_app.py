@@ -36,3 +36,14 @@ def test_cuda_without_a_gpu_is_a_clear_error(no_models, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["app", "--device", "cuda:0", "--port", "1"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_any_subcommand_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
+    import ovseg.eval.runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ovseg.eval.runner, "evaluate", interrupted)
+    code = main(["eval", "--data", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    assert code == 130 and capsys.readouterr().err == "ovseg eval: interrupted\n"
