@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from ovseg.bench.plain import PlainPipeline, label_components, synthetic_scene
-from ovseg.bench.runner import BenchConfig
+from ovseg.bench.runner import BENCH_METHODS, BenchConfig, _method_rows, parse_methods
 from ovseg.cli import main
 
 
@@ -86,11 +86,50 @@ def test_plain_scoring_is_one_clip_pass_per_mask():
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(images=0), dict(repeats=0), dict(scorers=("fast",)), dict(scorers=())]
+    "bad",
+    [
+        dict(images=0),
+        dict(repeats=0),
+        dict(scorers=("fast",)),
+        dict(scorers=()),
+        dict(methods=("naclip", "fast")),
+        dict(batch_windows=(0,)),
+    ],
 )
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         BenchConfig(**bad)
+
+
+def test_parse_methods():
+    assert parse_methods("naclip,sclip,clearclip,proxyclip") == BENCH_METHODS
+    assert parse_methods("all") == BENCH_METHODS
+    assert parse_methods("none") == ()
+    assert parse_methods(" sclip , sclip,naclip") == ("sclip", "naclip")
+    for bad in ("sam-clip", "naclip,nope", ""):
+        with pytest.raises(ValueError, match="--methods"):
+            parse_methods(bad)
+
+
+def test_method_rows_add_batch_sizes():
+    rows = _method_rows(BenchConfig(methods=("sclip", "naclip"), batch_windows=(1, 16)))
+    assert list(rows) == [
+        "sclip",
+        "sclip batch_windows=1",
+        "sclip batch_windows=16",
+        "naclip",
+        "naclip batch_windows=1",
+        "naclip batch_windows=16",
+    ]
+    assert rows["naclip batch_windows=16"] == ("naclip", {"batch_windows": 16})
+
+
+@pytest.mark.parametrize("value", ["naclip,fast", "sam-clip", ","])
+def test_bad_method_names_are_one_line_errors(tmp_path, capsys, value):
+    assert main(["bench", "--tiny", "--methods", value, "-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ovseg bench: error: unknown method")
+    assert "naclip, sclip, clearclip, proxyclip" in err and not list(tmp_path.iterdir())
 
 
 def test_half_needs_cuda(tmp_path, capsys):
@@ -118,8 +157,8 @@ def test_bench_command_writes_json_and_markdown(tmp_path, data, request):
         "--stem",
         "run",
     ]
-    if data == "camvid":
-        args += ["--data", str(request.getfixturevalue("camvid_dir"))]
+    if data == "camvid":  # the dense methods skipped; all four on the generated frame
+        args += ["--data", str(request.getfixturevalue("camvid_dir")), "--methods", "none"]
     else:
         args += ["--data", str(tmp_path / "absent")]
     assert main(args) == 0
@@ -138,6 +177,21 @@ def test_bench_command_writes_json_and_markdown(tmp_path, data, request):
     assert ("generated" in results["data"]) == (data == "generated")
     assert "| end to end |" in markdown and "SamAutomaticMaskGenerator" in markdown
     assert not list(tmp_path.glob(".run*"))  # no temp files left behind
+    methods = s["methods"]
+    if data == "camvid":
+        assert methods == {} and rec["methods"] == {} and "Dense methods" not in markdown
+        return
+    assert list(methods) == list(BENCH_METHODS) and results["method_errors"] == {}
+    plain = s["stages"]["end_to_end"]["plain"]
+    for name, row in methods.items():
+        assert row["method"] == name and row["error"] is None and row["runs"] == 1
+        assert row["probabilities"] > 0 and row["labels"] > 0
+        assert row["per_image"] == pytest.approx(row["probabilities"] + row["labels"])
+        assert row["ratio_plain"] == pytest.approx(plain / row["per_image"])
+        assert row["ratio_plain"] > 0
+        assert row["ratio_dense"] > 0 and row["windows"] >= 1 and row["batch_windows"] >= 1
+        assert f"| {name} | " in markdown
+    assert "## Dense methods (no SAM)" in markdown and "DINO tiny-random (ProxyCLIP)" in markdown
 
 
 @pytest.mark.gpu

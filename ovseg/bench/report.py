@@ -39,8 +39,11 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b and b == b and a == a else None
 
 
-def summarize(records: list[dict], config) -> dict:
-    """Medians over every (image, repeat) run, and ratios plain / ovseg."""
+def summarize(
+    records: list[dict], config, method_rows: dict | None = None, method_errors: dict | None = None
+) -> dict:
+    """Medians over every (image, repeat) run, and ratios plain / ovseg; with ``method_rows``
+    ({row: (method, options)}), the dense methods' medians and ratios plain / method."""
     plain = [run for rec in records for run in rec["plain"]]
     ours = [run for rec in records for run in rec["ovseg"]]
     stages: dict[str, dict] = {}
@@ -72,6 +75,7 @@ def summarize(records: list[dict], config) -> dict:
     adaptive = [a for rec in records for a in rec["adaptive"]]
     return {
         "stages": stages,
+        "methods": _summarize_methods(records, config, stages, method_rows, method_errors),
         "masks": {
             "plain_produced": median(r["masks"] for r in plain),
             "ovseg_produced": median(r["masks"] for r in ours),
@@ -93,6 +97,32 @@ def summarize(records: list[dict], config) -> dict:
         if adaptive
         else None,
     }
+
+
+def _summarize_methods(records, config, stages, rows, errors) -> dict:
+    """{row: medians of a dense method's runs, ratios of the end-to-end pipelines to it}."""
+    errors = errors or {}
+    out = {}
+    for key, (name, options) in (rows or {}).items():
+        entries = [rec["methods"][key] for rec in records if key in rec.get("methods", {})]
+        runs = [run for e in entries for run in e["runs"]]
+        per_image = median(r["per_image"] for r in runs)
+        row = {
+            "method": name,
+            "options": dict(options),
+            "windows": median(e.get("windows") for e in entries),
+            "batch_windows": median(e.get("batch_windows") for e in entries),
+            "runs": len(runs),
+            "probabilities": median(r["probabilities"] for r in runs),
+            "labels": median(r["labels"] for r in runs),
+            "per_image": per_image,
+            "peak_mb": median(r["peak_mb"] for r in runs),
+            "ratio_plain": _ratio(stages["end_to_end"]["plain"], per_image),
+            **{f"ratio_{k}": _ratio(stages["end_to_end"][k], per_image) for k in config.scorers},
+            "error": errors.get(name),
+        }
+        out[key] = row
+    return out
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -171,7 +201,47 @@ def to_markdown(results: dict) -> str:
         )
     for note in c.get("notes") or []:
         lines.append(f"- {note}")
+    if s.get("methods"):
+        lines += ["", *_methods_markdown(c, s, m)]
     return "\n".join(lines) + "\n"
+
+
+def _methods_markdown(c: dict, s: dict, m: dict) -> list[str]:
+    kinds = c["scorers"]
+    plain = s["stages"]["end_to_end"]["plain"]
+    dino = any(row["method"] == "proxyclip" for row in s["methods"].values())
+    lines = [
+        "## Dense methods (no SAM)",
+        "",
+        f"Per image: the method's pixel probabilities on an image it has not seen (the "
+        "Segmenter's probability cache cleared), then its labels and result "
+        f"(`Segmenter.segment`). Models: CLIP {c['clip']}"
+        + (f" and DINO {c['dino']} (ProxyCLIP)" if dino else "")
+        + (", tiny random test models" if c["sam"] == "tiny-random" else ", random weights")
+        + "; the CLIP model object above; the same frames and repeats. Ratios: the "
+        f"plain pipeline's end to end ({_fmt(plain)} s) and ovseg's SAM + CLIP end to end over "
+        "the method's seconds per image. Windows: sliding windows per image (windows per "
+        f"forward pass). Peak memory above baseline, {'CUDA' if m.get('gpu') else 'RSS'}, MiB.",
+        "",
+        "| method | windows (batch) | probabilities (s) | labels + result (s) | per image (s) "
+        "| plain / method | "
+        + " | ".join(f"ovseg {k} / method" for k in kinds)
+        + " | peak (MiB) |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(kinds) + "---:|",
+    ]
+    for key, row in s["methods"].items():
+        if row.get("error") or not row["runs"]:
+            reason = row.get("error") or "no timed run"
+            lines.append(f"| {key} | failed: {reason.replace('|', '/')} |")
+            continue
+        windows = f"{_fmt(row['windows'], 0)} ({_fmt(row['batch_windows'], 0)})"
+        ratios = " | ".join(f"{_fmt(row[f'ratio_{k}'], 1)}x" for k in kinds)
+        lines.append(
+            f"| {key} | {windows} | {_fmt(row['probabilities'])} | {_fmt(row['labels'])} | "
+            f"{_fmt(row['per_image'])} | **{_fmt(row['ratio_plain'], 1)}x** | {ratios} | "
+            f"{_fmt(row['peak_mb'], 0)} |"
+        )
+    return lines
 
 
 def write_results(results: dict, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:

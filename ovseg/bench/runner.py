@@ -10,7 +10,11 @@ Fairness, as reported in every result:
   generated label map when CamVid is absent;
 - end to end = encoder + proposals + scoring of the fixed set + fusion of the fixed set;
 - a click = one positive point after ``set_image`` (SAM's best candidate) + scoring that one
-  region + fusion, vs ``SamPredictor.predict`` + one per-mask CLIP crop.
+  region + fusion, vs ``SamPredictor.predict`` + one per-mask CLIP crop;
+- dense methods (``naclip``, ``sclip``, ``clearclip``, ``proxyclip``; no SAM): per image, the
+  method's pixel probabilities (first call on the image: the Segmenter's cache cleared) then
+  its labels and result, timed in the same repeats on the same frames, with the same CLIP
+  model object, against the plain pipeline's end to end.
 
 The plain pipeline lives in :mod:`ovseg.bench.plain`; reports in :mod:`ovseg.bench.report`.
 """
@@ -33,6 +37,30 @@ from ovseg.constants import DEFAULT_SAM
 CAMVID = Path("../shared/data/camvid-val")
 CAMVID_IGNORE = (11,)
 SYNTHETIC_CLASSES = ["sky", "road", "building", "car"]
+BENCH_METHODS = ("naclip", "sclip", "clearclip", "proxyclip")
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``--methods``: comma-separated dense method names, ``all`` (every one) or ``none``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    from ovseg.methods.runner import DENSE_METHODS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["none"]:
+        return ()
+    if names == ["all"]:
+        return BENCH_METHODS
+    known = (*BENCH_METHODS, *(m for m in DENSE_METHODS if m not in BENCH_METHODS))
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise ValueError(
+            f"unknown method(s) {bad or [text]} in --methods; choose from {', '.join(known)}, "
+            "'all' or 'none'"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass
@@ -54,6 +82,9 @@ class BenchConfig:
     clicks: int = 3
     min_area: int = 64
     threads: int | None = None
+    methods: tuple[str, ...] = BENCH_METHODS
+    dino: str = "dino_vitb8"
+    batch_windows: tuple[int, ...] = ()
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -62,6 +93,9 @@ class BenchConfig:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)}")
         if not self.scorers or any(s not in ("crop", "dense", "both") for s in self.scorers):
             raise ValueError(f"scorers must be among crop, dense, both; got {self.scorers}")
+        self.methods = parse_methods(",".join(self.methods) or "none")
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_windows):
+            raise ValueError(f"batch_windows must be ints >= 1, got {self.batch_windows}")
 
     @property
     def tiny(self) -> bool:
@@ -207,6 +241,95 @@ def build(config: BenchConfig):
     return plain, segmenter, device
 
 
+def build_methods(config: BenchConfig, clip, device) -> tuple[dict, dict[str, str]]:
+    """One SAM-free Segmenter per dense method, sharing ``clip`` (and one DINO for ProxyCLIP).
+
+    Returns ({name: Segmenter}, {name: error}): a method that cannot be built is reported, not
+    fatal, so one failing method does not lose the rest of a long run."""
+    import warnings
+
+    from ovseg.methods.runner import needs_dino
+    from ovseg.models.build import build_dino
+    from ovseg.pipeline import Segmenter
+
+    segmenters, errors, dino = {}, {}, None
+    for name in config.methods:
+        try:
+            if needs_dino(name) and dino is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # random weights: timing only
+                    dino = build_dino(config.dino, device, random_weights=not config.tiny)
+            segmenters[name] = Segmenter(
+                None,
+                clip,
+                device,
+                method=name,
+                dino=dino if needs_dino(name) else None,
+                random_weights=not config.tiny,
+            )
+        except Exception as e:  # noqa: BLE001 - reported in the results, the run goes on
+            errors[name] = _error(e)
+    return segmenters, errors
+
+
+def _error(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+
+
+def _method_rows(config: BenchConfig) -> dict[str, tuple]:
+    """{row key: (method, method options)}: each method with its defaults, then with each
+    ``batch_windows`` value asked for."""
+    rows = {}
+    for name in config.methods:
+        rows[name] = (name, {})
+        for b in config.batch_windows:
+            rows[f"{name} batch_windows={b}"] = (name, {"batch_windows": b})
+    return rows
+
+
+def _windows(seg, shape: tuple[int, int], options: dict) -> dict:
+    """The sliding windows a method runs on an image of ``shape`` (from its resize, crop and
+    stride) and its windows per forward pass; None where its settings do not say."""
+    from ovseg.methods.geometry import imrescale_size, slide_windows
+
+    out = {"windows": None, "batch_windows": None}
+    try:
+        cfg = seg.dense.config(**options)
+        get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k, None)
+        out["batch_windows"] = get("batch_windows")
+        crop = get("slide_crop")
+        if crop is None:
+            out["windows"] = 1
+        else:
+            h, w = imrescale_size(*shape, get("short_side"), get("long_cap") or 2048)
+            out["windows"] = len(slide_windows(h, w, crop, get("slide_stride")))
+    except Exception:  # noqa: BLE001 - informative only
+        pass
+    return out
+
+
+def _run_method(seg, image, classes, options: dict, device) -> dict:
+    """One timed dense-method run on ``image``, no cache: pixel probabilities, then labels and
+    the result (``segment``, which reuses the probabilities just computed)."""
+    seg._probs_cache = None
+    with _Peak(device) as peak:
+        _, t_probs = _timed(lambda: seg.pixel_probabilities(image, classes, **options), device)
+        cached = seg._probs_cache
+        _, t_labels = _timed(lambda: seg.segment(image, classes, **options), device)
+    if cached is None or seg._probs_cache is not cached:
+        raise RuntimeError(
+            "segment() recomputed the probabilities (the Segmenter's cache missed): the labels "
+            "time would count the method twice"
+        )
+    seg._probs_cache = None
+    return dict(
+        probabilities=t_probs,
+        labels=t_labels,
+        per_image=t_probs + t_labels,
+        peak_mb=peak.peak_mb,
+    )
+
+
 def run_benchmark(config: BenchConfig, progress=print) -> dict:
     """Run the side-by-side benchmark; returns the results dict (see :mod:`ovseg.bench.report`)."""
     from ovseg.proposals.grid import fused_attention
@@ -217,6 +340,8 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
         torch.set_num_threads(config.threads)
     frames, classes, ignore, source = load_frames(config)
     plain, seg, device = build(config)
+    methods, method_errors = build_methods(config, seg.clip, device)
+    method_rows = _method_rows(config)
     scorers = {k: make_scorer(k, seg.clip) for k in config.scorers}
     autocast = (
         torch.autocast("cuda", dtype=torch.float16) if config.half else contextlib.nullcontext()
@@ -229,6 +354,7 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
         if i == 0:
             progress(f"[{name}] warm-up (untimed) ...")
             _warmup(plain, seg, scorers, image, fixed, classes, text, config.fused)
+            _warmup_methods(methods, method_rows, method_errors, image, classes, progress)
         rec = {
             "image": name,
             "shape": list(image.shape[:2]),
@@ -236,6 +362,11 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
             "plain": [],
             "ovseg": [],
             "adaptive": [],
+            "methods": {
+                key: {**_windows(methods[m], image.shape[:2], opts), "runs": []}
+                for key, (m, opts) in method_rows.items()
+                if m in methods
+            },
         }
         for r in range(config.repeats):
             progress(f"[{name} {r + 1}/{config.repeats}] plain ...")
@@ -253,6 +384,17 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
                         recall=_recall(ours.masks, adaptive.masks),
                     )
                 )
+            for key, (m, opts) in method_rows.items():
+                if m not in methods or m in method_errors:
+                    continue
+                progress(f"[{name} {r + 1}/{config.repeats}] {key} ...")
+                try:
+                    run = _run_method(methods[m], image, classes, opts, device)
+                except Exception as e:  # noqa: BLE001 - reported in the results
+                    method_errors[m] = _error(e)
+                    progress(f"  {key} failed: {method_errors[m]}")
+                    continue
+                rec["methods"][key]["runs"].append(run)
         rec["clicks"] = _clicks(
             config, plain, seg, scorers, image, fixed, classes, text, device, autocast
         )
@@ -264,7 +406,8 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
         "classes": classes,
         "data": source,
         "records": records,
-        "summary": summarize(records, config),
+        "method_errors": method_errors,
+        "summary": summarize(records, config, method_rows, method_errors),
     }
 
 
@@ -334,6 +477,21 @@ def _warmup(plain, seg, scorers, image, fixed, classes, text, seg_fused: bool) -
         seg.score(seg.propose(points=[point]), classes)
         seg.score(fixed[:2], classes)
     _forget(seg)
+
+
+def _warmup_methods(methods, rows, errors, image, classes, progress) -> None:
+    """One untimed call per method row (first-call costs: text embeddings for the method's
+    vocabulary, allocator growth, position-table interpolation); failures are recorded."""
+    for key, (name, options) in rows.items():
+        if name not in methods or name in errors:
+            continue
+        progress(f"warm-up {key} (untimed) ...")
+        try:
+            methods[name].segment(image, classes, **options)
+        except Exception as e:  # noqa: BLE001 - reported in the results
+            errors[name] = _error(e)
+            progress(f"  {key} failed: {errors[name]}")
+        methods[name]._probs_cache = None
 
 
 def _recall(reference: np.ndarray, candidate: np.ndarray, iou: float = 0.9) -> float | None:

@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         description="Runs SamAutomaticMaskGenerator + per-mask CLIP crops and ovseg's path on the "
         "same images with the same (randomly initialised) models; reports per-stage "
         "and end-to-end medians, ratios, masks, CLIP passes, peak memory and click "
-        "latency; writes STEM.json and STEM.md. With vit_b on a small CPU the plain "
+        "latency, and each dense method (NACLIP, SCLIP, ClearCLIP, ProxyCLIP; no SAM) per "
+        "image beside them; writes STEM.json and STEM.md. With vit_b on a small CPU the plain "
         "side takes minutes per image: keep --images/--repeats at 1 there.",
     )
     p.add_argument(
@@ -59,6 +60,23 @@ def register(subparsers) -> None:
         "random weights the coarse pass keeps nothing, so it saves nothing)",
     )
     p.add_argument("--clicks", type=int, default=3, help="click points per image (0: skip)")
+    p.add_argument(
+        "--methods",
+        default="naclip,sclip,clearclip,proxyclip",
+        help="dense methods to time per image beside the pipelines: comma-separated among "
+        "naclip, sclip, clearclip, proxyclip; 'all' (default: all four) or 'none' to skip",
+    )
+    p.add_argument(
+        "--dino",
+        default=None,
+        help="ProxyCLIP's DINO (random weights; default dino_vitb8, tiny-random with --tiny)",
+    )
+    p.add_argument(
+        "--batch-windows",
+        default="",
+        help="also time each method with these windows per forward pass, side by side with its "
+        "default (comma-separated ints, e.g. 1,16)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("-o", "--out", default="benchmarks/results", help="output folder")
     p.add_argument("--stem", default=None, help="file stem (default: models and device)")
@@ -67,9 +85,16 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ovseg.bench.report import to_markdown, write_results
-    from ovseg.bench.runner import BenchConfig, run_benchmark
+    from ovseg.bench.runner import BenchConfig, parse_methods, run_benchmark
 
     sam, clip = ("tiny-random", "tiny-random") if args.tiny else (args.sam, args.clip)
+    try:
+        methods = parse_methods(args.methods)
+        batch_windows = tuple(int(b) for b in args.batch_windows.split(",") if b.strip())
+    except ValueError as e:
+        message = str(e) if "--methods" in str(e) else f"--batch-windows: {e}"
+        print(f"ovseg bench: error: {message}", file=sys.stderr)
+        return 1
     try:
         config = BenchConfig(
             sam=sam,
@@ -86,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
             adaptive=args.tiny if args.adaptive is None else args.adaptive,
             clicks=args.clicks,
             threads=args.threads,
+            methods=methods,
+            dino=args.dino or ("tiny-random" if args.tiny else "dino_vitb8"),
+            batch_windows=batch_windows,
         )
         results = run_benchmark(config, progress=lambda msg: print(msg, file=sys.stderr))
     except (ValueError, TypeError, FileNotFoundError) as e:
@@ -94,4 +122,6 @@ def run(args: argparse.Namespace) -> int:
     paths = write_results(results, args.out, args.stem)
     print(to_markdown(results))
     print(f"ovseg bench: wrote {paths['json']} and {paths['markdown']}", file=sys.stderr)
-    return 0
+    for name, error in results["method_errors"].items():
+        print(f"ovseg bench: error: method {name} failed: {error}", file=sys.stderr)
+    return 1 if results["method_errors"] else 0
