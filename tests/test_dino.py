@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from ovseg.methods.dino import (
     DINO_ARCHS,
-    DINO_CHECKPOINTS,
     build_dino,
     dino_embed,
     dino_feature_map,
@@ -27,6 +26,7 @@ from ovseg.methods.dino import (
     dino_tokens,
     tiny_dino,
 )
+from ovseg.models.weights import DINO_CHECKPOINTS
 
 
 def _official_keys(depth: int) -> list[str]:
@@ -263,16 +263,28 @@ def test_forward_matches_plain_reimplementation(dino8, size):
 
 
 def test_checkpoint_table():
+    # The registry is ovseg.models.weights; its keys are the architectures build_dino knows.
     assert set(DINO_CHECKPOINTS) == set(DINO_ARCHS)
     ck = DINO_CHECKPOINTS["dino_vitb8"]
     assert ck.url == (
         "https://dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"
     )
-    assert ck.filename == "dino_vitbase8_pretrain.pth" and ck.params == "85M"
+    assert ck.filename == "dino_vitbase8_pretrain.pth" and ck.arch == "dino_vitb8"
     assert DINO_CHECKPOINTS["dino_vits16"].filename == "dino_deitsmall16_pretrain.pth"
     for entry in DINO_CHECKPOINTS.values():
         assert entry.url.endswith("/" + entry.filename)
-        assert entry.sha256 is None and entry.size_bytes is None  # not published
+        assert entry.sha256 is None and entry.size is None  # not published
+    # The parameter counts DINO's README gives (ViT-S 21M, ViT-B 85M), from the built layout.
+    params = {
+        arch: sum(p.numel() for p in build_dino(arch, device="meta").parameters())
+        for arch in DINO_ARCHS
+    }
+    assert {arch: n // 10**6 for arch, n in params.items()} == {
+        "dino_vits16": 21,
+        "dino_vits8": 21,
+        "dino_vitb16": 85,
+        "dino_vitb8": 85,
+    }
 
 
 def test_bad_arguments(dino8):

@@ -18,15 +18,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovseg.methods.dino import tiny_dino
+import ovseg.methods.proxyclip as proxyclip_module
+from ovseg.constants import OPENAI_MEAN, OPENAI_STD
+from ovseg.methods.classnames import class_names
+from ovseg.methods.config import DATASETS, method_config
+from ovseg.methods.dino import DINO_ARCHS, tiny_dino
 from ovseg.methods.proxyclip import (
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-    PROXYCLIP_CONFIGS,
     dino_input_from_clip,
     proxy_attention,
-    proxyclip_class_names,
-    proxyclip_config,
     proxyclip_logits,
     proxyclip_probabilities,
     proxyclip_probabilities_from_config,
@@ -167,9 +166,9 @@ def _clip_window(visual, dino_sd, dino_heads, crop, beta=1.2, gamma=3.0):
             continue
         # last block: ProxyCLIP's proxy attention on the values only
         v = qkv[1:, 2 * c :]
-        dino_img = (crop * torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)) + torch.tensor(
-            OPENAI_CLIP_MEAN
-        ).view(3, 1, 1)
+        dino_img = (crop * torch.tensor(OPENAI_STD).view(3, 1, 1)) + torch.tensor(OPENAI_MEAN).view(
+            3, 1, 1
+        )
         dino_img = (dino_img - IMNET_MEAN) / IMNET_STD
         f, (hd_, wd_) = _dino_feats(dino_sd, dino_heads, dino_img)
         f = f / f.norm(dim=1, keepdim=True)
@@ -299,7 +298,7 @@ def test_dino_input_from_clip():
     want = (pixels / 255.0 - IMNET_MEAN) / IMNET_STD  # up to the 0-255 vs 0-1 constants
     assert (got - want).abs().max().item() < 1e-3
     zero = dino_input_from_clip(torch.zeros(1, 3, 2, 2))  # padding = the CLIP mean colour
-    expect = (torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1) - IMNET_MEAN) / IMNET_STD
+    expect = (torch.tensor(OPENAI_MEAN).view(3, 1, 1) - IMNET_MEAN) / IMNET_STD
     assert torch.allclose(zero[0], expect.expand(3, 2, 2))
 
 
@@ -320,7 +319,7 @@ def test_probabilities_from_config(clip_visual, dino, queries):
 
     text, query_class = queries
     img = np.random.default_rng(7).integers(0, 256, (90, 130, 3), dtype=np.uint8)
-    cfg = proxyclip_config("voc21", short_side=112, slide_crop=112, slide_stride=56)
+    cfg = method_config("proxyclip", "voc21", short_side=112, slide_crop=112, slide_stride=56)
     direct = proxyclip_probabilities(clip_visual, dino, img, text, query_class, 5, 112, 112, 56)
     got = proxyclip_probabilities_from_config(clip_visual, dino, img, text, query_class, 5, cfg)
     assert torch.equal(got, direct)
@@ -338,12 +337,13 @@ def test_probabilities_from_config(clip_visual, dino, queries):
         clip_visual, dino, img, text, query_class, 5, Settings()
     )
     assert torch.equal(got, direct)
-    with pytest.raises(TypeError, match="short_side"):
-        proxyclip_probabilities_from_config(clip_visual, dino, img, text, query_class, 5, {})
+    for bad in ({}, object()):  # attributes are read; a mapping is not a config
+        with pytest.raises(TypeError, match="short_side"):
+            proxyclip_probabilities_from_config(clip_visual, dino, img, text, query_class, 5, bad)
 
 
 def test_configs_and_class_names():
-    assert set(PROXYCLIP_CONFIGS) == {
+    assert set(DATASETS) == {
         "voc21",
         "context60",
         "coco_object",
@@ -353,16 +353,24 @@ def test_configs_and_class_names():
         "cityscapes",
         "ade20k",
     }
-    cfg = PROXYCLIP_CONFIGS
-    assert (cfg["voc21"]["short_side"], cfg["voc21"]["slide_crop"]) == (336, 336)
-    assert cfg["voc21"]["slide_stride"] == 112 and cfg["voc21"]["pad_multiple"] == 56
-    assert cfg["voc21"]["prob_threshold"] == 0.2 and cfg["context60"]["prob_threshold"] == 0.15
-    assert cfg["coco_object"]["prob_threshold"] == 0.25 and cfg["ade20k"]["prob_threshold"] == 0
-    assert (cfg["cityscapes"]["short_side"], cfg["cityscapes"]["slide_crop"]) == (448, 224)
-    assert cfg["ade20k"]["short_side"] == 448 and cfg["coco_stuff"]["short_side"] == 336
-    assert all(c["logit_scale"] == 40.0 and c["dino"] == "dino_vitb8" for c in cfg.values())
-    assert proxyclip_config("voc21", logit_scale=50.0)["logit_scale"] == 50.0
-    assert cfg["voc21"]["logit_scale"] == 40.0
+    cfg = {name: method_config("proxyclip", name) for name in DATASETS}
+    base = method_config("proxyclip")  # segmentor defaults and configs/base_config.py
+    assert (base.short_side, base.long_cap) == (336, 2048)
+    assert (base.slide_crop, base.slide_stride, base.pad_multiple) == (336, 112, 56)
+    assert (base.logit_scale, base.prob_threshold) == (40.0, 0.0)
+    assert (base.beta, base.gamma, base.batch_windows) == (1.2, 3.0, 4)
+    assert (cfg["voc21"].short_side, cfg["voc21"].slide_crop) == (336, 336)
+    assert cfg["voc21"].slide_stride == 112 and cfg["voc21"].pad_multiple == 56
+    assert cfg["voc21"].prob_threshold == 0.2 and cfg["context60"].prob_threshold == 0.15
+    assert cfg["coco_object"].prob_threshold == 0.25 and cfg["ade20k"].prob_threshold == 0
+    assert (cfg["cityscapes"].short_side, cfg["cityscapes"].slide_crop) == (448, 224)
+    assert cfg["ade20k"].short_side == 448 and cfg["coco_stuff"].short_side == 336
+    assert all(c.logit_scale == 40.0 for c in cfg.values())
+    # The reference models are documentation (the module docstring), not settings.
+    doc = proxyclip_module.__doc__
+    assert '"dino_vitb8"' in doc and '"ViT-B-16/openai"' in doc and "dino_vitb8" in DINO_ARCHS
+    assert method_config("proxyclip", "voc21", logit_scale=50.0).logit_scale == 50.0
+    assert cfg["voc21"].logit_scale == 40.0
 
     counts = {
         "voc21": 21,
@@ -375,12 +383,13 @@ def test_configs_and_class_names():
         "ade20k": 150,
     }
     for name, n in counts.items():
-        assert len(proxyclip_class_names(name)) == n, name
-    voc = proxyclip_class_names("voc21")
+        assert len(class_names("proxyclip", name)) == n, name
+    voc = class_names("proxyclip", "voc21")
     assert len(voc[0]) == 26 and voc[0][:3] == ["sky", "wall", "tree"] and voc[0][-1] == "fence"
     assert voc[15] == ["person"] and voc[20] == ["tvmonitor"]
-    assert proxyclip_class_names("context60")[-1] == ["wood "]  # verbatim, as ProxyCLIP reads it
-    obj = proxyclip_class_names("coco_object")
+    # verbatim, as ProxyCLIP reads it
+    assert class_names("proxyclip", "context60")[-1] == ["wood "]
+    obj = class_names("proxyclip", "coco_object")
     assert len(obj[0]) == 17 and "bed" in obj[0] and obj[1] == ["person"]
 
 
@@ -415,8 +424,8 @@ def test_bad_arguments(clip_visual, dino, image, queries):
     with pytest.raises(ValueError):
         proxyclip_probabilities(clip_visual, dino, image, text, qc, 5, mean=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError):
-        proxyclip_class_names("voc")
+        class_names("proxyclip", "voc")
     with pytest.raises(ValueError):
-        proxyclip_config("kitti")
+        method_config("proxyclip", "kitti")
     with pytest.raises(ValueError):
-        proxyclip_config("voc21", crop=3)
+        method_config("proxyclip", "voc21", crop=3)

@@ -17,13 +17,16 @@ both pixel sides agree. :func:`dino_embed`, :func:`dino_tokens`, :func:`dino_las
 All tensors are float (float32 unless the model was cast); images are ``(B, 3, H, W)``,
 normalised with ImageNet mean/std (``IMAGENET_MEAN`` / ``IMAGENET_STD``, 0-1 pixel scale).
 Sides that are not multiples of the patch size are cropped by the patch convolution, as in DINO.
+
+The official checkpoints (URLs, file names) are registered in
+``ovseg.models.weights.DINO_CHECKPOINTS``, keyed by the architecture names of
+:data:`DINO_ARCHS`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -32,10 +35,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "DINO_ARCHS",
-    "DINO_CHECKPOINTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "DinoCheckpoint",
     "build_dino",
     "check_dino",
     "dino_block",
@@ -62,37 +63,6 @@ DINO_ARCHS: dict[str, dict[str, int]] = {
     "dino_vitb8": {"patch_size": 8, "embed_dim": 768, "depth": 12, "num_heads": 12},
 }
 DINO_IMG_SIZE = 224
-
-
-@dataclass(frozen=True)
-class DinoCheckpoint:
-    """Where an official DINO backbone checkpoint ("backbone only" in DINO's README) lives.
-
-    ``size_bytes`` and ``sha256`` are None: DINO's README and hubconf publish neither (the file
-    names carry no hash either, so ``torch.hub`` does not check one). ``params`` is the parameter
-    count the README gives.
-    """
-
-    arch: str
-    url: str
-    filename: str
-    params: str
-    size_bytes: int | None = None
-    sha256: str | None = None
-
-
-_DINO_URL = "https://dl.fbaipublicfiles.com/dino/{0}/{0}.pth"
-DINO_CHECKPOINTS: dict[str, DinoCheckpoint] = {
-    arch: DinoCheckpoint(
-        arch=arch, url=_DINO_URL.format(stem), filename=f"{stem}.pth", params=params
-    )
-    for arch, stem, params in (
-        ("dino_vits16", "dino_deitsmall16_pretrain", "21M"),
-        ("dino_vits8", "dino_deitsmall8_pretrain", "21M"),
-        ("dino_vitb16", "dino_vitbase16_pretrain", "85M"),
-        ("dino_vitb8", "dino_vitbase8_pretrain", "85M"),
-    )
-}
 
 
 def _make_vit(
@@ -201,9 +171,9 @@ def build_dino(
         arch: ``"dino_vitb8"``, ``"dino_vitb16"``, ``"dino_vits8"`` or ``"dino_vits16"``
             (DINO's hubconf names).
         state_dict: an official DINO backbone state dict (e.g. ``torch.load`` of a file in
-            :data:`DINO_CHECKPOINTS`), loaded strictly as float32 (the model is built on the
-            meta device first, so no time goes into a random init); None keeps timm's random
-            init.
+            ``ovseg.models.weights.DINO_CHECKPOINTS``), loaded strictly as float32 (the model
+            is built on the meta device first, so no time goes into a random init); None keeps
+            timm's random init.
         device: where the parameters live (default CPU; ``"meta"`` gives a weightless model
             whose layout can be inspected).
 

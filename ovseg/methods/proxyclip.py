@@ -1,13 +1,18 @@
 """ProxyCLIP (Lan et al., ECCV 2024): CLIP's last block attends with DINO's patch affinities.
 
 Reproduces ``mc-lan/ProxyCLIP`` (``proxyclip_segmentor.py`` and its vendored
-``open_clip/transformer.py``), DINO variant, number for number in float32:
+``open_clip/transformer.py``), DINO variant, number for number in float32. Its reference
+models (``configs/base_config.py``) are CLIP ViT-B/16 OpenAI (``"ViT-B-16/openai"``) and DINO
+ViT-B/8 (``"dino_vitb8"``); its settings per benchmark are
+``ovseg.methods.config.method_config("proxyclip", dataset)`` and its class files
+``ovseg.methods.classnames.class_names("proxyclip", dataset)``.
 
 Per window (:func:`proxyclip_window_features`), for a crop normalised with the CLIP mean/std:
 
 1. DINO input: the crop un-normalised with the OpenAI CLIP mean/std (0-1 scale,
-   ``x * std + mean``) and normalised again with the ImageNet mean/std
-   (:func:`dino_input_from_clip`); padding zeros therefore become the CLIP mean colour.
+   ``ovseg.constants.OPENAI_MEAN`` / ``OPENAI_STD``; ``x * std + mean``) and normalised again
+   with the ImageNet mean/std (:func:`dino_input_from_clip`); padding zeros therefore become
+   the CLIP mean colour.
 2. DINO features ``f``: the final norm of the last block's output, class token dropped
    (:func:`~ovseg.methods.dino.dino_feature_map`), on the DINO grid ``H/p x W/p``.
 3. ``S = cos(f_i, f_j)``; ``S = (S - beta * mean(S)) * gamma`` with the mean over the whole
@@ -45,112 +50,28 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
-from importlib import resources
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ovseg.constants import OPENAI_MEAN, OPENAI_STD
 from ovseg.methods.clip_blocks import last_block_qkv, tokens_before_last_block
+from ovseg.methods.config import MethodConfig
 from ovseg.methods.dino import IMAGENET_MEAN, IMAGENET_STD, check_dino, dino_feature_map
 from ovseg.methods.geometry import imrescale_size, normalize_image, resize_image
 from ovseg.methods.slide import slide_logits
 
 __all__ = [
-    "OPENAI_CLIP_MEAN",
-    "OPENAI_CLIP_STD",
-    "PROXYCLIP_CONFIGS",
-    "PROXYCLIP_DATASETS",
-    "PROXYCLIP_DEFAULTS",
     "dino_input_from_clip",
     "proxy_attention",
-    "proxyclip_class_names",
-    "proxyclip_config",
     "proxyclip_logits",
     "proxyclip_probabilities",
     "proxyclip_probabilities_from_config",
     "proxyclip_window_features",
 ]
-
-#: ProxyCLIP's ``UnNormalize`` constants (OpenAI CLIP mean / std on the 0-1 scale).
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-PROXYCLIP_DATASETS = (
-    "voc21",
-    "context60",
-    "coco_object",
-    "voc20",
-    "context59",
-    "coco_stuff",
-    "cityscapes",
-    "ade20k",
-)
-
-#: The segmentor's defaults and ``configs/base_config.py`` (CLIP ViT-B/16 OpenAI, DINO ViT-B/8).
-PROXYCLIP_DEFAULTS: dict[str, object] = {
-    "short_side": 336,
-    "long_cap": 2048,
-    "slide_crop": 336,
-    "slide_stride": 112,
-    "pad_multiple": 56,
-    "logit_scale": 40.0,
-    "prob_threshold": 0.0,
-    "beta": 1.2,
-    "gamma": 3.0,
-    "clip": "ViT-B-16/openai",
-    "dino": "dino_vitb8",
-}
-
-_PER_DATASET: dict[str, dict[str, object]] = {
-    "voc21": {"prob_threshold": 0.2},
-    "context60": {"prob_threshold": 0.15},
-    "coco_object": {"prob_threshold": 0.25},
-    "voc20": {},
-    "context59": {},
-    "coco_stuff": {},
-    "cityscapes": {"short_side": 448, "slide_crop": 224, "slide_stride": 112},
-    "ade20k": {"short_side": 448},
-}
-
-#: ProxyCLIP's settings per benchmark (``configs/cfg_<dataset>.py`` over the defaults): the
-#: ``Resize`` short side, window, stride, logit scale, probability threshold (pixels below it
-#: become class 0), proxy-attention ``beta`` / ``gamma``, window padding multiple, models.
-PROXYCLIP_CONFIGS: dict[str, dict[str, object]] = {
-    name: {**PROXYCLIP_DEFAULTS, **_PER_DATASET[name]} for name in PROXYCLIP_DATASETS
-}
-
-
-def proxyclip_config(dataset: str | None = None, **overrides: object) -> dict[str, object]:
-    """A copy of ProxyCLIP's settings for ``dataset`` (None: the defaults) with ``overrides``.
-
-    Raises:
-        ValueError: unknown dataset or setting name.
-    """
-    if dataset is not None and dataset not in PROXYCLIP_CONFIGS:
-        raise ValueError(f"dataset must be None or one of {PROXYCLIP_DATASETS}, got {dataset!r}")
-    unknown = sorted(set(overrides) - set(PROXYCLIP_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; known: {', '.join(PROXYCLIP_DEFAULTS)}")
-    base = PROXYCLIP_DEFAULTS if dataset is None else PROXYCLIP_CONFIGS[dataset]
-    return {**base, **overrides}
-
-
-def proxyclip_class_names(dataset: str) -> list[list[str]]:
-    """ProxyCLIP's classes for ``dataset``: one list of synonyms per class, in label order.
-
-    Read as its ``get_cls_idx`` reads ``configs/cls_<dataset>.txt`` (copied verbatim into
-    ``ovseg/methods/classnames/proxyclip/``): lines split on ``"; "``, only line breaks removed
-    (Context60's last name keeps its trailing space, ``"wood "``).
-    """
-    if dataset not in PROXYCLIP_DATASETS:
-        raise ValueError(f"dataset must be one of {PROXYCLIP_DATASETS}, got {dataset!r}")
-    path = resources.files("ovseg.methods.classnames").joinpath("proxyclip", f"{dataset}.txt")
-    with path.open("r", encoding="utf-8") as f:
-        lines = f.readlines()
-    return [[name.replace("\n", "") for name in line.split("; ")] for line in lines]
 
 
 def _three_floats(values: Sequence[float], name: str, positive: bool = False) -> list[float]:
@@ -185,8 +106,8 @@ def _finite(value: object, name: str) -> float:
 
 def dino_input_from_clip(
     crops: Tensor,
-    clip_mean: Sequence[float] = OPENAI_CLIP_MEAN,
-    clip_std: Sequence[float] = OPENAI_CLIP_STD,
+    clip_mean: Sequence[float] = OPENAI_MEAN,
+    clip_std: Sequence[float] = OPENAI_STD,
 ) -> Tensor:
     """ProxyCLIP's ``norm(unnorm(crop))``: CLIP-normalised ``(B, 3, h, w)`` -> ImageNet-normalised.
 
@@ -233,8 +154,8 @@ def proxyclip_window_features(
     beta: float = 1.2,
     gamma: float = 3.0,
     *,
-    clip_mean: Sequence[float] = OPENAI_CLIP_MEAN,
-    clip_std: Sequence[float] = OPENAI_CLIP_STD,
+    clip_mean: Sequence[float] = OPENAI_MEAN,
+    clip_std: Sequence[float] = OPENAI_STD,
 ) -> Tensor:
     """ProxyCLIP's projected patch features of a batch of windows, on the DINO grid.
 
@@ -326,8 +247,8 @@ def proxyclip_logits(
         pad_multiple = _int_at_least(pad_multiple, "pad_multiple")
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std, or neither")
-    clip_mean = OPENAI_CLIP_MEAN if mean is None else _three_floats(mean, "mean")
-    clip_std = OPENAI_CLIP_STD if std is None else _three_floats(std, "std", positive=True)
+    clip_mean = OPENAI_MEAN if mean is None else _three_floats(mean, "mean")
+    clip_std = OPENAI_STD if std is None else _three_floats(std, "std", positive=True)
 
     h0, w0 = image.shape[:2]
     size = imrescale_size(h0, w0, short_side, long_cap)
@@ -459,29 +380,26 @@ def proxyclip_probabilities_from_config(
     text: Tensor,
     query_class: Sequence[int],
     num_classes: int,
-    config: object,
+    config: MethodConfig,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> Tensor:
     """:func:`proxyclip_probabilities` with the settings taken from ``config``.
 
     Args:
-        config: a mapping such as :func:`proxyclip_config` returns, or an object with those
-            attributes (e.g. a :class:`~ovseg.methods.config.MethodConfig`). Read:
-            ``short_side``, ``slide_crop`` (None: whole image), ``slide_stride``,
-            ``logit_scale``, ``pad_multiple``, ``long_cap`` (all required), and ``beta``,
-            ``gamma``, ``batch_windows`` when present (else 1.2, 3.0, 4).
+        config: a :class:`~ovseg.methods.config.MethodConfig` such as
+            ``method_config("proxyclip", dataset)`` returns, or any object with those
+            attributes. Read: ``short_side``, ``slide_crop`` (None: whole image),
+            ``slide_stride``, ``logit_scale``, ``pad_multiple``, ``long_cap`` (all required),
+            and ``beta``, ``gamma``, ``batch_windows`` when present (else 1.2, 3.0, 4).
         mean, std: as in :func:`proxyclip_probabilities`.
 
     Raises:
-        TypeError: ``config`` lacks one of the required settings.
+        TypeError: ``config`` lacks one of the required attributes.
     """
 
     def get(name: str, default: object = ..., /) -> object:
-        if isinstance(config, Mapping):
-            value = config.get(name, default)
-        else:
-            value = getattr(config, name, default)
+        value = getattr(config, name, default)
         if value is ...:
             raise TypeError(f"config has no {name!r} (need {', '.join(_CONFIG_FIELDS)})")
         return value

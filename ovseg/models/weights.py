@@ -119,9 +119,9 @@ def _dino(name: str, stem: str) -> Checkpoint:
     return Checkpoint(name, name, url, f"{stem}.pth", None, None, 224)
 
 
-# The official DINO backbones (facebookresearch/dino README, "backbone only"). DINO publishes
-# no sizes or digests, so those checks are skipped; the state dict is checked key by key and
-# shape by shape when it is loaded.
+# The official DINO backbones (facebookresearch/dino README, "backbone only"; ViT-S 21M and
+# ViT-B 85M parameters, as the README gives them). DINO publishes no sizes or digests, so those
+# checks are skipped; the state dict is checked key by key and shape by shape when it is loaded.
 DINO_CHECKPOINTS: dict[str, Checkpoint] = {
     c.name: c
     for c in (
