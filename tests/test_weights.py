@@ -66,6 +66,7 @@ def wdir(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "w"
     monkeypatch.setenv(weights.ENV_VAR, str(folder))
     monkeypatch.setattr(weights, "SAM_CHECKPOINTS", {"fake": _entry()})
+    monkeypatch.setattr(weights, "DINO_CHECKPOINTS", {})
     monkeypatch.setattr(weights, "_VERIFIED", set())
     return folder
 
@@ -118,6 +119,7 @@ def test_download_to_dest_dir(wdir, tmp_path, monkeypatch):
 )
 def test_corrupt_download_leaves_nothing(wdir, monkeypatch, entry, message):
     monkeypatch.setattr(weights, "SAM_CHECKPOINTS", {"fake": entry})
+    monkeypatch.setattr(weights, "DINO_CHECKPOINTS", {})
     _net(monkeypatch)
     with pytest.raises(ValueError, match=message) as info:
         weights.download("fake", progress=False)
@@ -304,3 +306,38 @@ def test_cli_download_clip_spec_goes_through_the_clip_libraries(wdir, capsys):
     assert "ovseg weights download ViT-B-32/openai" in err
     assert _cli(["weights", "download", "NoSuchNet/openai"]) == 1
     assert "not an open_clip architecture" in capsys.readouterr().err
+
+
+def test_dino_registry_entries_and_offline_message(tmp_path, monkeypatch):
+    from ovseg.models.build import build_dino
+
+    monkeypatch.setenv("OVSEG_WEIGHTS_DIR", str(tmp_path))
+    assert set(weights.DINO_CHECKPOINTS) == {"dino_vitb8", "dino_vitb16", "dino_vits8",
+                                             "dino_vits16"}  # fmt: skip
+    for name, c in weights.DINO_CHECKPOINTS.items():
+        assert c.url.startswith("https://dl.fbaipublicfiles.com/dino/") and c.filename in c.url
+        assert weights.get_checkpoint(name) is c
+    with pytest.raises(FileNotFoundError, match="ovseg weights download dino_vitb8"):
+        build_dino("dino_vitb8", "cpu")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        build_dino(f"dino_vitb8:{tmp_path / 'missing.pth'}", "cpu")
+    with pytest.raises(ValueError, match="unknown DINO"):
+        build_dino("dino_vitl99", "cpu")
+    with pytest.raises(TypeError):
+        build_dino(3, "cpu")
+
+
+def test_dino_official_format_state_dict_loads(tmp_path):
+    import torch
+
+    from ovseg.methods.dino import build_dino as arch
+    from ovseg.models.build import build_dino
+
+    state = arch("dino_vits16").state_dict()
+    path = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(state, path)
+    model = build_dino(f"dino_vits16:{path}", "cpu")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key])
+    with pytest.raises(ValueError, match="does not match"):
+        build_dino(f"dino_vitb16:{path}", "cpu")

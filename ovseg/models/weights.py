@@ -323,7 +323,7 @@ def ensure_checkpoint(name: str, *, download_missing: bool = False) -> Path:
     if download_missing:
         return download(name)
     raise FileNotFoundError(
-        f"SAM checkpoint {name!r} ({checkpoint.filename}) not found in {path.parent} "
+        f"checkpoint {name!r} ({checkpoint.filename}) not found in {path.parent} "
         f"(set {ENV_VAR} to use another folder). Fetch it with: ovseg weights download {name}"
     )
 
