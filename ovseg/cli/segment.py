@@ -180,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         settings["root"] = str(root)
         record = _outputs.read_record(out)
         names = [i.name for i in images]
-        known = [] if record is None else [n for n in record["images"] if n not in set(names)]
+        current = set(names)
+        known = [] if record is None else [n for n in record["images"] if n not in current]
         _outputs.check_collisions(out, [*known, *names], formats)
         _outputs.check_existing(out, record, settings, names, formats)
     except (ValueError, TypeError, FileNotFoundError) as e:
