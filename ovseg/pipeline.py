@@ -108,15 +108,8 @@ class Segmenter:
             if method in DENSE_METHODS
             else None
         )
-        if grid is None and isinstance(sam, str) and sam == TINY:
-            warnings.warn(
-                "ovseg: the tiny random SAM comes with the grid's quality filters off "
-                "(pred_iou_thresh=0, stability_score_thresh=0): its scores are meaningless",
-                UserWarning,
-                stacklevel=2,
-            )
-            grid = _TINY_GRID
-        self.grid = grid or GridOptions()
+        self._tiny_grid = grid is None and isinstance(sam, str) and sam == TINY
+        self.grid = _TINY_GRID if self._tiny_grid else (grid or GridOptions())
         self._sam_spec = sam
         self._proposer: Proposer | None = None
         if method == REGION_METHOD or refine:
@@ -134,6 +127,13 @@ class Segmenter:
         if self._proposer is None:
             if self._sam_spec is None:
                 raise ValueError("prompts and mask refinement need a SAM model: Segmenter(sam=...)")
+            if self._tiny_grid:
+                warnings.warn(
+                    "ovseg: the tiny random SAM comes with the grid's quality filters off "
+                    "(pred_iou_thresh=0, stability_score_thresh=0): its scores are meaningless",
+                    UserWarning,
+                    stacklevel=3,
+                )
             model = build_sam(self._sam_spec, self.device, random_weights=self.random_weights)
             if self.fused_attention:
                 use_fused_attention(model)

@@ -82,3 +82,24 @@ def test_cli_method_on_camvid(camvid_dir, tmp_path, capsys):
     assert report["config"]["method"] == "clearclip"
     assert report["config"]["method_options"] == {"short_side": 96}
     assert 0.0 <= report["miou"] <= 1.0
+
+
+def test_predictions_written_by_ovseg_segment_are_read(camvid_dir, tmp_path):
+    from ovseg.cli import main
+
+    images = sorted((camvid_dir / "images").glob("*.png"))[:2]
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    (data / "classes.txt").write_text((camvid_dir / "classes.txt").read_text())
+    for path in images:
+        (data / "images" / path.name).write_bytes(path.read_bytes())
+        (data / "labels" / path.name).write_bytes((camvid_dir / "labels" / path.name).read_bytes())
+    lines = (data / "classes.txt").read_text().splitlines()
+    classes = [line.split(":")[0].strip() for line in lines if line.strip()]
+    out = tmp_path / "seg"
+    code = main(["segment", str(data / "images"), "--classes", ",".join(classes), "-o", str(out),
+                 "--sam", "tiny-random", "--clip", "tiny-random"])  # fmt: skip
+    assert code == 0
+    report = evaluate(data, tmp_path / "r.json", kind="camvid", predictions=out, progress=False)
+    assert report["counts"]["images"] == 2 and 0.0 <= report["miou"] <= 1.0

@@ -193,3 +193,16 @@ def test_proxyclip_through_the_segmenter_equals_its_front(image):
     np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
     labels = seg.segment(image, CLASSES).label_map
     np.testing.assert_array_equal(labels, probs.argmax(0))
+
+
+def test_very_elongated_images_keep_one_patch_on_the_short_side():
+    from ovseg.methods.geometry import imrescale_size
+
+    img = np.random.default_rng(0).integers(0, 255, (12, 4000, 3), dtype=np.uint8)
+    assert min(imrescale_size(12, 4000, 336, 2048)) < 16  # where the references fail
+    seg = Segmenter(None, "tiny-random", "cpu", method="clearclip")
+    probs = seg.pixel_probabilities(img, CLASSES)
+    assert probs.shape == (3, 12, 4000) and np.isfinite(probs).all()
+    # an image the reference resize handles is computed with the reference settings, unchanged
+    config = seg.dense.config()
+    assert seg.dense._fit((97, 131), config) is config

@@ -148,11 +148,18 @@ def write_label_png(path: Path, prediction: np.ndarray) -> None:
     atomic_write(path, lambda fh: Image.fromarray(array).save(fh, format="PNG"))
 
 
-def read_prediction(pred_dir: Path, stem: str) -> tuple[Path, np.ndarray]:
-    """Read ``PRED_DIR/STEM.png`` (or ``STEM_labels.png``) as int32 (H, W), 255 -> -1."""
+def read_prediction(
+    pred_dir: Path, stem: str, file_name: str | None = None
+) -> tuple[Path, np.ndarray]:
+    """Read ``PRED_DIR/STEM.png``, ``STEM_labels.png`` or ``FILE_NAME_labels.png`` (what
+    ``ovseg segment`` writes for the image file ``FILE_NAME``, e.g. ``x.jpg_labels.png``) as
+    int32 (H, W), 255 -> -1."""
     from ovseg.result import read_label_png
 
-    for name in (f"{stem}.png", f"{stem}_labels.png"):
+    names = [f"{stem}.png", f"{stem}_labels.png"]
+    if file_name:
+        names.append(f"{file_name}_labels.png")
+    for name in names:
         if (pred_dir / name).is_file():
             return pred_dir / name, read_label_png(pred_dir / name)
     raise FileNotFoundError(f"no prediction for {stem!r}: expected {pred_dir / (stem + '.png')}")
@@ -438,7 +445,8 @@ def _score_predictions(
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"predictions folder {pred_dir} does not exist")
     for i in tqdm(range(count), desc="ovseg eval predictions", disable=not progress):
-        path, pred = read_prediction(pred_dir, dataset.items[i][0])
+        stem, image_path, _ = dataset.items[i]
+        path, pred = read_prediction(pred_dir, stem, Path(image_path).name)
         label = dataset.load_label(i)
         if pred.shape != label.shape:
             raise ValueError(

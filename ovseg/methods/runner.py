@@ -8,6 +8,8 @@ overrides.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -89,6 +91,28 @@ class DenseMethod:
         options = {**self.options, **self.check_options(overrides)}
         return _config(self.name, dataset, options)
 
+    def _patch(self) -> int:
+        """The largest patch side of the models (CLIP's, and DINO's for ProxyCLIP)."""
+        k = self.clip.model.visual.conv1.kernel_size
+        patch = max(k) if isinstance(k, tuple) else int(k)
+        if self.dino is not None:
+            p = self.dino.patch_embed.patch_size
+            patch = max(patch, max(p) if isinstance(p, tuple) else int(p))
+        return patch
+
+    def _fit(self, shape: tuple[int, int], config):
+        """The config unchanged, unless the resize would leave a side shorter than one patch
+        (a very elongated image, where the references fail): then the short side is kept at
+        exactly one patch and the long-side cap is raised to allow it."""
+        from ovseg.methods.geometry import imrescale_size
+
+        patch = self._patch()
+        if min(imrescale_size(*shape, config.short_side, config.long_cap)) >= patch:
+            return config
+        short, long = min(shape), max(shape)
+        cap = max(config.long_cap, math.ceil(long * patch / short) + 1)
+        return dataclasses.replace(config, short_side=patch, long_cap=cap)
+
     def _mean_std(self) -> tuple[Sequence[float] | None, Sequence[float] | None]:
         mean, std = tuple(self.clip.mean), tuple(self.clip.std)
         if np.allclose(mean, OPENAI_MEAN) and np.allclose(std, OPENAI_STD):
@@ -115,7 +139,7 @@ class DenseMethod:
         """
         from ovseg.methods.dense import dense_probabilities
 
-        config = self.config() if config is None else config
+        config = self._fit(image.shape[:2], self.config() if config is None else config)
         mean, std = self._mean_std()
         visual = self.clip.model.visual
         if self.name == "proxyclip":
