@@ -33,8 +33,10 @@ print("image:", image.shape, image.dtype)
 
 # %% [markdown]
 # ## Segment
-# A `Segmenter` holds the two models; build it once and reuse it. Class names may carry
-# synonyms separated by `;` (the class scores the best of them).
+# A `Segmenter` holds the models; build it once and reuse it. By default its dense method
+# (NACLIP, computed exactly as its paper's code) gives every pixel a class; SAM is loaded only
+# for prompts. Class names may carry synonyms separated by `;` (the class scores the best of
+# them).
 
 # %%
 segmenter = ovseg.Segmenter(**MODELS)
@@ -47,7 +49,7 @@ CLASSES = [
     "car",
     "pedestrian; person",
 ]
-result = segmenter.segment(image, CLASSES, **GRID)
+result = segmenter.segment(image, CLASSES)
 
 print(
     "label_map:",
@@ -125,7 +127,7 @@ print(
 # pair. Same input, same options, same device: same output.
 
 # %%
-again = ovseg.segment(image, CLASSES, **MODELS, **GRID)
+again = ovseg.segment(image, CLASSES, **MODELS)
 print("same label map as above:", np.array_equal(again.label_map, result.label_map))
 
 # %% [markdown]

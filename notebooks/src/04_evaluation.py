@@ -12,7 +12,7 @@
 # - a **constant baseline** ("road everywhere"), to read the numbers against;
 # - the **oracle**: SAM's proposals, each labelled with its majority ground-truth class, then
 #   the usual fusion. It is the ceiling the proposals allow, with no CLIP at all;
-# - the **model**: SAM proposals scored by CLIP against CamVid's class names.
+# - the **model**: NACLIP's dense map (the default method) against CamVid's class names.
 #
 # > **What the tiny models can and cannot show.** With the default `tiny-random` models the
 # > proposals are a few near-whole-image blobs and CLIP's labels are random, so the oracle
@@ -107,25 +107,25 @@ print(
 # %%
 segmenter = ovseg.Segmenter(**MODELS)
 runs = {}
-for scorer in ("oracle", "crop"):
-    runs[scorer] = evaluate(
+options = {"oracle": dict(scorer="oracle", grid=GRID), "naclip": dict(method="naclip")}
+for name, extra in options.items():
+    runs[name] = evaluate(
         DATA,
-        WORK / f"{scorer}.json",
+        WORK / f"{name}.json",
         sam=MODELS["sam"],
         clip=MODELS["clip"],
-        scorer=scorer,
-        grid=GRID,
         limit=LIMIT,
         segmenter=segmenter,
         progress=False,
+        **extra,
     )
-    report = runs[scorer]
+    report = runs[name]
     print(
-        f"{scorer:7s} mIoU {100 * report['miou']:5.1f}  fwIoU {100 * report['fwiou']:5.1f}  "
+        f"{name:7s} mIoU {100 * report['miou']:5.1f}  fwIoU {100 * report['fwiou']:5.1f}  "
         f"pixel acc. {100 * report['pixel_accuracy']:5.1f}  ({report['seconds']:.1f} s)"
     )
-print("files:", json.dumps(runs["crop"]["files"], indent=1))
-print(Path(runs["crop"]["files"]["markdown"]).read_text()[:600])
+print("files:", json.dumps(runs["naclip"]["files"], indent=1))
+print(Path(runs["naclip"]["files"]["markdown"]).read_text()[:600])
 
 # %% [markdown]
 # ## Per-class IoU
@@ -134,7 +134,7 @@ print(Path(runs["crop"]["files"]["markdown"]).read_text()[:600])
 rows = {
     "road everywhere": dict(zip(dataset.classes, base["iou"], strict=True)),
     "oracle (proposal ceiling)": runs["oracle"]["per_class_iou"],
-    "model (CLIP crop scorer)": runs["crop"]["per_class_iou"],
+    "model (NACLIP dense map)": runs["naclip"]["per_class_iou"],
 }
 x = np.arange(len(dataset.classes))
 width = 0.8 / len(rows)
@@ -159,7 +159,7 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(15, 5.5), layout="constrained")
-for ax, scorer in zip(axes, ("oracle", "crop"), strict=True):
+for ax, scorer in zip(axes, ("oracle", "naclip"), strict=True):
     report = runs[scorer]
     matrix = np.asarray(report["confusion_matrix"], float)
     totals = matrix.sum(1, keepdims=True)
