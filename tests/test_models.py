@@ -96,3 +96,44 @@ def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="device"):
         resolve_device("toaster")
+
+
+def test_openai_format_state_dict_loads_as_arch_colon_path(tmp_path):
+    """``clip="ARCH-quickgelu:/path.pt"``: a state dict with OpenAI's key names (those of
+    ``clip.model.CLIP``) loads into open_clip with QuickGELU, weights unchanged."""
+    import json
+
+    import open_clip
+    import torch
+
+    name = "ovseg-test-tiny-quickgelu"
+    cfg = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                     "layers": 2},
+    }  # fmt: skip
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / f"{name}.json")
+    torch.manual_seed(0)
+    source = open_clip.create_model(name)
+    state = {k: v for k, v in source.state_dict().items() if k != "attn_mask"}
+    openai_keys = {"positional_embedding", "text_projection", "logit_scale",
+                   "token_embedding.weight", "ln_final.weight", "visual.class_embedding",
+                   "visual.positional_embedding", "visual.proj", "visual.conv1.weight",
+                   "visual.ln_pre.weight", "visual.ln_post.bias",
+                   "visual.transformer.resblocks.0.attn.in_proj_weight",
+                   "visual.transformer.resblocks.1.mlp.c_fc.weight",
+                   "transformer.resblocks.0.mlp.c_proj.bias"}  # fmt: skip
+    assert openai_keys <= set(state)
+    path = tmp_path / "openai.pt"
+    torch.save(state, path)
+    backend = build_clip(f"{name}:{path}", "cpu")
+    loaded = backend.model.state_dict()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+    gelu = backend.model.visual.transformer.resblocks[0].mlp.gelu
+    assert type(gelu).__name__ == "QuickGELU"
+    with pytest.raises(FileNotFoundError):
+        build_clip(f"{name}:{tmp_path / 'missing.pt'}", "cpu")
