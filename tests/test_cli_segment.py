@@ -341,3 +341,16 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(fake, tmp_path):
     assert main(["segment", str(src), "--classes", "a", "-o", str(out), *FAST]) == 0
     assert main(["segment", str(src), "--classes", "a", "-o", str(out), *FAST]) == 0
     assert [c["image"].name for c in fake.calls] == ["a.jpg"]
+
+
+def test_refine_masks_flag(camvid_frame, tmp_path, capsys):
+    out = tmp_path / "refined"
+    args = ["segment", str(camvid_frame), "--classes", "road", "sky", "-o", str(out), *TINY]
+    assert main([*args, "--refine", "masks", "--points-per-side", "4"]) == 0
+    coco = json.loads((out / "instances.json").read_text())
+    assert coco["annotations"]
+    assert main([*args, "--points-per-side", "4"]) != 0  # grid flags without SAM's grid
+    assert "--refine masks" in capsys.readouterr().err
+    other = tmp_path / "other"
+    bad = ["segment", str(camvid_frame), "--classes", "road", "-o", str(other), *TINY]
+    assert main([*bad, "--refine", "masks", "--method", "sam-clip"]) != 0

@@ -83,6 +83,13 @@ def register(subparsers) -> None:
         help="minimum class probability for a pixel or mask to be labelled (default 0)",
     )
     add_grid_arguments(p)
+    p.add_argument(
+        "--refine",
+        choices=("masks",),
+        default=None,
+        help="masks: SAM's automatic masks refine the method's map, each taking the class of "
+        "highest mean probability inside it (grid flags apply)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run, intermixed="inputs")
 
@@ -141,10 +148,13 @@ def _settings(args: argparse.Namespace) -> dict:
             f"grid options ({', '.join('--' + k.replace('_', '-') for k in grid)}) apply to "
             "automatic mode only, not with --points or --boxes"
         )
-    if grid and method != "sam-clip":
+    if args.refine and method == "sam-clip":
+        raise ValueError("--refine applies to the dense methods, not --method sam-clip")
+    if grid and method != "sam-clip" and not args.refine:
         raise ValueError(
             f"grid options ({', '.join('--' + k.replace('_', '-') for k in grid)}) set SAM's "
-            f"automatic masks, which method {method!r} does not use; add --method sam-clip"
+            f"automatic masks, which method {method!r} does not use; add --method sam-clip "
+            "or --refine masks"
         )
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
@@ -155,6 +165,7 @@ def _settings(args: argparse.Namespace) -> dict:
             "background": list(background),
             "templates": args.templates,
             "method": method,
+            "refine": args.refine,
             "sam": args.sam,
             "clip": args.clip,
             "dino": args.dino,
@@ -263,6 +274,7 @@ class _Run:
         try:
             return Segmenter(
                 s["sam"], s["clip"], self.args.device, dino=s["dino"], method=s["method"],
+                refine=s.get("refine"),
                 random_weights=s["random_weights"], templates=s["templates"],
                 scorer=s["scorer"], score_threshold=s["score_threshold"],
             )  # fmt: skip
