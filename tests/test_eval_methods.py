@@ -103,3 +103,23 @@ def test_predictions_written_by_ovseg_segment_are_read(camvid_dir, tmp_path):
     assert code == 0
     report = evaluate(data, tmp_path / "r.json", kind="camvid", predictions=out, progress=False)
     assert report["counts"]["images"] == 2 and 0.0 <= report["miou"] <= 1.0
+
+
+def test_options_object_and_keywords_agree(tmp_path):
+    from ovseg.eval import EvalOptions
+
+    data = _voc(tmp_path / "voc", n=1)
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    Image.fromarray(np.zeros((60, 90), np.uint8)).save(blank / "im0.png")
+    a = evaluate(data, tmp_path / "a.json", EvalOptions(kind="voc21", predictions=blank),
+                 progress=False)  # fmt: skip
+    b = evaluate(data, tmp_path / "b.json", kind="voc21", predictions=blank, progress=False)
+    assert a["miou"] == b["miou"] and a["confusion_matrix"] == b["confusion_matrix"]
+    c = evaluate(data, tmp_path / "c.json", EvalOptions(kind="voc20"), kind="voc21",
+                 predictions=blank, progress=False)  # fmt: skip
+    assert c["dataset"]["kind"] == "voc21"
+    with pytest.raises(ValueError, match="unknown evaluate option"):
+        evaluate(data, tmp_path / "d.json", kindd="voc21")
+    with pytest.raises(TypeError, match="EvalOptions"):
+        evaluate(data, tmp_path / "d.json", {"kind": "voc21"})

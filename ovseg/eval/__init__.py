@@ -2,12 +2,13 @@
 
 from ovseg.eval.datasets import KINDS, Sample, SegDataset, detect_kind, open_dataset
 from ovseg.eval.metrics import ConfusionMatrix, PanopticQuality, semantic_to_segments
-from ovseg.eval.runner import PROTOCOL_DEFAULTS, evaluate, oracle_scores
+from ovseg.eval.runner import PROTOCOL_DEFAULTS, EvalOptions, evaluate, oracle_scores
 
 __all__ = [
     "KINDS",
     "PROTOCOL_DEFAULTS",
     "ConfusionMatrix",
+    "EvalOptions",
     "PanopticQuality",
     "Sample",
     "SegDataset",

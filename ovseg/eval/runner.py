@@ -28,7 +28,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -290,32 +290,47 @@ class _Predictor:
         return resize_labels(pred.astype(np.int64), label.shape)
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """What an evaluation is asked: every option of :func:`evaluate` but the data, the report
+    path, a prebuilt segmenter and the progress bar (see :func:`evaluate` for each field)."""
+
+    kind: str | None = None
+    split: str = "val"
+    ignore_index: int | None = None
+    predictions: str | os.PathLike | None = None
+    sam: str | None = DEFAULT_SAM
+    clip: str = DEFAULT_CLIP
+    method: str | None = None
+    dino: str | None = None
+    method_options: Mapping[str, Any] | None = None
+    scorer: str = "dense"
+    templates: str = "imagenet"
+    score_threshold: float | None = None
+    short_side: int | None = -1
+    grid: Mapping[str, Any] | None = None
+    limit: int | None = None
+    device: Any = None
+    random_weights: bool = False
+    window: int | None = None
+
+
+_OPTION_NAMES = tuple(f.name for f in fields(EvalOptions))
+
+
 def evaluate(
     data: str | os.PathLike,
     out: str | os.PathLike,
+    options: EvalOptions | None = None,
     *,
-    kind: str | None = None,
-    split: str = "val",
-    ignore_index: int | None = None,
-    predictions: str | os.PathLike | None = None,
-    sam: str = DEFAULT_SAM,
-    clip: str = DEFAULT_CLIP,
-    method: str | None = None,
-    dino: str | None = None,
-    method_options: Mapping[str, Any] | None = None,
-    scorer: str = "dense",
-    templates: str = "imagenet",
-    score_threshold: float | None = None,
-    short_side: int | None = -1,
-    grid: Mapping[str, Any] | None = None,
-    limit: int | None = None,
-    device=None,
-    random_weights: bool = False,
     segmenter=None,
     progress: bool = True,
-    window: int | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate on the dataset at ``data`` and write the reports (see :mod:`ovseg.eval.report`).
+
+    Options come as an :class:`EvalOptions`, as keyword arguments (which override its
+    fields), or both; an unknown option name raises ``ValueError``.
 
     Args:
         data: dataset folder; ``kind`` as in :data:`ovseg.eval.KINDS` (None: detected).
@@ -346,6 +361,27 @@ def evaluate(
     """
     from ovseg.eval.report import write_reports
 
+    if options is not None and not isinstance(options, EvalOptions):
+        raise TypeError(f"options must be an EvalOptions, got {type(options).__name__}")
+    unknown = sorted(set(overrides) - set(_OPTION_NAMES))
+    if unknown:
+        raise ValueError(f"unknown evaluate option(s) {unknown}; known: {', '.join(_OPTION_NAMES)}")
+    o = replace(options or EvalOptions(), **overrides)
+    kind, split, ignore_index, predictions = o.kind, o.split, o.ignore_index, o.predictions
+    sam, clip, method, dino, method_options = o.sam, o.clip, o.method, o.dino, o.method_options
+    scorer, templates, score_threshold, short_side = (
+        o.scorer,
+        o.templates,
+        o.score_threshold,
+        o.short_side,
+    )
+    grid, limit, device, random_weights, window = (
+        o.grid,
+        o.limit,
+        o.device,
+        o.random_weights,
+        o.window,
+    )
     start = time.perf_counter()
     dataset = open_dataset(data, kind, split=split, ignore_index=ignore_index)
     if scorer not in SCORERS:
