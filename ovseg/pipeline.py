@@ -58,7 +58,8 @@ class Segmenter:
         random_weights: build registered architectures with random weights (timing only; warns).
         templates: prompt-template set name or list (see :mod:`ovseg.scoring.vocabulary`).
         scorer: CLIP region scorer of the ``"sam-clip"`` method and of grounding: ``"dense"``,
-            ``"crop"`` or ``"both"`` (see :mod:`ovseg.scoring.regions`).
+            ``"crop"`` or ``"both"`` (see :mod:`ovseg.scoring.regions`), or a built scorer
+            (``CropScorer(backend, margin=0.2)``: its options validated by its constructor).
         score_threshold: default minimum class probability for a mask to label pixels.
         grid: automatic-grid options (:class:`~ovseg.proposals.grid.GridOptions`). The tiny
             random SAM comes with the quality filters off (its predicted IoUs are meaningless).
@@ -78,7 +79,7 @@ class Segmenter:
         method_options: dict | None = None,
         random_weights: bool = False,
         templates: str | Sequence[str] = "imagenet",
-        scorer: str = "dense",
+        scorer="dense",
         score_threshold: float = 0.0,
         grid: GridOptions | None = None,
         fused_attention: bool = True,
@@ -101,7 +102,20 @@ class Segmenter:
         self.score_threshold = score_threshold
         self.random_weights, self.fused_attention = random_weights, fused_attention
         self.clip = build_clip(clip, self.device, random_weights=random_weights)
-        self.scorer = make_scorer(scorer, self.clip, **scorer_options)
+        if isinstance(scorer, str):
+            self.scorer = make_scorer(scorer, self.clip, **scorer_options)
+        elif callable(getattr(scorer, "embed", None)):
+            if scorer_options:
+                raise ValueError(
+                    f"scorer options {sorted(scorer_options)} apply to a scorer given by name; "
+                    "this scorer object is already built"
+                )
+            self.scorer = scorer
+        else:
+            raise TypeError(
+                "scorer must be 'dense', 'crop', 'both' or a scorer object with "
+                f"embed(image, masks), got {type(scorer).__name__}"
+            )
         self.dino = build_dino(dino, self.device, random_weights=random_weights)
         self.dense = (
             DenseMethod(method, self.clip, self.dino, **(method_options or {}))

@@ -206,3 +206,23 @@ def test_very_elongated_images_keep_one_patch_on_the_short_side():
     # an image the reference resize handles is computed with the reference settings, unchanged
     config = seg.dense.config()
     assert seg.dense._fit((97, 131), config) is config
+
+
+def test_scorer_by_name_or_object(image):
+    from ovseg.scoring.regions import CropScorer
+
+    seg = Segmenter("tiny-random", "tiny-random", "cpu", method="sam-clip", scorer="crop",
+                    margin=0.3)  # fmt: skip
+    assert isinstance(seg.scorer, CropScorer) and seg.scorer.margin == 0.3
+    built = CropScorer(seg.clip, margin=0.3)
+    other = Segmenter("tiny-random", seg.clip, "cpu", method="sam-clip", scorer=built)
+    assert other.scorer is built
+    masks = other.propose(image, boxes=[[10, 10, 70, 60]])
+    np.testing.assert_allclose(other.score(masks, CLASSES, image), seg.score(masks, CLASSES, image),
+                               atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="already built"):
+        Segmenter(None, seg.clip, "cpu", scorer=built, margin=0.1)
+    with pytest.raises(ValueError, match="unknown option"):
+        Segmenter(None, seg.clip, "cpu", scorer="crop", window=3)
+    with pytest.raises(TypeError, match="scorer must be"):
+        Segmenter(None, seg.clip, "cpu", scorer=3)
