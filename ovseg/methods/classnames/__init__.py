@@ -11,19 +11,11 @@ from __future__ import annotations
 
 from importlib import resources
 
+from ovseg.methods.config import DATASETS
+
 __all__ = ["SEPARATORS", "class_names", "query_list"]
 
 SEPARATORS = {"sclip": ", ", "clearclip": ",", "naclip": ", ", "proxyclip": "; "}
-_DATASETS = (
-    "voc21",
-    "context60",
-    "coco_object",
-    "voc20",
-    "context59",
-    "coco_stuff",
-    "cityscapes",
-    "ade20k",
-)
 
 
 def class_names(method: str, dataset: str) -> list[list[str]]:
@@ -31,8 +23,8 @@ def class_names(method: str, dataset: str) -> list[list[str]]:
     label order) of lists of synonyms (each synonym is its own text query)."""
     if method not in SEPARATORS:
         raise ValueError(f"method must be one of {tuple(SEPARATORS)}, got {method!r}")
-    if dataset not in _DATASETS:
-        raise ValueError(f"dataset must be one of {_DATASETS}, got {dataset!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     path = resources.files(__name__).joinpath(method, f"{dataset}.txt")
     with path.open("r", encoding="utf-8") as f:
         lines = f.readlines()
