@@ -336,7 +336,8 @@ class _Run:
                 for writer in others:
                     writer.add(result, name)
         paths = [coco.close(), *(w.close() for w in others)]
-        return f"{', '.join(str(p) for p in paths)} cover {len(done)} image(s)"
+        verb = "covers" if len(paths) == 1 else "cover"
+        return f"{', '.join(str(p) for p in paths)} {verb} {len(done)} image(s)"
 
 
 class _LoadError(Exception):
