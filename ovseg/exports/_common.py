@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -112,7 +113,7 @@ def ovseg_version() -> str | None:
     return getattr(sys.modules.get("ovseg"), "__version__", None)
 
 
-class RunWriter:
+class RunWriter(ABC):
     """Base of the per-run writers: ``add`` results, then ``close`` writes the run's files.
 
     As a context manager it calls :meth:`close` on a clean exit and :meth:`abort` when the
@@ -135,8 +136,9 @@ class RunWriter:
             raise ValueError(error)
         self._names.add(key)
 
-    def _finish(self) -> Path:  # pragma: no cover - subclasses write their files
-        raise NotImplementedError
+    @abstractmethod
+    def _finish(self) -> Path:
+        """Write the run's file(s); each writer has its own."""
 
     def close(self) -> Path:
         """Write the run's file(s) atomically and return the main path; later calls return it."""
