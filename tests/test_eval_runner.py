@@ -326,7 +326,7 @@ def test_background_protocol_voc21(segmenter, tmp_path):
 
 def test_background_names_skip_class_synonyms(segmenter, tmp_path):
     from ovseg.eval.datasets import open_dataset
-    from ovseg.eval.runner import _Predictor
+    from ovseg.eval.predict import Predictor as _Predictor
 
     root = tmp_path / "coco"
     (root / "images" / "val2017").mkdir(parents=True)

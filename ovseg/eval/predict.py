@@ -1,0 +1,252 @@
+"""Predictions for ``ovseg eval``: a dense method with its own protocol, SAM + CLIP, or the
+oracle (each SAM proposal labelled with its majority ground-truth class), in dataset class
+indices at the label size; and the resolved, hashed configuration that keys their cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ovseg._io import atomic_write
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_METHOD, UNLABELED
+from ovseg.eval.datasets import IGNORE, SegDataset
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything that determines the predictions (hashed to key the cache).
+
+    ``short_side``: resize the input so its short side has this many pixels (None: as is).
+    ``score_threshold``: minimum class probability for a mask to label pixels.
+    ``grid``: automatic-grid options passed to ``Segmenter.segment`` / ``propose``.
+    ``window``: sliding-window dense scoring with windows of this many pixels (stride half a
+    window; ``scorer="dense"`` only), or None for one dense pass over the whole input.
+    ``method``: a dense method (``"naclip"``...: its own class names, per-dataset settings and
+    prediction rule) or ``"sam-clip"`` (SAM proposals scored by ``scorer``).
+    ``method_options``: overrides of the dense method's per-dataset settings.
+    """
+
+    data: str
+    kind: str
+    split: str = "val"
+    sam: str = DEFAULT_SAM
+    clip: str = DEFAULT_CLIP
+    method: str = DEFAULT_METHOD
+    dino: str | None = None
+    method_options: Mapping[str, Any] = field(default_factory=dict)
+    scorer: str = "dense"
+    templates: str = "imagenet"
+    score_threshold: float = 0.0
+    short_side: int | None = None
+    random_weights: bool = False
+    grid: Mapping[str, Any] = field(default_factory=dict)
+    window: int | None = None
+
+    def key(self) -> str:
+        """12-hex-digit hash of the configuration."""
+        fields = asdict(self) | {
+            "grid": dict(self.grid),
+            "method_options": dict(self.method_options),
+        }
+        text = json.dumps(fields, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def oracle_scores(
+    masks: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = IGNORE
+) -> np.ndarray:
+    """One-hot scores float32 (N, K): each mask's majority ground-truth class.
+
+    ``masks`` bool (N, H, W); ``label`` int (H, W) in [0, K) or ``ignore_index``. Ignored pixels
+    do not vote; a mask covering only ignored pixels gets an all-zero row (fusion drops it).
+    """
+    masks = np.asarray(masks, bool)
+    label = np.asarray(label)
+    if masks.ndim != 3 or masks.shape[1:] != label.shape:
+        raise ValueError(f"masks {masks.shape} must be (N, H, W) with (H, W) = {label.shape}")
+    valid = label != ignore_index
+    votes = label[valid].astype(np.int64)
+    flat = masks[:, valid]
+    scores = np.zeros((len(masks), num_classes), np.float32)
+    for i, m in enumerate(flat):
+        counts = np.bincount(votes[m], minlength=num_classes)
+        if counts.sum():
+            scores[i, counts.argmax()] = 1.0
+    return scores
+
+
+def resize_short_side(image: np.ndarray, short_side: int | None) -> np.ndarray:
+    """Resize RGB uint8 (H, W, 3) so min(H, W) == short_side (bicubic, aspect kept)."""
+    if not short_side:
+        return image
+    h, w = image.shape[:2]
+    scale = short_side / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+
+
+def resize_labels(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an int (H, W) map (values kept, -1 included) to ``shape``."""
+    if label.shape == tuple(shape):
+        return label
+    h, w = label.shape
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * h / shape[0], h - 1).astype(int)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * w / shape[1], w - 1).astype(int)
+    return label[rows[:, None], cols[None, :]]
+
+
+def write_label_png(path: Path, prediction: np.ndarray) -> None:
+    """Atomically write int (H, W) in [-1, 255) as a uint8 PNG (-1 -> 255)."""
+    array = np.where(prediction < 0, 255, prediction).astype(np.uint8)
+    atomic_write(path, lambda fh: Image.fromarray(array).save(fh, format="PNG"))
+
+
+def read_prediction(
+    pred_dir: Path, stem: str, file_name: str | None = None
+) -> tuple[Path, np.ndarray]:
+    """Read ``PRED_DIR/STEM.png``, ``STEM_labels.png`` or ``FILE_NAME_labels.png`` (what
+    ``ovseg segment`` writes for the image file ``FILE_NAME``, e.g. ``x.jpg_labels.png``) as
+    int32 (H, W), 255 -> -1."""
+    from ovseg.result import read_label_png
+
+    names = [f"{stem}.png", f"{stem}_labels.png"]
+    if file_name:
+        names.append(f"{file_name}_labels.png")
+    for name in names:
+        if (pred_dir / name).is_file():
+            return pred_dir / name, read_label_png(pred_dir / name)
+    raise FileNotFoundError(f"no prediction for {stem!r}: expected {pred_dir / (stem + '.png')}")
+
+
+class _SamOnly:
+    """The automatic-grid proposals of a Segmenter without its CLIP (all the oracle needs)."""
+
+    def __init__(self, sam, device, random_weights: bool):
+        from ovseg.models.build import build_sam, resolve_device
+        from ovseg.proposals.grid import fused_attention
+        from ovseg.proposals.sam import Proposer
+
+        model = build_sam(sam, resolve_device(device), random_weights=random_weights)
+        fused_attention(model)
+        self.proposer = Proposer(model)
+
+    def propose(self, image: np.ndarray, **grid):
+        from ovseg.proposals.grid import GridOptions, automatic_masks
+
+        self.proposer.set_image(image)
+        return automatic_masks(self.proposer, GridOptions(**grid))
+
+
+# ovseg's benchmark kinds -> the dense methods' dataset names (their class files and configs).
+METHOD_DATASETS = {
+    "voc21": "voc21",
+    "voc20": "voc20",
+    "context60": "context60",
+    "context59": "context59",
+    "coco_object": "coco_object",
+    "coco_stuff171": "coco_stuff",
+    "cityscapes": "cityscapes",
+    "ade150": "ade20k",
+}
+
+
+class Predictor:
+    """Model or oracle predictions for one dataset, in dataset class indices at label size."""
+
+    def __init__(self, config: EvalConfig, dataset: SegDataset, segmenter=None, device=None):
+        from ovseg.pipeline import Segmenter
+
+        self.config, self.dataset = config, dataset
+        if segmenter is None and config.scorer == "oracle":
+            segmenter = _SamOnly(config.sam, device, config.random_weights)  # no CLIP needed
+        dense = config.method != REGION_METHOD and config.scorer != "oracle"
+        options = {} if config.window is None else {"window": config.window}
+        self.segmenter = segmenter or Segmenter(
+            None if dense else config.sam,
+            config.clip,
+            device,
+            dino=config.dino,
+            method=config.method if dense else REGION_METHOD,
+            random_weights=config.random_weights,
+            templates=config.templates,
+            scorer="dense" if config.scorer == "oracle" else config.scorer,
+            **options,
+        )
+        self.dense = self._dense_setup() if dense else None
+        k, bg = len(dataset.classes), dataset.background_index
+        self.fg = np.array([i for i in range(k) if i != bg], np.int64)
+        self.background: list[str] = []
+        if bg is not None:
+            used = {s.strip().lower() for i in self.fg for s in dataset.prompts[i].split(";")}
+            self.background = [
+                s.strip() for s in dataset.prompts[bg].split(";") if s.strip().lower() not in used
+            ]
+
+    def _dense_setup(self):
+        """The method's own queries and per-dataset settings (published protocol), or, for
+        datasets it has no files for, the dataset's class names and the method's defaults."""
+        from ovseg.scoring.vocabulary import resolve_templates, text_embeddings
+
+        cfg, ds, seg = self.config, self.dataset, self.segmenter
+        if seg.dense is None or seg.method != cfg.method:
+            raise ValueError(
+                f"the segmenter runs method {seg.method!r}, the evaluation asks {cfg.method!r}"
+            )
+        name = METHOD_DATASETS.get(ds.kind)
+        if name is not None:
+            from ovseg.methods.classnames import class_names
+
+            classes = class_names(cfg.method, name)
+        else:
+            classes = [[n.strip() for n in p.split(";") if n.strip()] for p in ds.prompts]
+        if len(classes) != len(ds.classes):
+            raise ValueError(
+                f"{cfg.method}'s class file for {name} has {len(classes)} classes, the dataset "
+                f"{len(ds.classes)}"
+            )
+        queries = [q for names in classes for q in names]
+        owners = [i for i, names in enumerate(classes) for _ in names]
+        text = text_embeddings(queries, resolve_templates(cfg.templates), seg.clip)
+        config = seg.dense.config(name, **dict(cfg.method_options))
+        return text, owners, config
+
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> np.ndarray:
+        from ovseg.fusion import fuse
+
+        cfg, ds = self.config, self.dataset
+        if self.dense is not None:
+            from ovseg.methods.dense import predict_labels
+
+            text, owners, config = self.dense
+            probs = self.segmenter.dense.probabilities(image, text, owners, len(ds.classes), config)
+            pred = predict_labels(probs, config, ds.background_index).cpu().numpy()
+            return resize_labels(pred.astype(np.int64), label.shape)
+        small = resize_short_side(image, cfg.short_side)
+        if cfg.scorer == "oracle":
+            masks = self.segmenter.propose(small, **cfg.grid)
+            gt = resize_labels(label, small.shape[:2])
+            scores = oracle_scores(masks.masks, gt, len(ds.classes), ds.ignore_index)
+            pred = fuse(masks.masks, scores, ds.classes, proposal_scores=masks.scores).label_map
+        else:
+            result = self.segmenter.segment(
+                small,
+                [ds.prompts[i] for i in self.fg],
+                background=self.background,
+                templates=cfg.templates,
+                score_threshold=cfg.score_threshold,
+                **cfg.grid,
+            )
+            lab = result.label_map
+            pred = np.where(lab >= 0, self.fg[np.maximum(lab, 0)], UNLABELED)
+        if ds.background_index is not None:
+            pred = np.where(pred == UNLABELED, ds.background_index, pred)
+        return resize_labels(pred.astype(np.int64), label.shape)
