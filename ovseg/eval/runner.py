@@ -1,18 +1,22 @@
 """The evaluation runner behind ``ovseg eval``: predict (or read) label maps, score, report.
 
-Three modes:
+Three modes (predictions in :mod:`ovseg.eval.predict`):
 
-- ``model``: a :class:`~ovseg.pipeline.Segmenter` segments each image into the benchmark's
-  classes (prompts with synonyms from its class-name file);
+- ``model``: a dense method (``--method naclip`` ...) with its own class-name file and
+  per-dataset settings, as its reference code evaluates; or ``--method sam-clip``: a
+  :class:`~ovseg.pipeline.Segmenter` segments each image into the benchmark's classes (prompts
+  with synonyms from ovseg's class-name file);
 - ``oracle``: the same SAM proposals, but each proposal takes the majority ground-truth class of
   its pixels (ignored pixels excluded; a proposal of only ignored pixels gets none), then the
   same fusion: the mIoU ceiling the proposals allow;
 - ``predictions``: saved label PNGs (class ``i`` = value ``i``, 255 = unlabeled, matched by
-  stem as ``STEM.png`` or ``STEM_labels.png``) are scored without any model.
+  stem as ``STEM.png``, ``STEM_labels.png`` or ``FILE_labels.png``) are scored without any
+  model.
 
-Protocol: on benchmarks with a background class (VOC21, Context60, COCO-Object) the background
-words of the class-name file are background names, and pixels left unlabeled (no mask, a mask
-won by a background name, or a class probability below the threshold) become background.
+Protocol of ``sam-clip``: on benchmarks with a background class (VOC21, Context60,
+COCO-Object) the background words of the class-name file are background names, and pixels
+left unlabeled (no mask, a mask won by a background name, or a class probability below the
+threshold) become background.
 Elsewhere unlabeled pixels count as misses. The input may be resized to a short side before
 prediction; predictions are resized back to the label size with nearest neighbour, so scores
 are always computed at the original label resolution.
