@@ -18,7 +18,7 @@ from ovseg.constants import UNLABELED
 __version__ = "0.2.0"
 
 _LAZY = {
-    "GroundingResult": "ovseg.grounding.core",
+    "GroundingResult": "ovseg.grounding.result",
     "ground": "ovseg.grounding.core",
     "heatmap": "ovseg.grounding.core",
     "load_image": "ovseg.image",
@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ovseg.grounding.core import GroundingResult, ground, heatmap
+    from ovseg.grounding.core import ground, heatmap
+    from ovseg.grounding.result import GroundingResult
     from ovseg.image import load_image
     from ovseg.pipeline import Segmenter, segment
     from ovseg.result import Segment, SegmentationResult

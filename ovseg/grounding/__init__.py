@@ -1,7 +1,8 @@
 """Language grounding: referring phrases -> regions, heatmaps and grasp points."""
 
-from ovseg.grounding.core import GroundingResult, Region, ground, heatmap
+from ovseg.grounding.core import ground, heatmap
 from ovseg.grounding.grasp import grasp_point, phrase_from_instruction
+from ovseg.grounding.result import GroundingResult, Region
 
 __all__ = [
     "GroundingResult",
