@@ -18,7 +18,13 @@ from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_ME
 from ovseg.fusion import fuse, fuse_dense, mask_class_scores
 from ovseg.image import load_image
 from ovseg.methods.runner import DENSE_METHODS, METHOD_OPTIONS, DenseMethod
-from ovseg.models.build import build_clip, build_dino, build_sam, resolve_device
+from ovseg.models.build import (
+    build_clip,
+    build_dino,
+    build_sam,
+    check_sam_spec,
+    resolve_device,
+)
 from ovseg.proposals.grid import GridOptions, automatic_masks
 from ovseg.proposals.grid import fused_attention as use_fused_attention
 from ovseg.proposals.prompts import make_prompt
@@ -96,6 +102,7 @@ class Segmenter:
         if grid is not None and not isinstance(grid, GridOptions):
             raise TypeError(f"grid must be a GridOptions, got {type(grid).__name__}")
         Vocabulary(["x"], templates)  # validates the templates now
+        check_sam_spec(sam)  # a bad name or path fails now, even though SAM loads on first use
         self.lock = threading.RLock()
         self.device = resolve_device(device)
         self.method, self.refine, self.templates = method, refine, templates

@@ -226,3 +226,12 @@ def test_scorer_by_name_or_object(image):
         Segmenter(None, seg.clip, "cpu", scorer="crop", window=3)
     with pytest.raises(TypeError, match="scorer must be"):
         Segmenter(None, seg.clip, "cpu", scorer=3)
+
+
+def test_a_bad_sam_spec_fails_at_construction(tmp_path):
+    with pytest.raises(ValueError, match="unknown SAM model"):
+        Segmenter("vit_z", "tiny-random", "cpu")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        Segmenter(str(tmp_path / "missing.pth"), "tiny-random", "cpu")
+    with pytest.raises(TypeError, match="sam must be"):
+        Segmenter(3, "tiny-random", "cpu")

@@ -49,6 +49,29 @@ def sam_names() -> list[str]:
     return [TINY, *SAM_CHECKPOINTS]
 
 
+def check_sam_spec(spec) -> None:
+    """Raise at once for a SAM spec :func:`build_sam` could never build (wrong type, unknown
+    name, a checkpoint path that does not exist), without loading anything."""
+    from ovseg.models import weights
+
+    if spec is None or isinstance(spec, torch.nn.Module):
+        return
+    if isinstance(spec, Path):
+        spec = str(spec)
+    if not isinstance(spec, str):
+        raise TypeError(f"sam must be a name, a checkpoint path or a Sam model, got {type(spec)}")
+    if spec == TINY or spec in weights.SAM_CHECKPOINTS:
+        return
+    if Path(spec).suffix in (".pth", ".pt", ".safetensors", ".bin") or Path(spec).exists():
+        if not Path(spec).expanduser().is_file():
+            raise FileNotFoundError(f"SAM checkpoint not found: {Path(spec).expanduser()}")
+        return
+    raise ValueError(
+        f"unknown SAM model {spec!r}; known names: {', '.join(sam_names())}, "
+        "or a path to a SAM checkpoint file"
+    )
+
+
 def build_sam(spec, device=None, *, random_weights: bool = False):
     """Return a ``segment_anything.modeling.Sam`` in eval mode on ``device``."""
     from segment_anything import sam_model_registry
