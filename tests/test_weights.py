@@ -341,3 +341,14 @@ def test_dino_official_format_state_dict_loads(tmp_path):
         assert torch.equal(value, state[key])
     with pytest.raises(ValueError, match="does not match"):
         build_dino(f"dino_vitb16:{path}", "cpu")
+
+
+def test_weights_list_shows_sam_and_dino(tmp_path, monkeypatch, capsys):
+    from ovseg.cli import main
+
+    monkeypatch.setenv("OVSEG_WEIGHTS_DIR", str(tmp_path))
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("vit_b", "vit_h", "dino_vitb8", "dino_vitb16"):
+        assert f"  {name} " in out
+    assert "dino_vitbase8_pretrain.pth" in out

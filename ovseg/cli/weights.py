@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "name",
         metavar="NAME",
-        help=f"one of: {', '.join(weights.SAM_CHECKPOINTS)}, or a CLIP spec "
+        help=f"one of: {', '.join(weights.all_checkpoints())}, or a CLIP spec "
         "(ARCH/TAG for open_clip, hf:ORG/NAME)",
     )
     p.add_argument("--force", action="store_true", help="download again even if cached")
@@ -95,7 +95,7 @@ def _status(name: str, quick: bool) -> str:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     rows = [("NAME", "ARCH", "SIZE", "STATUS", "PATH")]
-    for name, checkpoint in weights.SAM_CHECKPOINTS.items():
+    for name, checkpoint in weights.all_checkpoints().items():
         rows.append(
             (
                 name,
@@ -106,7 +106,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    print(f"SAM checkpoints in {weights.weights_dir()} (override with {weights.ENV_VAR}):")
+    print(f"SAM and DINO checkpoints in {weights.weights_dir()} (override with {weights.ENV_VAR}):")
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
         print("  " + "  ".join([*cells, row[4]]))
@@ -130,7 +130,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    if args.name not in weights.SAM_CHECKPOINTS and ("/" in args.name or ":" in args.name):
+    if args.name not in weights.all_checkpoints() and ("/" in args.name or ":" in args.name):
         return _download_clip(args.name)
     try:
         path = weights.download(
@@ -158,7 +158,7 @@ def _download_clip(spec: str) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    names = args.names or [n for n in weights.SAM_CHECKPOINTS if weights.cached_path(n).is_file()]
+    names = args.names or [n for n in weights.all_checkpoints() if weights.cached_path(n).is_file()]
     if not names:
         print(f"no cached checkpoints in {weights.weights_dir()}; nothing to verify")
         return 0
