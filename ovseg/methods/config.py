@@ -88,7 +88,7 @@ class MethodConfig:
     pad_multiple: int | None = None
     gaussian_std: float = 5.0
     attention: str | None = None
-    batch_windows: int = 8
+    batch_windows: int = 16
     beta: float = 1.2
     gamma: float = 3.0
 
