@@ -308,19 +308,20 @@ class Segmenter:
         return mask_class_scores(masks.masks, probs)
 
     def _labels(self, probs: torch.Tensor, k: int, options: dict) -> np.ndarray:
-        """The method's prediction with ovseg's vocabulary: argmax over classes and background
-        names; background wins, the probability threshold and SCLIP's area rule -> UNLABELED."""
+        """The method's prediction rule (:func:`~ovseg.methods.dense.predict_labels`: SCLIP's
+        area rule, argmax, probability threshold) with ovseg's vocabulary: the background names
+        act as one background class (their best probability), and it becomes UNLABELED."""
+        from ovseg.methods.dense import predict_labels
+
+        if probs.shape[0] > k:
+            background = probs[k:].amax(0, keepdim=True)
+        else:
+            background = probs.new_zeros((1, *probs.shape[1:]))
         config = self.dense.config(**options)
-        probs = probs.clone()
-        if config.area_threshold is not None:
-            area = torch.bincount(probs.argmax(0).flatten(), minlength=probs.shape[0])[:k]
-            drop = area <= config.area_threshold * area.sum()
-            probs[:k][drop] = 0.0
-        labels = probs.argmax(0)
-        labels[labels >= k] = UNLABELED
-        if config.prob_threshold > 0:
-            labels[probs.max(0).values < config.prob_threshold] = UNLABELED
-        return labels.cpu().numpy().astype(np.int32)
+        labels = predict_labels(torch.cat([probs[:k], background]), config, background_class=k)
+        labels = labels.cpu().numpy().astype(np.int32)
+        labels[labels == k] = UNLABELED
+        return labels
 
     def segment(
         self, image, classes, *, points=None, point_labels=None, boxes=None, mask_input=None,

@@ -235,3 +235,20 @@ def test_a_bad_sam_spec_fails_at_construction(tmp_path):
         Segmenter(str(tmp_path / "missing.pth"), "tiny-random", "cpu")
     with pytest.raises(TypeError, match="sam must be"):
         Segmenter(3, "tiny-random", "cpu")
+
+
+def test_area_rule_with_background_names(image):
+    seg = Segmenter(None, "tiny-random", "cpu", method="sclip")
+    classes, bg = ["road; street", "car"], ["sky"]
+    result = seg.segment(image, classes, background=bg, area_threshold=0.45)
+    probs = seg.pixel_probabilities(image, classes, background=bg)  # (2, H, W), classes only
+
+    full = seg._dense_probs(image, seg.vocabulary(classes, bg), {}).numpy()  # (3, H, W)
+    first = full.argmax(0)
+    area = np.array([(first == c).sum() for c in range(2)], float)
+    kept = area > 0.45 * area.sum()
+    scaled = np.concatenate([full[:2] * kept[:, None, None], full[2:]])
+    expected = scaled.argmax(0)
+    expected[expected == 2] = UNLABELED
+    np.testing.assert_array_equal(result.label_map, expected)
+    np.testing.assert_allclose(probs, full[:2], atol=1e-6)

@@ -201,10 +201,10 @@ class Predictor:
             raise ValueError(
                 f"the segmenter runs method {seg.method!r}, the evaluation asks {cfg.method!r}"
             )
+        from ovseg.methods.classnames import class_names, query_list
+
         name = METHOD_DATASETS.get(ds.kind)
         if name is not None:
-            from ovseg.methods.classnames import class_names
-
             classes = class_names(cfg.method, name)
         else:
             classes = [[n.strip() for n in p.split(";") if n.strip()] for p in ds.prompts]
@@ -213,8 +213,7 @@ class Predictor:
                 f"{cfg.method}'s class file for {name} has {len(classes)} classes, the dataset "
                 f"{len(ds.classes)}"
             )
-        queries = [q for names in classes for q in names]
-        owners = [i for i, names in enumerate(classes) for _ in names]
+        queries, owners = query_list(classes)
         text = text_embeddings(queries, resolve_templates(cfg.templates), seg.clip)
         config = seg.dense.config(name, **dict(cfg.method_options))
         return text, owners, config

@@ -66,8 +66,9 @@ class DenseMethod:
                 f"method {name!r} needs a DINO model: Segmenter(dino='dino_vitb8') (or "
                 "'dino_vitb16', 'NAME:/path.pth', a built model)"
             )
-        visual = getattr(getattr(clip, "model", None), "visual", None)
-        if not all(hasattr(visual, a) for a in ("transformer", "conv1", "class_embedding")):
+        from ovseg.scoring.backends import OpenClipBackend
+
+        if not (isinstance(clip, OpenClipBackend) and clip.supports_dense):
             raise TypeError(
                 f"method {name!r} needs an open_clip ViT image tower (e.g. clip='ViT-B-16/openai'"
                 f"); {getattr(clip, 'name', clip)!r} has none"
