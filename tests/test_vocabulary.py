@@ -89,3 +89,17 @@ def test_background_winner_zeroes_class_scores(clip):
     regions = torch.stack([text[0], text[1]])  # exactly the road / the sky embedding
     probs = vocab.probabilities(regions, clip)
     assert probs[0, 0] > 0.5 and probs[1, 0] == 0.0
+
+
+def test_probabilities_under_autocast_stay_float32(clip):
+    # --half runs scoring under autocast, where a matmul comes out in half precision; the
+    # reduction over synonyms must still work and give the float32 numbers (found on a GPU)
+    vocab = Vocabulary(["road; street", "sky"], templates="none")
+    regions = torch.nn.functional.normalize(
+        torch.randn(5, 32, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    expected = vocab.probabilities(regions, clip)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probs = vocab.probabilities(regions, clip)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs, expected, atol=1e-6)

@@ -151,7 +151,9 @@ class Vocabulary:
         background name gets all-zero class scores.
         """
         text = self.text_embeddings(backend).to(region_embeddings.device)
-        logits = backend.logit_scale * region_embeddings.float() @ text.T
+        # in float32 even under autocast (--half): the reduction below needs one dtype
+        with torch.autocast(region_embeddings.device.type, enabled=False):
+            logits = backend.logit_scale * region_embeddings.float() @ text.float().T
         n_entries = len(self.classes) + len(self.background)
         owners = torch.as_tensor(self.owners, device=logits.device)
         reduced = torch.full((logits.shape[0], n_entries), -torch.inf, device=logits.device)
