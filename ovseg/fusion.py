@@ -29,6 +29,7 @@ def fuse(
     score_threshold: float = 0.0,
     image: np.ndarray | None = None,
     proposal_scores: np.ndarray | None = None,
+    track_ids: np.ndarray | None = None,
 ) -> SegmentationResult:
     """Fuse masks bool (N, H, W) with class probabilities float (N, K) into a result.
 
@@ -39,6 +40,7 @@ def fuse(
         score_threshold: minimum class probability for a mask to label pixels, in [0, 1].
         image: optional RGB uint8 (H, W, 3) kept on the result for overlays.
         proposal_scores: optional (N,) proposer quality scores copied to the segments.
+        track_ids: optional (N,) video object ids copied to the segments' ``track_id``.
     """
     masks = np.asarray(masks)
     scores = np.asarray(scores, dtype=np.float32)
@@ -52,6 +54,8 @@ def fuse(
     if n and (not np.isfinite(scores).all() or scores.min() < 0 or scores.max() > 1):
         raise ValueError("scores must be probabilities in [0, 1]")
     prop = np.ones(n, np.float32) if proposal_scores is None else np.asarray(proposal_scores)
+    if track_ids is not None and len(track_ids) != n:
+        raise ValueError(f"track_ids must have one id per mask ({n}), got {len(track_ids)}")
 
     best = scores.argmax(1) if n else np.zeros(0, int)
     score = scores.max(1) if n else np.zeros(0, np.float32)
@@ -81,6 +85,7 @@ def fuse(
                 box=tuple(int(v) for v in box),
                 area=area,
                 proposal_score=float(prop[i]),
+                track_id=None if track_ids is None else int(track_ids[i]),
             )
         )
 
@@ -120,6 +125,8 @@ def fuse_dense(
     proposal_scores: np.ndarray | None = None,
     score_threshold: float = 0.0,
     image: np.ndarray | None = None,
+    mask_scores: np.ndarray | None = None,
+    track_ids: np.ndarray | None = None,
 ) -> SegmentationResult:
     """A dense label map, optionally refined by masks, as a result whose segments partition
     the labelled pixels.
@@ -134,6 +141,9 @@ def fuse_dense(
         proposal_scores: optional (N,) proposer scores of the masks.
         score_threshold: minimum mask score for a mask to label pixels.
         image: optional RGB uint8 (H, W, 3).
+        mask_scores: optional float (N, K) class probabilities of the masks, used instead of
+            their mean probability inside (video: each track's running mean).
+        track_ids: optional (N,) video object ids of the masks (see :func:`fuse`).
 
     Segments: the masks that own pixels (instances), then one segment per class for the
     labelled pixels no mask owns (score: the mean probability of the class over them).
@@ -150,9 +160,9 @@ def fuse_dense(
     h, w = labels.shape
     if masks is None:
         masks = np.zeros((0, h, w), bool)
-    scores = mask_class_scores(masks, probs)
+    scores = mask_class_scores(masks, probs) if mask_scores is None else mask_scores
     base = fuse(masks, scores, classes, score_threshold=score_threshold, image=image,
-                proposal_scores=proposal_scores)  # fmt: skip
+                proposal_scores=proposal_scores, track_ids=track_ids)  # fmt: skip
     label_map = np.where(base.label_map != UNLABELED, base.label_map, labels).astype(np.int32)
     picked = np.take_along_axis(probs, np.clip(labels, 0, k - 1)[None].astype(np.int64), 0)[0]
     dense_conf = np.where(labels != UNLABELED, picked, 0.0)

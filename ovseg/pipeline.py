@@ -193,6 +193,13 @@ class Segmenter:
 
         return heatmap(image, phrase, segmenter=self, **options)
 
+    def segment_video(self, frames, classes, **options):
+        """One result per frame of a video, file, folder, camera or image iterable, each
+        instance segment carrying a ``track_id``: see :func:`ovseg.video.segment_video`."""
+        from ovseg.video.stream import segment_video
+
+        return segment_video(self, frames, classes, **options)
+
     # -- image ------------------------------------------------------------------------------
     @property
     def image(self) -> np.ndarray:

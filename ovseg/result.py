@@ -47,6 +47,7 @@ class Segment:
         box: ``(x0, y0, x1, y1)`` int pixels, ``x1, y1`` exclusive.
         area: number of pixels.
         proposal_score: the proposer's own quality score (SAM predicted IoU).
+        track_id: the object's id across the frames of a video (``None`` outside video).
     """
 
     id: int
@@ -56,6 +57,7 @@ class Segment:
     box: tuple[int, int, int, int]
     area: int
     proposal_score: float
+    track_id: int | None = None
 
     def __post_init__(self) -> None:
         self.mask = np.asarray(self.mask)
@@ -81,12 +83,15 @@ class Segment:
         if self.area < 0:
             raise ValueError(f"Segment.area must be >= 0; got {self.area}")
         self.proposal_score = float(self.proposal_score)
+        if self.track_id is not None:
+            self.track_id = int(self.track_id)
 
     def __repr__(self) -> str:
         h, w = self.mask.shape
+        track = "" if self.track_id is None else f", track_id={self.track_id}"
         return (
             f"Segment(id={self.id}, class_index={self.class_index}, score={self.score:.3f}, "
-            f"box={self.box}, area={self.area}, mask={h}x{w})"
+            f"box={self.box}, area={self.area}, mask={h}x{w}{track})"
         )
 
 
@@ -234,6 +239,7 @@ class SegmentationResult:
             rle = mask_utils.encode(np.asfortranarray(seg.mask, dtype=np.uint8))
             annotations.append(
                 {
+                    **({} if seg.track_id is None else {"track_id": seg.track_id}),
                     "id": seg.id,
                     "image_id": int(image_id),
                     "category_id": seg.class_index + 1,

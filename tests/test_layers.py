@@ -41,6 +41,8 @@ NEVER = {("proposals", "scoring"), ("scoring", "proposals")}
 ALLOWED_UP = {
     # Segmenter.ground / Segmenter.heatmap are fronts of the grounding task on the Segmenter.
     ("pipeline", "grounding"),
+    # Segmenter.segment_video is the front of the video task on the Segmenter.
+    ("pipeline", "video"),
 }
 
 
