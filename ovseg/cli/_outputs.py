@@ -127,6 +127,79 @@ def check_collisions(out: Path, names: Iterable[str], formats: Sequence[str]) ->
                 )
 
 
+def build_segmenter(settings: dict, device=None):
+    """The :class:`~ovseg.pipeline.Segmenter` that a run of ``settings`` uses (models are
+    loaded on first use). Raises what the Segmenter raises for bad model names."""
+    from ovseg.pipeline import Segmenter
+
+    s = settings
+    return Segmenter(
+        s["sam"], s["clip"], device, dino=s["dino"], method=s["method"], refine=s.get("refine"),
+        random_weights=s["random_weights"], templates=s["templates"], scorer=s["scorer"],
+        score_threshold=s["score_threshold"],
+    )  # fmt: skip
+
+
+def segment_image(segmenter, settings: dict, image):
+    """Segment ``image`` (anything :func:`ovseg.image.load_image` takes) as ``settings`` say."""
+    prompts = {k: settings[k] for k in ("points", "point_labels", "boxes")}
+    return segmenter.segment(
+        image, settings["classes"], background=settings["background"], **prompts,
+        **settings["grid"],
+    )  # fmt: skip
+
+
+def save_outputs(result, out: Path, name: str) -> None:
+    """Write the per-image outputs of ``result`` under ``out`` as ``name``, each atomically; the
+    COCO JSON last, as its presence marks the image complete."""
+    paths = per_image_paths(out, name)
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
+    result.save_png(paths["labels"])
+    result.save_overlay(paths["overlay"])
+    result.save_json(paths["json"], file_name=name)
+
+
+def write_record(out: Path, settings: dict, names: Sequence[str]) -> None:
+    """Write ``OUT/ovseg_run.json`` (the run's settings and images) unless it already says
+    exactly that."""
+    from ovseg import __version__
+    from ovseg._io import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"ovseg": __version__, "settings": settings, "images": list(names)}
+    text = json.dumps(record, indent=1) + "\n"
+    path = out / RECORD
+    if not (path.is_file() and path.read_text() == text):
+        atomic_write_text(path, text)
+
+
+def write_run_files(out: Path, settings: dict, names: Sequence[str], formats: Sequence[str]) -> str:
+    """Write the run files (record, COCO instances, ``--format`` exports) for every image of
+    ``names`` whose outputs are complete; returns what was written, in words."""
+    from ovseg.exports import CocoInstancesWriter, CocoPanopticWriter, YoloWriter
+
+    done = [n for n in names if is_complete(out, n)]
+    if not done:
+        return "no run files (no image done)"
+    write_record(out, settings, names)
+    classes = settings["classes"]
+    coco = CocoInstancesWriter(classes, out / INSTANCES)
+    others = []
+    if "coco-panoptic" in formats:
+        others.append(CocoPanopticWriter(classes, out))
+    if "yolo" in formats:
+        others.append(YoloWriter(classes, out / "yolo"))
+    for name in done:
+        coco.add_record(coco_record_of(out, name))
+        if others:
+            result = load_saved(out, name, classes)
+            for writer in others:
+                writer.add(result, name)
+    paths = [coco.close(), *(w.close() for w in others)]
+    verb = "covers" if len(paths) == 1 else "cover"
+    return f"{', '.join(str(p) for p in paths)} {verb} {len(done)} image(s)"
+
+
 def read_record(out: Path) -> dict | None:
     path = out / RECORD
     if not path.is_file():

@@ -91,6 +91,9 @@ def register(subparsers) -> None:
         "highest mean probability inside it (grid flags apply)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from ovseg.distributed.cli import add_ray_arguments
+
+    add_ray_arguments(p, "images")
     p.set_defaults(func=run, intermixed="inputs")
 
 
@@ -178,26 +181,43 @@ def _settings(args: argparse.Namespace) -> dict:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def prepare(args: argparse.Namespace, collect=collect_images):
+    """Every check of a run before any model loads: ``(out, formats, settings, images,
+    known)``, ``known`` being the images an earlier run into ``out`` recorded besides these.
+    ``collect(inputs, out) -> (root, images)`` lists the inputs.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError: what is wrong, in words.
+    """
     out = Path(args.out)
     formats = sorted({f for group in args.formats for f in group})
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"-o {out} is a file; give a folder for the outputs")
+    settings = _settings(args)
+    if not args.inputs:
+        raise ValueError(_no_inputs_message(args.classes))
+    root, images = collect(args.inputs, out)
+    settings["root"] = str(root)
+    record = _outputs.read_record(out)
+    names = [i.name for i in images]
+    current = set(names)
+    known = [] if record is None else [n for n in record["images"] if n not in current]
+    _outputs.check_collisions(out, [*known, *names], formats)
+    _outputs.check_existing(out, record, settings, names, formats)
+    return out, formats, settings, images, known
+
+
+def run(args: argparse.Namespace) -> int:
+    from ovseg.distributed.cli import ray_options, run_segment
+
+    if args.ray:
+        return run_segment(args, prepare, _error)
     try:
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"-o {out} is a file; give a folder for the outputs")
-        settings = _settings(args)
-        if not args.inputs:
-            raise ValueError(_no_inputs_message(args.classes))
-        root, images = collect_images(args.inputs, out)
-        settings["root"] = str(root)
-        record = _outputs.read_record(out)
-        names = [i.name for i in images]
-        current = set(names)
-        known = [] if record is None else [n for n in record["images"] if n not in current]
-        _outputs.check_collisions(out, [*known, *names], formats)
-        _outputs.check_existing(out, record, settings, names, formats)
+        ray_options(args)  # refuses --workers and friends without --ray
+        plan = prepare(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         return _error(e)
-    return _Run(args, out, formats, settings, images, known).run()
+    return _Run(args, *plan).run()
 
 
 def _no_inputs_message(class_tokens: list[str]) -> str:
@@ -268,35 +288,19 @@ class _Run:
         return text
 
     def _build(self):
-        from ovseg.pipeline import Segmenter
-
-        s = self.settings
         try:
-            return Segmenter(
-                s["sam"], s["clip"], self.args.device, dino=s["dino"], method=s["method"],
-                refine=s.get("refine"),
-                random_weights=s["random_weights"], templates=s["templates"],
-                scorer=s["scorer"], score_threshold=s["score_threshold"],
-            )  # fmt: skip
+            return _outputs.build_segmenter(self.settings, self.args.device)
         except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as e:
             raise _LoadError() from e
 
     def _one(self, image, bar) -> None:
         from tqdm import tqdm
 
-        s = self.settings
         self.segmenter = self.segmenter or self._build()
-        prompts = {k: s[k] for k in ("points", "point_labels", "boxes")}
         try:
-            result = self.segmenter.segment(
-                image.path, self.classes, background=s["background"], **prompts, **s["grid"]
-            )
+            result = _outputs.segment_image(self.segmenter, self.settings, image.path)
             self._record()
-            paths = _outputs.per_image_paths(self.out, image.name)
-            paths["json"].parent.mkdir(parents=True, exist_ok=True)
-            result.save_png(paths["labels"])
-            result.save_overlay(paths["overlay"])
-            result.save_json(paths["json"], file_name=image.name)  # last: marks it complete
+            _outputs.save_outputs(result, self.out, image.name)
             self.written += 1
         except (ValueError, TypeError, OSError) as e:
             self.failed.append(image.path)
@@ -305,39 +309,13 @@ class _Run:
     def _record(self) -> None:
         """Write ``ovseg_run.json`` before the first output (so a failed model load leaves
         nothing that a corrected command would have to match)."""
-        if self.recorded:
-            return
-        from ovseg import __version__
-        from ovseg._io import atomic_write_text
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        record = {"ovseg": __version__, "settings": self.settings, "images": self.names}
-        atomic_write_text(self.out / _outputs.RECORD, json.dumps(record, indent=1) + "\n")
-        self.recorded = True
+        if not self.recorded:
+            _outputs.write_record(self.out, self.settings, self.names)
+            self.recorded = True
 
     def _finish(self) -> str:
         """Write the run files for every recorded image whose outputs are complete."""
-        from ovseg.exports import CocoInstancesWriter, CocoPanopticWriter, YoloWriter
-
-        done = [n for n in self.names if _outputs.is_complete(self.out, n)]
-        if not done:
-            return "no run files (no image done)"
-        self._record()
-        coco = CocoInstancesWriter(self.classes, self.out / _outputs.INSTANCES)
-        others = []
-        if "coco-panoptic" in self.formats:
-            others.append(CocoPanopticWriter(self.classes, self.out))
-        if "yolo" in self.formats:
-            others.append(YoloWriter(self.classes, self.out / "yolo"))
-        for name in done:
-            coco.add_record(_outputs.coco_record_of(self.out, name))
-            if others:
-                result = _outputs.load_saved(self.out, name, self.classes)
-                for writer in others:
-                    writer.add(result, name)
-        paths = [coco.close(), *(w.close() for w in others)]
-        verb = "covers" if len(paths) == 1 else "cover"
-        return f"{', '.join(str(p) for p in paths)} {verb} {len(done)} image(s)"
+        return _outputs.write_run_files(self.out, self.settings, self.names, self.formats)
 
 
 class _LoadError(Exception):

@@ -1,0 +1,121 @@
+"""Ray, imported on demand, and the cluster a run uses.
+
+Without an address a run starts a local Ray on this machine and stops it at the end; with
+one (``auto``, ``ray://HOST:10001``) it joins that cluster. When the caller has already
+called ``ray.init``, that session is used as it is and left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = ["RayOptions", "connect", "require_ray", "worker_error"]
+
+
+def require_ray():
+    """The ``ray`` module, with Ray Data loaded.
+
+    Raises:
+        ModuleNotFoundError: Ray is not installed, with the command that installs it.
+    """
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            'distributed runs need Ray Data: pip install "ovseg[ray]" (or pip install "ray[data]")'
+        ) from e
+    return ray
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How a run uses Ray.
+
+    ``address``: None starts a local Ray here; ``"auto"`` joins the cluster this machine is
+    part of; ``"ray://HOST:10001"`` a remote one through Ray Client. ``workers``: the number
+    of model copies (Ray actors), None for as many as the cluster's CPUs (or GPUs, with
+    ``gpus_per_worker``) allow. ``cpus_per_worker``, ``gpus_per_worker``: what each worker
+    reserves (a fraction of a GPU shares it). ``batch_size``: images per call of a worker.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.address is not None and (not isinstance(self.address, str) or not self.address):
+            raise ValueError(f"address must be 'auto' or ray://HOST:PORT, got {self.address!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if not self.cpus_per_worker > 0:
+            raise ValueError(f"cpus per worker must be > 0, got {self.cpus_per_worker!r}")
+        if not self.gpus_per_worker >= 0:
+            raise ValueError(f"gpus per worker must be >= 0, got {self.gpus_per_worker!r}")
+
+    def pool_size(self, ray) -> int:
+        """The number of workers: as given, or what the cluster's resources allow."""
+        if self.workers is not None:
+            return self.workers
+        resources = ray.cluster_resources()
+        if self.gpus_per_worker:
+            gpus = resources.get("GPU", 0)
+            if gpus < self.gpus_per_worker:
+                raise ValueError(
+                    f"the Ray cluster has {gpus:g} GPU(s); {self.gpus_per_worker:g} per worker "
+                    "asked (leave --gpus-per-worker out to run on CPUs)"
+                )
+            return max(1, int(gpus // self.gpus_per_worker))
+        return max(1, int(resources.get("CPU", 1) // self.cpus_per_worker))
+
+    def map_batches_args(self, ray, items: int) -> dict:
+        """The ``Dataset.map_batches`` arguments of a pool of model workers (Ray actors) for
+        ``items`` rows (never more workers than batches)."""
+        batches = -(-items // self.batch_size)
+        args = {
+            "compute": ray.data.ActorPoolStrategy(size=max(1, min(self.pool_size(ray), batches))),
+            "batch_size": self.batch_size,
+            "num_cpus": self.cpus_per_worker,
+        }
+        if self.gpus_per_worker:
+            args["num_gpus"] = self.gpus_per_worker
+        return args
+
+
+@contextlib.contextmanager
+def connect(address: str | None, progress: bool = False) -> Iterator:
+    """Yield ``ray`` connected to a cluster (see the module docstring)."""
+    ray = require_ray()
+    started = not ray.is_initialized()
+    if started:
+        if address is None:
+            ray.init(logging_level="warning", include_dashboard=False)
+        else:
+            ray.init(address=address, logging_level="warning")
+    context = ray.data.DataContext.get_current()
+    bars = context.enable_progress_bars
+    context.enable_progress_bars = progress
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    if not progress:
+        logger.setLevel(logging.WARNING)  # no per-run INFO lines of Ray Data
+    try:
+        yield ray
+    finally:
+        context.enable_progress_bars = bars
+        logger.setLevel(level)
+        if started:
+            ray.shutdown()
+
+
+def worker_error(error: BaseException) -> str:
+    """The last line of a Ray error's text: the worker's own exception, e.g. ``ValueError: ...``."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

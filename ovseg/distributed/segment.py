@@ -1,0 +1,271 @@
+"""``ovseg segment --ray`` and :func:`segment_dataset`: segment a dataset with Ray Data.
+
+The images become a Ray dataset of ``(uri, name)`` rows; ``map_batches`` sends them to a
+pool of workers (Ray actors), each holding one :class:`SegmentWorker`: the models are built
+once per worker, then every image is read, segmented and written by the worker, with the same
+functions as a local ``ovseg segment`` run (:mod:`ovseg.cli._outputs`), so the outputs are the
+same files, byte for byte, for the same models and device. Execution streams: the driver only
+receives one small manifest row per image.
+
+Faults: an image that cannot be read or segmented is a ``failed`` row of the manifest, not an
+error of the run; a worker that dies is restarted by Ray and its batch retried (Ray Data's
+actors restart without limit); every output is written to a temporary name and renamed, and
+the COCO JSON last marks an image complete, so a crash leaves no half-written file. The
+same command again resumes: images whose outputs are complete are not sent to the workers.
+
+The manifest ``OUT/ovseg_manifest.jsonl`` has one JSON object per image: ``image`` (its
+relative name), ``uri``, ``status`` (``ok``, ``failed``, or ``done`` for outputs found from an
+earlier run that kept no manifest row), ``classes`` (the class names its label map holds),
+``error``, ``seconds`` (``read``, ``segment``, ``write``) and ``worker`` (host:pid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ovseg.cli import _outputs
+from ovseg.distributed.inputs import read_image
+
+__all__ = ["FAULT_ENV", "MANIFEST", "SegmentWorker", "run_ray", "segment_dataset"]
+
+MANIFEST = "ovseg_manifest.jsonl"
+# Test hook: a path; the first worker call that creates this file exits its process at once.
+FAULT_ENV = "OVSEG_RAY_FAULT_ONCE"
+_COLUMNS = ("image", "uri", "status", "classes", "error", "seconds", "worker")
+
+
+class SegmentWorker:
+    """The per-worker model of a distributed run: built once when Ray starts the worker,
+    then called on batches of ``{"uri", "name"}`` rows; returns their manifest rows (nested
+    values as JSON text)."""
+
+    def __init__(self, settings: dict, out: str, device=None, fault_once: str | None = None):
+        self.settings, self.out, self.fault_once = settings, Path(out), fault_once
+        self.segmenter = _outputs.build_segmenter(settings, device)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch: dict) -> dict:
+        if self.fault_once:
+            _exit_once(self.fault_once)
+        rows = [self.one(str(u), str(n)) for u, n in zip(batch["uri"], batch["name"], strict=True)]
+        return {k: [r[k] for r in rows] for k in _COLUMNS}
+
+    def one(self, uri: str, name: str) -> dict:
+        """Read, segment and write one image; its manifest row."""
+        seconds, error, found = {}, None, []
+        start = time.perf_counter()
+        try:
+            image = read_image(uri)
+            seconds["read"] = time.perf_counter() - start
+            result = _outputs.segment_image(self.segmenter, self.settings, image)
+            seconds["segment"] = time.perf_counter() - start - seconds["read"]
+            _outputs.save_outputs(result, self.out, name)
+            seconds["write"] = time.perf_counter() - start - seconds["read"] - seconds["segment"]
+            found = _classes_found(result.label_map, result.classes)
+        except (ValueError, TypeError, OSError) as e:
+            error = f"{type(e).__name__}: {e}"
+        return {
+            "image": name,
+            "uri": uri,
+            "status": "failed" if error else "ok",
+            "classes": json.dumps(found),
+            "error": error or "",
+            "seconds": json.dumps({k: round(v, 4) for k, v in seconds.items()}),
+            "worker": self.worker,
+        }
+
+
+def _exit_once(marker: str) -> None:
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.close(fd)
+    os._exit(1)  # the worker dies mid-batch, as a crashed or killed process does
+
+
+def _classes_found(label_map: np.ndarray, classes) -> list[str]:
+    return [classes[i] for i in np.unique(label_map) if i >= 0]
+
+
+def _row(raw: dict) -> dict:
+    row = {k: raw[k] for k in _COLUMNS}
+    row["classes"] = json.loads(row["classes"])
+    row["seconds"] = json.loads(row["seconds"])
+    row["error"] = row["error"] or None
+    return row
+
+
+def read_manifest(out: Path) -> dict[str, dict]:
+    """The rows of ``OUT/ovseg_manifest.jsonl`` by image name (empty if there is none)."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        return {}
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["image"]] = row
+    return rows
+
+
+def _done_row(out: Path, image, classes: list[str]) -> dict:
+    from ovseg.result import read_label_png
+
+    labels = read_label_png(_outputs.per_image_paths(out, image.name)["labels"])
+    found = _classes_found(labels, classes)
+    row = {"image": image.name, "uri": str(image.path), "status": "done", "classes": found}
+    return row | {"error": None, "seconds": {}, "worker": None}
+
+
+def _write_manifest(out: Path, rows: list[dict]) -> bool:
+    """Write the manifest unless it already holds exactly ``rows``; whether it was written."""
+    from ovseg._io import atomic_write_text
+
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    path = out / MANIFEST
+    if path.is_file() and path.read_text() == text:
+        return False
+    atomic_write_text(path, text)
+    return True
+
+
+def run_ray(
+    out: Path, formats, settings: dict, images, known, ray_options, *, device=None,
+    progress: bool = False,
+) -> dict:  # fmt: skip
+    """Segment ``images`` (already checked by :func:`ovseg.cli.segment.prepare`) on Ray and
+    write the outputs, the manifest and the run files; the summary (see
+    :func:`segment_dataset`; ``"interrupted": True`` after Ctrl-C). A failure of Ray itself
+    (no cluster, workers that cannot build the models) raises ``RuntimeError`` naming it."""
+    from tqdm import tqdm
+
+    from ovseg.distributed._ray import connect, worker_error
+
+    start = time.perf_counter()
+    names = [*known, *(i.name for i in images)]
+    old = read_manifest(out)
+    todo = [i for i in images if not _outputs.is_complete(out, i.name)]
+    rows: dict[str, dict] = {}
+    summary = {"images": len(images), "written": 0, "skipped": len(images) - len(todo)}
+    recorded = (out / _outputs.RECORD).is_file()
+    if todo:
+        _outputs.write_record(out, settings, names)  # before any worker writes an output
+        fault = os.environ.get(FAULT_ENV) or None
+        items = [{"uri": str(i.path), "name": i.name} for i in todo]
+        try:
+            with connect(ray_options.address) as ray:
+                data = ray.data.from_items(items, override_num_blocks=len(items))
+                data = data.map_batches(
+                    SegmentWorker,
+                    fn_constructor_kwargs={
+                        "settings": settings, "out": str(out.resolve()), "device": device,
+                        "fault_once": fault,
+                    },
+                    **ray_options.map_batches_args(ray, len(items)),
+                )  # fmt: skip
+                bar = tqdm(total=len(todo), desc="segment", unit="img", disable=not progress)
+                try:
+                    for raw in data.iter_rows():
+                        rows[raw["image"]] = _row(raw)
+                        bar.update(1)
+                except KeyboardInterrupt:
+                    summary["interrupted"] = True
+                bar.close()
+        except Exception as e:
+            if not recorded and not any(_outputs.is_complete(out, i.name) for i in todo):
+                (out / _outputs.RECORD).unlink(missing_ok=True)
+            if type(e).__module__.startswith("ray"):
+                raise RuntimeError(f"the Ray run failed: {worker_error(e)}") from e
+            raise
+    merged = []
+    for image in images:
+        row = rows.get(image.name)
+        before = old.get(image.name)
+        if row is None and not _outputs.is_complete(out, image.name):
+            continue  # interrupted before this image
+        if row is None:
+            row = before if before is not None else _done_row(out, image, settings["classes"])
+        elif before and before["status"] == row["status"] == "failed":
+            row = before if before["error"] == row["error"] else row
+        merged.append(row)
+    failed = [r for r in merged if r["status"] == "failed"]
+    summary["written"] = sum(r["status"] == "ok" for r in rows.values())
+    summary["failed"] = [{"image": r["image"], "error": r["error"]} for r in failed]
+    rewrite = summary["written"] or not all(p.is_file() for p in _outputs.run_files(out, formats))
+    summary["run_files"] = (
+        _outputs.write_run_files(out, settings, names, formats) if rewrite else "run files kept"
+    )
+    _write_manifest(out, merged)
+    summary["manifest"] = str(out / MANIFEST)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return summary
+
+
+def segment_dataset(
+    inputs, classes, out, *, address: str | None = None, workers: int | None = None,
+    gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, batch_size: int = 1,
+    formats=(), progress: bool = False, **options,
+) -> dict:  # fmt: skip
+    """Segment every image of ``inputs`` into ``classes`` on a Ray cluster, writing what
+    ``ovseg segment`` writes under ``out`` plus the manifest ``out/ovseg_manifest.jsonl``.
+
+    Args:
+        inputs: a folder, a glob, a text file of paths or URIs, a URI pyarrow reads
+            (``s3://``, ``gs://``, ``file://``), or a list of them (see
+            :mod:`ovseg.distributed.inputs`).
+        classes: class names (``"a; b"`` makes synonyms).
+        out: output folder; on a cluster of several machines it must be a folder every worker
+            can write (a shared file system).
+        address, workers, gpus_per_worker, cpus_per_worker, batch_size: see
+            :class:`~ovseg.distributed._ray.RayOptions`.
+        formats: extra exports, ``"coco-panoptic"``, ``"yolo"``.
+        **options: the options of ``ovseg segment`` by their Python names: ``sam``, ``clip``,
+            ``method``, ``dino``, ``device``, ``random_weights``, ``scorer``, ``templates``,
+            ``score_threshold``, ``background`` (a list), ``refine``, ``points``,
+            ``point_labels``, ``boxes`` (lists), and the grid options (``points_per_side``...).
+
+    Returns:
+        ``{"images", "written", "skipped", "failed": [{"image", "error"}], "run_files",
+        "manifest", "seconds"}``.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError: bad options or inputs, before any work.
+        RuntimeError: Ray failed (no cluster at ``address``, models that do not build).
+    """
+    from ovseg.cli.segment import prepare
+    from ovseg.distributed._ray import RayOptions
+    from ovseg.distributed.cli import namespace
+    from ovseg.distributed.inputs import list_inputs
+
+    ray_options = RayOptions(address, workers, cpus_per_worker, gpus_per_worker, batch_size)
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    args = namespace(inputs, classes, out, formats, options)
+    out, formats, settings, images, known = prepare(args, list_inputs)
+    return run_ray(
+        out, formats, settings, images, known, ray_options, device=args.device, progress=progress
+    )
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    """The one-line account of a run on stderr, with the failed images first."""
+    for failed in summary["failed"]:
+        print(f"ovseg segment: skipped {failed['image']}: {failed['error']}", file=sys.stderr)
+    text = f"wrote {summary['written']} of {summary['images']} image(s) to {out}"
+    if summary["skipped"]:
+        text += f" ({summary['skipped']} already there)"
+    if summary["failed"]:
+        text += f", {len(summary['failed'])} failed (listed above and in the manifest)"
+    print(
+        f"ovseg segment: {text} in {summary['seconds']:.1f} s; {summary['run_files']}; "
+        f"manifest {summary['manifest']}",
+        file=sys.stderr,
+    )

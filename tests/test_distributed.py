@@ -1,0 +1,151 @@
+"""ovseg.distributed on a real local Ray cluster (one per module, 2 CPUs) with the tiny models:
+the Ray run's outputs equal the local run's byte for byte, a corrupt file is a failed row of
+the manifest, a worker that exits mid-run is replaced and the run completes, and a rerun
+writes nothing. Inputs (globs, lists, file:// URIs) and option checks need no cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ovseg.cli import main
+from ovseg.distributed.inputs import list_inputs, read_image
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid-val"
+TINY = {"sam": "tiny-random", "clip": "tiny-random"}
+CLASSES = ["road", "car", "sky"]
+
+
+def _images(folder: Path) -> Path:
+    """Three small CamVid frames (synthetic images where the data is absent), one in a
+    subfolder, and a truncated PNG."""
+    folder.mkdir()
+    (folder / "sub").mkdir()
+    names = ["a.png", "b.png", "sub/c.png"]
+    frames = sorted((CAMVID / "images").glob("*.png"))[:3] if CAMVID.is_dir() else []
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(names):
+        if frames:
+            image = Image.open(frames[i]).convert("RGB").resize((240, 180), Image.BILINEAR)
+        else:
+            image = Image.fromarray(rng.integers(0, 256, (180, 240, 3), dtype=np.uint8))
+        image.save(folder / name)
+    data = (folder / "a.png").read_bytes()
+    (folder / "corrupt.png").write_bytes(data[: len(data) // 3])
+    return folder
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_run_equals_local_run_survives_a_dead_worker_and_resumes(
+    cluster, tmp_path, monkeypatch
+):
+    from ovseg.distributed import segment_dataset
+    from ovseg.distributed.segment import FAULT_ENV, MANIFEST
+
+    images = _images(tmp_path / "images")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    tiny = ["--sam", "tiny-random", "--clip", "tiny-random", "--no-progress"]
+    assert main(["segment", str(images), "--classes", *CLASSES, "-o", str(local), *tiny]) == 1
+    marker = tmp_path / "worker-died"
+    monkeypatch.setenv(FAULT_ENV, str(marker))
+    args = ["segment", str(images), "--classes", *CLASSES, "-o", str(remote), *tiny, "--ray"]
+    assert main([*args, "--workers", "2"]) == 1  # 1: the corrupt file
+    assert marker.is_file()  # a worker did exit mid-batch; Ray replaced it
+
+    ours, theirs = _files(remote), _files(local)
+    assert ours.pop(MANIFEST)
+    assert ours == theirs  # label PNGs, overlays, COCO JSON, instances.json, ovseg_run.json
+    assert "sub/c.png_labels.png" in ours
+    rows = [json.loads(line) for line in (remote / MANIFEST).read_text().splitlines()]
+    assert [r["image"] for r in rows] == ["a.png", "b.png", "corrupt.png", "sub/c.png"]
+    bad = rows[2]
+    assert bad["status"] == "failed" and "truncated" in bad["error"] and bad["classes"] == []
+    for row in rows[:2] + rows[3:]:
+        assert row["status"] == "ok" and row["error"] is None
+        assert set(row["seconds"]) == {"read", "segment", "write"}
+        labels = np.asarray(Image.open(remote / (row["image"] + "_labels.png")))
+        assert row["classes"] == [CLASSES[i] for i in np.unique(labels) if i != 255]
+
+    # a rerun writes nothing: the good images are skipped, the corrupt one fails again
+    before = {p: p.stat().st_mtime_ns for p in remote.rglob("*")}
+    time.sleep(0.05)
+    summary = segment_dataset(images, CLASSES, remote, workers=2, **TINY)
+    assert summary["images"] == 4 and summary["written"] == 0 and summary["skipped"] == 3
+    assert [f["image"] for f in summary["failed"]] == ["corrupt.png"]
+    assert {p: p.stat().st_mtime_ns for p in remote.rglob("*")} == before
+    assert _files(remote) == {**theirs, MANIFEST: (remote / MANIFEST).read_bytes()}
+
+    # outputs without manifest rows (e.g. from a local run) are listed as done; nothing to
+    # segment, so no worker starts
+    (remote / MANIFEST).unlink()
+    good = [str(images / n) for n in ("a.png", "b.png", "sub/c.png")]
+    summary = segment_dataset(good, CLASSES, remote, **TINY)
+    assert summary["written"] == 0 and summary["skipped"] == 3 and not summary["failed"]
+    again = [json.loads(line) for line in (remote / MANIFEST).read_text().splitlines()]
+    assert [r["status"] for r in again] == ["done"] * 3
+    assert [r["classes"] for r in again] == [rows[0]["classes"], rows[1]["classes"],
+                                             rows[3]["classes"]]  # fmt: skip
+
+
+def test_inputs_glob_list_and_file_uris(tmp_path):
+    images = _images(tmp_path / "images")
+    out = tmp_path / "out"
+    root, folder = list_inputs([str(images)], out)
+    names = ["a.png", "b.png", "corrupt.png", "sub/c.png"]
+    assert [i.name for i in folder] == names and root == str(images)
+    _, globbed = list_inputs([str(images / "**" / "*.png")], out)
+    assert [i.name for i in globbed] == names
+    listing = tmp_path / "list.txt"
+    listing.write_text("# images\nimages/a.png\n\n" + str(images / "sub" / "c.png") + "\n")
+    root, listed = list_inputs([str(listing)], out)
+    assert [i.name for i in listed] == ["a.png", "sub/c.png"] and root == str(images)
+    uri_root, uris = list_inputs([images.as_uri()], out)
+    assert [i.name for i in uris] == names and uri_root == images.as_uri()
+    assert np.array_equal(read_image(uris[0].path), read_image(images / "a.png"))
+    with pytest.raises(ValueError, match="truncated"):
+        read_image(uris[2].path)
+    with pytest.raises(FileNotFoundError, match="no images match"):
+        list_inputs([str(tmp_path / "*.jpg")], out)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        list_inputs([images.as_uri() + "/missing.png"], out)
+    with pytest.raises(ValueError, match="mix"):
+        list_inputs([str(images / "a.png"), images.as_uri()], out)
+
+
+def test_bad_options_fail_before_ray_starts(tmp_path, capsys):
+    from ovseg.distributed import segment_dataset
+
+    images = _images(tmp_path / "images")
+    with pytest.raises(ValueError, match="unknown option.*colour"):
+        segment_dataset(images, CLASSES, tmp_path / "out", colour="red", **TINY)
+    with pytest.raises(ValueError, match="workers"):
+        segment_dataset(images, CLASSES, tmp_path / "out", workers=0, **TINY)
+    with pytest.raises(ValueError, match="format"):
+        segment_dataset(images, CLASSES, tmp_path / "out", formats=["png"], **TINY)
+    code = main(["segment", str(images), "--classes", "road", "-o", str(tmp_path / "o"),
+                 "--workers", "2"])  # fmt: skip
+    assert code == 2 and "--workers need --ray" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+    assert os.environ.get("RAY_ADDRESS") is None
