@@ -17,6 +17,8 @@ REGION_METHOD = "sam-clip"
 TINY = "tiny-random"
 """Registry name of the tiny random test models (SAM, CLIP, DINO)."""
 HF_TINY = "hf-tiny-random"
+SAM2_TINY = "sam2-tiny-random"
+"""Registry name of the tiny random SAM 2 (transformers' classes, 256x256 input)."""
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -29,6 +29,7 @@ from ovseg.proposals.grid import GridOptions, automatic_masks
 from ovseg.proposals.grid import fused_attention as use_fused_attention
 from ovseg.proposals.prompts import make_prompt
 from ovseg.proposals.sam import Proposer
+from ovseg.proposals.sam2 import Sam2Proposer, is_sam2_model
 from ovseg.result import UNLABELED, SegmentationResult
 from ovseg.scoring.regions import make_scorer
 from ovseg.scoring.vocabulary import Vocabulary
@@ -132,7 +133,7 @@ class Segmenter:
         self._tiny_grid = grid is None and isinstance(sam, str) and sam == TINY
         self.grid = _TINY_GRID if self._tiny_grid else (grid or GridOptions())
         self._sam_spec = sam
-        self._proposer: Proposer | None = None
+        self._proposer: Proposer | Sam2Proposer | None = None
         if method == REGION_METHOD or refine:
             self._build_proposer()
         self._image: np.ndarray | None = None
@@ -144,7 +145,7 @@ class Segmenter:
     def has_sam(self) -> bool:
         return self._sam_spec is not None
 
-    def _build_proposer(self) -> Proposer:
+    def _build_proposer(self) -> Proposer | Sam2Proposer:
         if self._proposer is None:
             if self._sam_spec is None:
                 raise ValueError("prompts and mask refinement need a SAM model: Segmenter(sam=...)")
@@ -156,13 +157,16 @@ class Segmenter:
                     stacklevel=3,
                 )
             model = build_sam(self._sam_spec, self.device, random_weights=self.random_weights)
-            if self.fused_attention:
-                use_fused_attention(model)
-            self._proposer = Proposer(model)
+            if is_sam2_model(model):
+                self._proposer = Sam2Proposer(model)
+            else:
+                if self.fused_attention:
+                    use_fused_attention(model)
+                self._proposer = Proposer(model)
         return self._proposer
 
     @property
-    def proposer(self) -> Proposer:
+    def proposer(self) -> Proposer | Sam2Proposer:
         """The SAM proposer, built on first use."""
         with self.lock:
             return self._build_proposer()

@@ -2,7 +2,9 @@
 
 SAM specs: ``"vit_b" | "vit_l" | "vit_h"`` (official checkpoints from the weights cache), a
 path to a SAM ``.pth``/``.safetensors`` file (architecture read from the weights), a
-``segment_anything.modeling.Sam``, or ``"tiny-random"``.
+``segment_anything.modeling.Sam``, or ``"tiny-random"``; SAM 2 specs (``"sam2.1_hiera_tiny"``,
+``"NAME:/path.pt"``, ``"facebook/sam2.1-hiera-tiny"``, a ``transformers`` ``Sam2Model``,
+``"sam2-tiny-random"``) go to :func:`ovseg.models.sam2_weights.build_sam2`.
 
 CLIP specs: ``"ARCH/TAG"`` (an open_clip architecture and pretrained tag, e.g.
 ``"ViT-B-16/openai"``), ``"ARCH:PATH"`` (open_clip architecture, local checkpoint file),
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ovseg.constants import HF_TINY, TINY
+from ovseg.models.sam2_weights import SAM2_ARCHS, build_sam2, check_sam2_spec, is_sam2_spec
 from ovseg.scoring.backends import ClipBackend, HFClipBackend, OpenClipBackend
 
 _SAM_WIDTH_TO_ARCH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -46,7 +49,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def sam_names() -> list[str]:
     from ovseg.models.weights import SAM_CHECKPOINTS
 
-    return [TINY, *SAM_CHECKPOINTS]
+    return [TINY, *SAM_CHECKPOINTS, *SAM2_ARCHS]
 
 
 def check_sam_spec(spec) -> None:
@@ -56,6 +59,8 @@ def check_sam_spec(spec) -> None:
 
     if spec is None or isinstance(spec, torch.nn.Module):
         return
+    if is_sam2_spec(spec):
+        return check_sam2_spec(spec)
     if isinstance(spec, Path):
         spec = str(spec)
     if not isinstance(spec, str):
@@ -73,13 +78,16 @@ def check_sam_spec(spec) -> None:
 
 
 def build_sam(spec, device=None, *, random_weights: bool = False):
-    """Return a ``segment_anything.modeling.Sam`` in eval mode on ``device``."""
+    """Return a ``segment_anything.modeling.Sam`` (or, for a SAM 2 spec, a ``transformers``
+    ``Sam2Model``) in eval mode on ``device``."""
     from segment_anything import sam_model_registry
     from segment_anything.modeling import Sam
 
     from ovseg.models import weights
 
     device = resolve_device(device)
+    if is_sam2_spec(spec):
+        return build_sam2(spec, device, random_weights=random_weights)
     if isinstance(spec, Sam):
         return spec.eval().to(device)
     if isinstance(spec, Path):

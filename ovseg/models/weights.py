@@ -31,6 +31,7 @@ from ovseg.constants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 __all__ = [
     "ENV_VAR",
     "DINO_CHECKPOINTS",
+    "SAM2_CHECKPOINTS",
     "SAM_CHECKPOINTS",
     "Checkpoint",
     "all_checkpoints",
@@ -57,7 +58,8 @@ class Checkpoint:
     Attributes:
         name: registry key, e.g. ``"vit_b"``.
         arch: the architecture: a ``segment_anything.sam_model_registry`` key
-            (``vit_b``/``vit_l``/``vit_h``) or a DINO ViT (``dino_vitb8``...).
+            (``vit_b``/``vit_l``/``vit_h``), a SAM 2 architecture (``sam2.1_hiera_tiny``...,
+            see :mod:`ovseg.models.sam2_weights`) or a DINO ViT (``dino_vitb8``...).
         url: official download URL.
         filename: file name in the weights folder.
         size: exact size in bytes, or ``None`` when unknown (size check skipped).
@@ -113,6 +115,26 @@ SAM_CHECKPOINTS: dict[str, Checkpoint] = {
 }
 
 
+def _sam2(name: str) -> Checkpoint:
+    folder = "092824" if name.startswith("sam2.1") else "072824"
+    url = f"https://dl.fbaipublicfiles.com/segment_anything_2/{folder}/{name}.pt"
+    return Checkpoint(name, name, url, f"{name}.pt", None, None)
+
+
+# The official SAM 2.1 (September 2024) and SAM 2.0 (July 2024) checkpoints, as listed by
+# facebookresearch/sam2's checkpoints/download_ckpts.sh. Meta publishes neither sizes nor digests,
+# so those checks are skipped; the weights are checked key by key and shape by shape against the
+# architecture when they are loaded (ovseg.models.sam2_weights).
+SAM2_CHECKPOINTS: dict[str, Checkpoint] = {
+    c.name: c
+    for c in (
+        _sam2(f"{version}_hiera_{size}")
+        for version in ("sam2.1", "sam2")
+        for size in ("tiny", "small", "base_plus", "large")
+    )
+}
+
+
 def _dino(name: str, stem: str) -> Checkpoint:
     url = f"https://dl.fbaipublicfiles.com/dino/{stem}/{stem}.pth"
     # DINO normalises with ImageNet's mean and std, the same numbers as SAM's.
@@ -134,8 +156,8 @@ DINO_CHECKPOINTS: dict[str, Checkpoint] = {
 
 
 def all_checkpoints() -> dict[str, Checkpoint]:
-    """Every registered checkpoint: SAM, then DINO."""
-    return {**SAM_CHECKPOINTS, **DINO_CHECKPOINTS}
+    """Every registered checkpoint: SAM, SAM 2, then DINO."""
+    return {**SAM_CHECKPOINTS, **SAM2_CHECKPOINTS, **DINO_CHECKPOINTS}
 
 
 # (path, size, mtime_ns) of files verified in this process, so repeated use skips rehashing.

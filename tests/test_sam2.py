@@ -1,0 +1,228 @@
+"""SAM 2: Meta-checkpoint conversion, the builder's errors, and prompted masks against Meta's own
+``SAM2ImagePredictor`` on the same tiny random weights (skipped when Meta's ``sam2`` package is
+not installed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ovseg.constants import SAM2_TINY
+from ovseg.models import weights
+from ovseg.models.build import build_sam, check_sam_spec
+from ovseg.models.sam2_weights import SAM2_ARCHS, build_sam2, convert_meta_state_dict
+from ovseg.proposals.prompts import make_prompt
+from ovseg.proposals.sam2 import Sam2Proposer
+
+# Meta's tiny config with ovseg's tiny architecture (SAM2_ARCHS["sam2-tiny-random"]).
+META_TINY = [
+    "++model.image_size=256",
+    "++model.image_encoder.trunk.embed_dim=16",
+    "++model.image_encoder.trunk.num_heads=1",
+    "++model.image_encoder.trunk.stages=[1,2,1,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[2]",
+    "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]",
+    "++model.image_encoder.trunk.window_spec=[8,4,4,4]",
+    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+]
+
+
+def meta_tiny(seed: int = 0):
+    """Meta's SAM2Base of ovseg's tiny architecture, every weight randomised."""
+    from sam2.build_sam import build_sam2 as meta_build
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = meta_build(
+            "configs/sam2.1/sam2.1_hiera_t.yaml",
+            ckpt_path=None,
+            device="cpu",
+            hydra_overrides_extra=META_TINY,
+        )
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def meta(tmp_path_factory):
+    """(Meta model, path of its Meta-format checkpoint {"model": state_dict})."""
+    pytest.importorskip("sam2.build_sam", reason="Meta's sam2 package is not installed")
+    model = meta_tiny()
+    path = tmp_path_factory.mktemp("sam2") / "tiny.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def image():
+    rs = np.random.RandomState(0)
+    img = np.zeros((90, 130, 3), np.uint8)
+    img[:40] = (135, 190, 235)
+    img[40:] = (90, 90, 90)
+    img[50:80, 10:60] = (200, 30, 30)
+    return np.clip(img + rs.randint(0, 30, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pair(meta, image):
+    """(our proposer, Meta's predictor), both with ``image`` set."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    model, path = meta
+    ours = Sam2Proposer(build_sam(f"{SAM2_TINY}:{path}", "cpu"))
+    ours.set_image(image)
+    ref = SAM2ImagePredictor(model)
+    s = model.image_size  # the predictor's feature sizes are written for 1024x1024 inputs
+    ref._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    ref.set_image(image)
+    return ours, ref
+
+
+def _cases(h: int, w: int, low: int):
+    mask = np.random.RandomState(1).randn(1, low, low).astype(np.float32) * 4
+    box = np.array([0.2 * w, 0.3 * h, 0.7 * w, 0.9 * h])
+    return {
+        "one point": dict(point_coords=[[0.4 * w, 0.6 * h]], point_labels=[1]),
+        "points +/-": dict(
+            point_coords=[[0.4 * w, 0.6 * h], [0.8 * w, 0.2 * h], [0.1 * w, 0.1 * h]],
+            point_labels=[1, 0, 1],
+            multimask_output=False,
+        ),
+        "box": dict(box=box, multimask_output=False),
+        "box and point": dict(
+            box=box, point_coords=[[0.5 * w, 0.5 * h]], point_labels=[0], multimask_output=False
+        ),
+        "boxes": dict(box=np.stack([box, [0, 0, 0.5 * w, 0.5 * h]]), multimask_output=False),
+        "point and mask": dict(
+            point_coords=[[0.3 * w, 0.4 * h]],
+            point_labels=[1],
+            mask_input=mask,
+            multimask_output=False,
+        ),  # fmt: skip
+        "mask only": dict(mask_input=mask),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["one point", "points +/-", "box", "box and point", "boxes", "point and mask", "mask only"],
+)
+def test_prompted_masks_equal_meta_predictor(pair, image, case):
+    ours, ref = pair
+    kwargs = _cases(*image.shape[:2], ours.low_res_side)[case]
+    kwargs = {k: np.asarray(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    masks, scores, low = ours.predict_arrays(**kwargs)
+    ref_masks, ref_scores, ref_low = ref.predict(**kwargs)
+    assert masks.dtype == bool and masks.shape == ref_masks.shape
+    np.testing.assert_array_equal(masks, ref_masks > 0.5)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    np.testing.assert_allclose(low, ref_low, atol=1e-4)
+    assert np.abs(low).max() <= 32.0
+
+
+def test_image_embedding_equals_meta(pair):
+    ours, ref = pair
+    torch.testing.assert_close(ours.features[2], ref._features["image_embed"], atol=1e-5, rtol=0)
+    for a, b in zip(ours.features[:2], ref._features["high_res_feats"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_predict_prompt_policy(pair, image):
+    """predict(Prompt) keeps the best of three for one click and one mask per box."""
+    ours, ref = pair
+    h, w = image.shape[:2]
+    got = ours.predict(make_prompt((h, w), points=[[50, 60]]))
+    masks, scores, _ = ref.predict(point_coords=np.array([[50.0, 60.0]]), point_labels=[1])
+    best = int(np.argmax(scores))
+    assert len(got) == 1
+    np.testing.assert_array_equal(got.masks[0], masks[best] > 0.5)
+    boxes = make_prompt((h, w), boxes=[[10, 10, 60, 50], [70, 20, 120, 80]])
+    assert len(ours.predict(boxes)) == 2
+    rough = np.zeros((h, w), bool)
+    rough[40:80, 20:70] = True
+    assert ours.predict(make_prompt((h, w), mask=rough)).masks.shape == (1, h, w)
+
+
+def test_embedding_cache():
+    p = Sam2Proposer(build_sam(SAM2_TINY, "cpu"))
+    a = np.full((40, 50, 3), 100, np.uint8)
+    b = np.full((40, 50, 3), 200, np.uint8)
+    assert p.set_image(a) and p.set_image(b)
+    assert not p.set_image(a) and p.encoder_calls == 2
+    assert p.image_shape == (40, 50)
+    p.clear_cache()
+    with pytest.raises(RuntimeError, match="set_image"):
+        p.image_shape  # noqa: B018
+
+
+def test_meta_checkpoint_loads_into_image_and_video_models(meta):
+    model, path = meta
+    state = model.state_dict()
+    video = build_sam2(f"{SAM2_TINY}:{path}", "cpu", video=True)
+    assert type(video).__name__ == "Sam2VideoModel"
+    converted = convert_meta_state_dict(state)
+    ours = video.state_dict()
+    assert set(converted) == set(ours)
+    for key, value in converted.items():
+        assert torch.equal(ours[key], value), key
+    torch.testing.assert_close(
+        ours["prompt_encoder.point_embed.weight"][2],
+        state["sam_prompt_encoder.point_embeddings.2.weight"][0],
+    )
+
+
+def test_tiny_model_is_deterministic():
+    a, b = build_sam2(SAM2_TINY, "cpu"), build_sam2(SAM2_TINY, "cpu")
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+
+
+def test_registry_entries():
+    assert set(weights.SAM2_CHECKPOINTS) == {n for n in SAM2_ARCHS if n != SAM2_TINY}
+    c = weights.SAM2_CHECKPOINTS["sam2.1_hiera_tiny"]
+    assert c.url == "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"
+    assert weights.SAM2_CHECKPOINTS["sam2_hiera_large"].url.endswith("072824/sam2_hiera_large.pt")
+    assert "sam2.1_hiera_base_plus" in weights.all_checkpoints()
+
+
+def test_missing_official_checkpoint_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv(weights.ENV_VAR, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="ovseg weights download sam2.1_hiera_small"):
+        build_sam("sam2.1_hiera_small", "cpu")
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown SAM model.*sam2.1_hiera_tiny"):
+        check_sam_spec("sam2.1_hiera_teeny")
+    with pytest.raises(ValueError, match="unknown SAM 2 model"):
+        build_sam2("hiera_tiny", "cpu")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        check_sam_spec(f"sam2.1_hiera_tiny:{tmp_path / 'nope.pt'}")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        build_sam(f"sam2.1_hiera_tiny:{junk}", "cpu")
+    sam1 = tmp_path / "sam1.pt"
+    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(1)}, sam1)
+    with pytest.raises(ValueError, match="not a Meta SAM 2 checkpoint"):
+        build_sam(f"{SAM2_TINY}:{sam1}", "cpu")
+    with pytest.raises(FileNotFoundError, match="ovseg weights download hf:facebook/sam2"):
+        build_sam("facebook/sam2.1-hiera-tiny", "cpu")
+
+
+def test_mismatched_weights_name_the_keys(meta, tmp_path):
+    model, path = meta
+    with pytest.raises(ValueError, match=r"does not fit.*sam2.1_hiera_tiny.*shape mismatches"):
+        build_sam(f"sam2.1_hiera_tiny:{path}", "cpu")
+    state = dict(model.state_dict())
+    state.pop("sam_mask_decoder.iou_token.weight")
+    state["extra.weight"] = torch.zeros(1)
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": state}, bad)
+    with pytest.raises(ValueError, match=r"missing keys \(1\): mask_decoder.iou_token.weight"):
+        build_sam(f"{SAM2_TINY}:{bad}", "cpu")
+    with pytest.raises(ValueError, match=r"unexpected keys \(1\): extra.weight"):
+        build_sam(f"{SAM2_TINY}:{bad}", "cpu")
