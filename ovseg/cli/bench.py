@@ -77,6 +77,15 @@ def register(subparsers) -> None:
         help="also time each method with these windows per forward pass, side by side with its "
         "default (comma-separated ints, e.g. 1,16)",
     )
+    p.add_argument(
+        "--video",
+        action="store_true",
+        help="video: propagation (grid on keyframes) against segmenting every frame "
+        "independently, same models and frames (--images frames, default 10)",
+    )
+    p.add_argument(
+        "--keyframe-every", type=int, default=5, help="--video: keyframe interval (default 5)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("-o", "--out", default="benchmarks/results", help="output folder")
     p.add_argument("--stem", default=None, help="file stem (default: models and device)")
@@ -84,6 +93,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.video:
+        return _video(args)
     from ovseg.bench.report import to_markdown, write_results
     from ovseg.bench.runner import BenchConfig, parse_methods, run_benchmark
 
@@ -125,3 +136,29 @@ def run(args: argparse.Namespace) -> int:
     for name, error in results["method_errors"].items():
         print(f"ovseg bench: error: method {name} failed: {error}", file=sys.stderr)
     return 1 if results["method_errors"] else 0
+
+
+def _video(args: argparse.Namespace) -> int:
+    from ovseg.bench.video import (
+        VideoBenchConfig,
+        run_video_bench,
+        video_markdown,
+        write_video_results,
+    )
+
+    sam, clip = ("tiny-random", "tiny-random") if args.tiny else (args.sam, args.clip)
+    try:
+        config = VideoBenchConfig(
+            sam=sam, clip=clip, device=args.device, frames=args.images or 10,
+            keyframe_every=args.keyframe_every, data=args.data, threads=args.threads,
+            points_per_side=args.points_per_side or (16 if args.tiny else 32),
+            filters=not args.no_filters,
+        )  # fmt: skip
+        results = run_video_bench(config, progress=lambda msg: print(msg, file=sys.stderr))
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"ovseg bench: error: {e}", file=sys.stderr)
+        return 2
+    paths = write_video_results(results, args.out, args.stem)
+    print(video_markdown(results))
+    print(f"ovseg bench: wrote {paths['json']} and {paths['markdown']}", file=sys.stderr)
+    return 0
