@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -149,3 +150,28 @@ def test_bad_options_fail_before_ray_starts(tmp_path, capsys):
     assert code == 2 and "--workers need --ray" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
     assert os.environ.get("RAY_ADDRESS") is None
+
+
+def test_eval_ray_sums_the_local_confusion_matrix(cluster, tmp_path):
+    images = _images(tmp_path / "frames")
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    rng = np.random.default_rng(1)
+    for name in ("a", "b", "c"):
+        source = images / ("sub/c.png" if name == "c" else f"{name}.png")
+        shutil.copy(source, data / "images" / f"{name}.png")
+        label = rng.integers(0, 3, (180, 240), dtype=np.uint8)
+        label[:20] = 255  # ignored
+        Image.fromarray(label).save(data / "labels" / f"{name}.png")
+    tiny = ["--sam", "tiny-random", "--clip", "tiny-random", "--no-progress"]
+    local, remote = tmp_path / "local.json", tmp_path / "ray" / "report.json"
+    assert main(["eval", "--data", str(data), "--out", str(local), *tiny]) == 0
+    args = ["eval", "--data", str(data), "--out", str(remote), *tiny, "--ray", "--workers", "2"]
+    assert main(args) == 0
+    ours, theirs = json.loads(remote.read_text()), json.loads(local.read_text())
+    assert ours["confusion_matrix"] == theirs["confusion_matrix"]
+    assert ours["miou"] == theirs["miou"] and ours["config"] == theirs["config"]
+    assert ours["counts"]["computed"] == 3 and ours["counts"]["pixels"] == 3 * 160 * 240
+    assert sorted(p.name for p in Path(ours["cache"]).glob("*.png")) == ["a.png", "b.png", "c.png"]

@@ -101,16 +101,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--limit", type=int, default=None, metavar="N", help="evaluate only the first N images"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from ovseg.distributed.cli import add_ray_arguments
+
+    add_ray_arguments(p, "images (confusion matrices summed across workers)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ovseg.distributed.cli import evaluate_with_ray_options
     from ovseg.eval.runner import evaluate
 
     try:
         grid = grid_options(args)
         check_device(args.device)
-        report = evaluate(
+        report = evaluate_with_ray_options(args, evaluate)(
             args.data,
             args.out,
             kind=args.dataset,
@@ -132,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             window=args.window,
         )
-    except (FileNotFoundError, ValueError, TypeError) as e:
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError, ModuleNotFoundError) as e:
         print(f"ovseg eval: error: {e}", file=sys.stderr)
         return 1
     from ovseg.eval.report import percent

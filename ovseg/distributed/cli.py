@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_ray_arguments", "namespace", "ray_options", "run_segment"]
+__all__ = [
+    "add_ray_arguments",
+    "evaluate_with_ray_options",
+    "namespace",
+    "ray_options",
+    "run_segment",
+]
 
 
 def add_ray_arguments(p: argparse.ArgumentParser, what: str) -> None:
@@ -66,6 +72,27 @@ def ray_options(args: argparse.Namespace):
         )  # fmt: skip
     except ValueError as e:
         raise ValueError(f"--ray: {e}") from e
+
+
+def evaluate_with_ray_options(args: argparse.Namespace, evaluate):
+    """``evaluate`` (the local :func:`ovseg.eval.evaluate`) without ``--ray``; with it,
+    :func:`~ovseg.distributed.evaluate.evaluate_dataset` with the Ray options bound.
+
+    Raises:
+        ValueError: Ray options without ``--ray``, or bad values.
+    """
+    import functools
+
+    options = ray_options(args)
+    if not args.ray:
+        return evaluate
+    from ovseg.distributed.evaluate import evaluate_dataset
+
+    return functools.partial(
+        evaluate_dataset, address=options.address, workers=options.workers,
+        gpus_per_worker=options.gpus_per_worker, cpus_per_worker=options.cpus_per_worker,
+        batch_size=options.batch_size,
+    )  # fmt: skip
 
 
 def run_segment(args: argparse.Namespace, prepare, error) -> int:

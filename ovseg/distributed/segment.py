@@ -53,7 +53,7 @@ class SegmentWorker:
 
     def __call__(self, batch: dict) -> dict:
         if self.fault_once:
-            _exit_once(self.fault_once)
+            exit_once(self.fault_once)
         rows = [self.one(str(u), str(n)) for u, n in zip(batch["uri"], batch["name"], strict=True)]
         return {k: [r[k] for r in rows] for k in _COLUMNS}
 
@@ -82,7 +82,8 @@ class SegmentWorker:
         }
 
 
-def _exit_once(marker: str) -> None:
+def exit_once(marker: str) -> None:
+    """The fault test hook: exit this process at once if it is the first to create ``marker``."""
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -163,7 +164,8 @@ def run_ray(
         items = [{"uri": str(i.path), "name": i.name} for i in todo]
         try:
             with connect(ray_options.address) as ray:
-                data = ray.data.from_items(items, override_num_blocks=len(items))
+                blocks = -(-len(items) // ray_options.batch_size)  # one block per batch: one task
+                data = ray.data.from_items(items, override_num_blocks=blocks)
                 data = data.map_batches(
                     SegmentWorker,
                     fn_constructor_kwargs={

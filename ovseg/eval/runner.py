@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,10 @@ __all__ = [
     "SCORERS",
     "EvalConfig",
     "EvalOptions",
+    "EvalPlan",
     "evaluate",
+    "finish_evaluation",
+    "plan_evaluation",
     "oracle_scores",
     "read_prediction",
     "resize_labels",
@@ -148,8 +151,70 @@ def evaluate(
     Returns:
         The report dict (also written as JSON): ``miou``, ``per_class_iou``... in [0, 1].
     """
-    from ovseg.eval.report import write_reports
+    start = time.perf_counter()
+    plan = plan_evaluation(data, out, options, segmenter=segmenter, **overrides)
+    dataset, count, cm, config = plan.dataset, plan.count, plan.matrix(), plan.config
+    if plan.predictions is not None:
+        _score_predictions(dataset, Path(plan.predictions), count, cm, progress)
+    else:
+        predictor = None
 
+        def model() -> Predictor:
+            nonlocal predictor
+            predictor = predictor or Predictor(config, dataset, segmenter, plan.device)
+            return predictor
+
+        for i in tqdm(range(count), desc=f"ovseg eval {dataset.kind}", disable=not progress):
+            pred, label, cached = plan.prediction(i, model)
+            plan.counts["cached" if cached else "computed"] += 1
+            cm.update(pred, label)
+    return finish_evaluation(plan, cm, start)
+
+
+@dataclass
+class EvalPlan:
+    """A checked evaluation before any prediction: the dataset, the resolved configuration,
+    the number of images, the report path and, for model runs, the prediction cache."""
+
+    dataset: SegDataset
+    config: EvalConfig
+    count: int
+    out: Path
+    mode: str
+    predictions: str | os.PathLike | None
+    cache_dir: Path | None
+    device: Any
+    counts: dict
+
+    def matrix(self) -> ConfusionMatrix:
+        """An empty confusion matrix of the dataset's classes."""
+        return ConfusionMatrix(len(self.dataset.classes), self.dataset.ignore_index)
+
+    def prediction(
+        self, i: int, predictor: Callable[[], Predictor]
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """``(prediction, label, cached)`` of image ``i`` of a model run: read from the cache,
+        or predicted by ``predictor()`` (called only then) and cached."""
+        name = self.dataset.items[i][0]
+        path = self.cache_dir / f"{name}.png"
+        if path.is_file():
+            return read_prediction(self.cache_dir, name)[1], self.dataset.load_label(i), True
+        sample = self.dataset[i]
+        pred = predictor()(sample.image, sample.label)
+        write_label_png(path, pred)
+        return pred, sample.label, False
+
+
+def plan_evaluation(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    options: EvalOptions | None = None,
+    *,
+    segmenter=None,
+    **overrides: Any,
+) -> EvalPlan:
+    """Every check of :func:`evaluate` (same arguments), and the prediction cache folder;
+    no model is built."""
     if options is not None and not isinstance(options, EvalOptions):
         raise TypeError(f"options must be an EvalOptions, got {type(options).__name__}")
     unknown = sorted(set(overrides) - set(_OPTION_NAMES))
@@ -171,7 +236,6 @@ def evaluate(
         o.random_weights,
         o.window,
     )
-    start = time.perf_counter()
     dataset = open_dataset(data, kind, split=split, ignore_index=ignore_index)
     if scorer not in SCORERS:
         raise ValueError(f"unknown scorer {scorer!r}; allowed: {', '.join(SCORERS)}")
@@ -215,7 +279,6 @@ def evaluate(
         raise ValueError(f"--out must name a .json file, got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    cm = ConfusionMatrix(len(dataset.classes), dataset.ignore_index)
     config = EvalConfig(
         data=str(Path(data).resolve()),
         kind=dataset.kind,
@@ -236,31 +299,23 @@ def evaluate(
     counts = {"images": count, "images_in_dataset": len(dataset), "cached": 0, "computed": 0}
     if predictions is not None:
         mode, cache_dir = "predictions", None
-        _score_predictions(dataset, Path(predictions), count, cm, progress)
     else:
         mode = "oracle" if scorer == "oracle" else "model"
         cache_dir = out.parent / f"{out.stem}_cache" / config.key()
         cache_dir.mkdir(parents=True, exist_ok=True)
         (cache_dir / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
-        predictor = None
-        for i in tqdm(range(count), desc=f"ovseg eval {dataset.kind}", disable=not progress):
-            name = dataset.items[i][0]
-            path = cache_dir / f"{name}.png"
-            if path.is_file():
-                label = dataset.load_label(i)
-                _, pred = read_prediction(cache_dir, name)
-                counts["cached"] += 1
-            else:
-                sample = dataset[i]
-                label = sample.label
-                predictor = predictor or Predictor(config, dataset, segmenter, device)
-                pred = predictor(sample.image, label)
-                write_label_png(path, pred)
-                counts["computed"] += 1
-            cm.update(pred, label)
-    report = _report(dataset, cm, mode, config, counts, predictions, cache_dir)
+    return EvalPlan(dataset, config, count, out, mode, predictions, cache_dir, device, counts)
+
+
+def finish_evaluation(plan: EvalPlan, cm: ConfusionMatrix, start: float) -> dict[str, Any]:
+    """The report of ``plan`` from its summed confusion matrix ``cm``, also written as JSON,
+    markdown and a confusion plot; ``start`` is the ``time.perf_counter()`` of the start."""
+    from ovseg.eval.report import write_reports
+
+    p = plan
+    report = _report(p.dataset, cm, p.mode, p.config, p.counts, p.predictions, p.cache_dir)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    report["files"] = {k: str(v) for k, v in write_reports(report, out, cm).items()}
+    report["files"] = {k: str(v) for k, v in write_reports(report, p.out, cm).items()}
     return report
 
 
