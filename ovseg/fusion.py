@@ -192,3 +192,70 @@ def fuse_dense(
         segment_map=segment_map,
         image=image,
     )
+
+
+def fuse_regions(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    regions: np.ndarray,
+    *,
+    image: np.ndarray | None = None,
+) -> SegmentationResult:
+    """A final label map from a method that labels whole regions (CorrCLIP's vote) as a result
+    whose segments are those regions.
+
+    Args:
+        labels: int (H, W), class indices or ``UNLABELED``: the method's final map.
+        probs: float (K, H, W) class probabilities the labels came from.
+        classes: the K class names.
+        regions: int (H, W) region id map; the smallest id present is the unsegmented pixels.
+
+    Segments: each region's labelled pixels (one segment per label inside it: a single one
+    after a vote), then one segment per class for the labelled pixels outside every region.
+    Scores and ``confidence`` are the probability of each pixel's class (segment: the mean).
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float32)
+    regions = np.asarray(regions)
+    k = len(classes)
+    if probs.ndim != 3 or probs.shape[0] != k or labels.shape != probs.shape[1:]:
+        raise ValueError(
+            f"probs must be (K, H, W) = ({k}, *labels.shape), got {probs.shape} and labels "
+            f"{labels.shape}"
+        )
+    if regions.shape != labels.shape:
+        raise ValueError(f"regions are {regions.shape}, labels {labels.shape}")
+    picked = np.take_along_axis(probs, np.clip(labels, 0, k - 1)[None].astype(np.int64), 0)[0]
+    confidence = np.where(labels != UNLABELED, picked, 0.0).astype(np.float32)
+    values, inverse = np.unique(regions, return_inverse=True)
+    inverse = inverse.reshape(labels.shape)
+    pieces = [inverse == r for r in range(1, len(values))]
+    pieces.append(inverse == 0)
+    segments: list[Segment] = []
+    segment_map = np.full(labels.shape, -1, np.int32)
+    for i, piece in enumerate(pieces):
+        for c in np.unique(labels[piece]):
+            if c == UNLABELED:
+                continue
+            own = piece & (labels == c)
+            segment_map[own] = len(segments)
+            segments.append(
+                Segment(
+                    id=len(segments) + 1,
+                    mask=own,
+                    class_index=int(c),
+                    score=float(confidence[own].mean()),
+                    box=tuple(int(v) for v in masks_to_boxes(own[None])[0]),
+                    area=int(own.sum()),
+                    proposal_score=1.0 if i < len(pieces) - 1 else 0.0,
+                )
+            )
+    return SegmentationResult(
+        label_map=labels.astype(np.int32),
+        confidence=confidence,
+        classes=list(classes),
+        segments=segments,
+        segment_map=segment_map,
+        image=image,
+    )

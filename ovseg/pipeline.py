@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_METHOD, TINY
-from ovseg.fusion import fuse, fuse_dense, mask_class_scores
+from ovseg.fusion import fuse, fuse_dense, fuse_regions, mask_class_scores
 from ovseg.image import load_image
 from ovseg.methods.runner import DENSE_METHODS, METHOD_OPTIONS, DenseMethod
 from ovseg.models.build import (
@@ -51,10 +51,12 @@ class Segmenter:
         clip: an open_clip ``"ARCH/TAG"``, ``"ARCH:PATH"`` (also an OpenAI-format state dict),
             ``"hf:ORG/NAME"``, a built model, or ``"tiny-random"`` / ``"hf-tiny-random"``.
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
-        dino: DINO for ProxyCLIP: ``"dino_vitb8"``, ``"dino_vitb16"``, ``"NAME:/path.pth"``, a
-            built module, or ``"tiny-random"``.
+        dino: DINO for ProxyCLIP and CorrCLIP: ``"dino_vitb8"``, ``"dino_vitb16"``,
+            ``"NAME:/path.pth"``, a built module, or ``"tiny-random"``.
         method: the per-pixel method: ``"naclip"`` (default), ``"sclip"``, ``"clearclip"``,
-            ``"proxyclip"`` (each computed exactly as its reference code), or ``"sam-clip"``
+            ``"proxyclip"``, ``"corrclip"`` (each computed exactly as its reference code; CorrCLIP
+            uses SAM regions: ``masks=`` per call, else SAM's automatic masks with its settings
+            ``CORRCLIP_GRID``), or ``"sam-clip"``
             (SAM's automatic masks scored by the CLIP region ``scorer``; pixels no mask covers
             stay unlabeled).
         refine: ``None`` (the method's own map) or ``"masks"``: in automatic mode SAM's grid
@@ -264,38 +266,73 @@ class Segmenter:
             raise ValueError(f"unknown grid option(s) {unknown}; known: {', '.join(GRID_OPTIONS)}")
         return replace(self.grid, **grid_options)
 
-    def _dense_probs(self, array: np.ndarray, vocab: Vocabulary, options: dict) -> torch.Tensor:
+    def region_map(self, array: np.ndarray, masks=None) -> np.ndarray | None:
+        """The region id map of a method that uses regions (CorrCLIP): from ``masks`` (bool
+        (N, H, W) or an int id map), else SAM's automatic masks with the method's settings;
+        None for other methods (which take no ``masks``)."""
+        from ovseg.methods.regions import region_id_map
+
+        if self.dense is None or not self.dense.uses_regions:
+            if masks is not None:
+                raise ValueError(f"masks= is for a method that uses regions, not {self.method!r}")
+            return None
+        if masks is not None:
+            return region_id_map(masks, array.shape[:2])
+        if not self.has_sam:
+            raise ValueError(
+                f"method {self.method!r} needs regions: pass masks= (bool (N, H, W) or an int "
+                "id map, 0 = unsegmented) or build the Segmenter with a SAM model"
+            )
+        from ovseg.methods.corrclip import CORRCLIP_GRID
+
+        self.proposer.set_image(array)
+        grid = {k: v for k, v in CORRCLIP_GRID.items() if k in GRID_OPTIONS}
+        if "multimask_output" in GRID_OPTIONS:
+            grid["multimask_output"] = False
+        return region_id_map(
+            automatic_masks(self.proposer, self._grid(grid)).masks, array.shape[:2]
+        )
+
+    def _dense_probs(
+        self, array: np.ndarray, vocab: Vocabulary, options: dict, regions=None
+    ) -> torch.Tensor:
         """Probabilities (K + B, H, W) of the classes then the background names; the last
-        image's are cached per (vocabulary, options)."""
+        image's are cached per (vocabulary, options, regions)."""
         if self.dense is None:
             raise ValueError(
                 f"method {self.method!r} has no per-pixel probabilities; choose one of "
                 f"{DENSE_METHODS}"
             )
         config = self.dense.config(**options)
-        key = (image_key(array), tuple(vocab.names), tuple(vocab.owners), vocab.templates, config)
+        key = (image_key(array), tuple(vocab.names), tuple(vocab.owners), vocab.templates, config,
+               None if regions is None else image_key(regions))  # fmt: skip
         if self._probs_cache is not None and self._probs_cache[0] == key:
             return self._probs_cache[1]
         text = vocab.text_embeddings(self.clip)
         entries = len(vocab.classes) + len(vocab.background)
-        probs = self.dense.probabilities(array, text, vocab.owners.tolist(), entries, config)
+        probs = self.dense.probabilities(
+            array, text, vocab.owners.tolist(), entries, config, regions=regions
+        )
         self._probs_cache = (key, probs)
         return probs
 
     def pixel_probabilities(
-        self, image, classes, *, background=(), templates=None, **options
+        self, image, classes, *, masks=None, background=(), templates=None, **options
     ) -> np.ndarray:
         """Class probabilities float32 (K, H, W) at the input size, from the dense method.
 
         ``softmax(logit_scale * cosine)`` over every query (each synonym of each class, and the
         ``background`` names), then per class the max over its synonyms; NACLIP's PAMR is
-        included. ``options`` override the method's settings (see ``method_options``).
+        included; CorrCLIP's map is the one before its vote, with the regions of ``masks`` (bool
+        (N, H, W) or an int id map, 0 = unsegmented) or SAM's automatic ones. ``options``
+        override the method's settings (see ``method_options``).
         """
         vocab = self.vocabulary(classes, background, templates)
         DenseMethod.check_options(options)
         with self.lock:
             array = self._use(image, sam=False)
-            probs = self._dense_probs(array, vocab, options)
+            regions = self.region_map(array, masks)
+            probs = self._dense_probs(array, vocab, options, regions)
         return probs[: len(vocab)].cpu().numpy().astype(np.float32)
 
     @torch.inference_mode()
@@ -318,7 +355,7 @@ class Segmenter:
         probs = self._dense_probs(array, vocab, options)[: len(vocab)].cpu().numpy()
         return mask_class_scores(masks.masks, probs)
 
-    def _labels(self, probs: torch.Tensor, k: int, options: dict) -> np.ndarray:
+    def _labels(self, probs: torch.Tensor, k: int, options: dict, regions=None) -> np.ndarray:
         """The method's prediction rule (:func:`~ovseg.methods.dense.predict_labels`: SCLIP's
         area rule, argmax, probability threshold) with ovseg's vocabulary: the background names
         act as one background class (their best probability), and it becomes UNLABELED."""
@@ -330,14 +367,14 @@ class Segmenter:
             background = probs.new_zeros((1, *probs.shape[1:]))
         config = self.dense.config(**options)
         labels = predict_labels(torch.cat([probs[:k], background]), config, background_class=k)
-        labels = labels.cpu().numpy().astype(np.int32)
+        labels = self.dense.refine_labels(labels.cpu().numpy().astype(np.int32), regions)
         labels[labels == k] = UNLABELED
         return labels
 
     def segment(
         self, image, classes, *, points=None, point_labels=None, boxes=None, mask_input=None,
-        scribble=None, background=(), templates=None, score_threshold: float | None = None,
-        **options,
+        scribble=None, masks=None, background=(), templates=None,
+        score_threshold: float | None = None, **options,
     ) -> SegmentationResult:  # fmt: skip
         """Segment ``image`` into ``classes``: see :func:`ovseg.segment`."""
         vocab = self.vocabulary(classes, background, templates)
@@ -371,6 +408,7 @@ class Segmenter:
                     f"grid options {sorted(grid_options)} apply to SAM's automatic grid: use "
                     "method='sam-clip' or refine='masks'"
                 )
+            regions = self.region_map(array, masks)
             masks = self.propose(**prompt, **grid_options) if use_sam else None
             if self.dense is None:
                 scores = self._mask_scores(masks, vocab, array, {})
@@ -382,6 +420,7 @@ class Segmenter:
                 None if masks is None else masks.masks,
                 None if masks is None else masks.scores,
                 score_threshold=threshold,
+                regions=regions,
                 **method_options,
             )
 
@@ -393,14 +432,20 @@ class Segmenter:
         proposal_scores: np.ndarray | None = None,
         *,
         score_threshold: float = 0.0,
+        regions: np.ndarray | None = None,
         **method_options,
     ) -> SegmentationResult:
         """The dense method's map of ``image`` (RGB uint8) with ``masks`` (bool (N, H, W))
         painted in the class of highest mean probability inside each (see
-        :func:`ovseg.fusion.fuse_dense`). Dense methods only."""
+        :func:`ovseg.fusion.fuse_dense`). Dense methods only. A method that uses regions
+        (CorrCLIP) takes their id map ``regions`` and, without ``masks``, returns its regions
+        as the segments (:func:`ovseg.fusion.fuse_regions`)."""
         with self.lock:
-            probs = self._dense_probs(image, vocab, method_options)
-            labels = self._labels(probs, len(vocab), method_options)
+            probs = self._dense_probs(image, vocab, method_options, regions)
+            labels = self._labels(probs, len(vocab), method_options, regions)
+        if regions is not None and masks is None:
+            return fuse_regions(labels, probs[: len(vocab)].cpu().numpy(), vocab.classes,
+                                regions, image=image)  # fmt: skip
         return fuse_dense(
             labels,
             probs[: len(vocab)].cpu().numpy(),

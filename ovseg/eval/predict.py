@@ -170,8 +170,11 @@ class Predictor:
             segmenter = _SamOnly(config.sam, device, config.random_weights)  # no CLIP needed
         dense = config.method != REGION_METHOD and config.scorer != "oracle"
         options = {} if config.window is None else {"window": config.window}
+        from ovseg.methods.runner import REGION_METHODS
+
+        regions = dense and config.method in REGION_METHODS  # CorrCLIP: SAM regions
         self.segmenter = segmenter or Segmenter(
-            None if dense else config.sam,
+            None if dense and not regions else config.sam,
             config.clip,
             device,
             dino=config.dino,
@@ -226,8 +229,13 @@ class Predictor:
             from ovseg.methods.dense import predict_labels
 
             text, owners, config = self.dense
-            probs = self.segmenter.dense.probabilities(image, text, owners, len(ds.classes), config)
+            method = self.segmenter.dense
+            regions = self.segmenter.region_map(image) if method.uses_regions else None
+            probs = method.probabilities(
+                image, text, owners, len(ds.classes), config, regions=regions
+            )
             pred = predict_labels(probs, config, ds.background_index).cpu().numpy()
+            pred = method.refine_labels(pred, regions)
             return resize_labels(pred.astype(np.int64), label.shape)
         small = resize_short_side(image, cfg.short_side)
         if cfg.scorer == "oracle":

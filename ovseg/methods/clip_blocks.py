@@ -33,9 +33,11 @@ from ovseg.methods.geometry import interpolate_pos_embed
 __all__ = [
     "METHODS",
     "dense_features",
+    "embed_tokens",
     "last_block_qkv",
     "naclip_attention_addition",
     "project_tokens",
+    "run_block",
     "tokens_before_last_block",
 ]
 
@@ -67,6 +69,40 @@ def _patch_size(visual: nn.Module) -> tuple[int, int]:
     return (int(stride[0]), int(stride[1]))
 
 
+def embed_tokens(
+    visual: nn.Module,
+    images: torch.Tensor,
+    recompute_scale_factor: bool | None = None,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Patch embedding, class token, interpolated position table and ``ln_pre``: the input of
+    the first block, ``(B, 1 + gh * gw, C)`` batch-first, and the grid ``(gh, gw)``.
+    Arguments as :func:`tokens_before_last_block`."""
+    _check_visual(visual)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        raise TypeError("images must be a (B, 3, h, w) tensor")
+    ph, pw = _patch_size(visual)
+    gh, gw = images.shape[-2] // ph, images.shape[-1] // pw
+    if gh < 1 or gw < 1:
+        raise ValueError(f"window {tuple(images.shape[-2:])} is smaller than a patch ({ph}x{pw})")
+    x = visual.conv1(images.to(visual.conv1.weight.dtype))
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1)
+    pos = interpolate_pos_embed(
+        visual.positional_embedding, (gh, gw), recompute_scale_factor=recompute_scale_factor
+    )
+    x = x + pos.to(x.dtype)
+    return visual.ln_pre(x), (gh, gw)
+
+
+def run_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
+    """One open_clip block on batch-first tokens ``x`` (``attn_mask``: float ``(T, T)``,
+    added to the attention logits), whatever the block's own layout."""
+    if block.attn.batch_first:
+        return block(x, attn_mask=attn_mask)
+    return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+
+
 def tokens_before_last_block(
     visual: nn.Module,
     images: torch.Tensor,
@@ -84,28 +120,10 @@ def tokens_before_last_block(
         ``(tokens, (gh, gw))``: tokens ``(B, 1 + gh * gw, C)`` batch-first, class token first;
         ``gh = h // p``, ``gw = w // p``.
     """
-    _check_visual(visual)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        raise TypeError("images must be a (B, 3, h, w) tensor")
-    ph, pw = _patch_size(visual)
-    gh, gw = images.shape[-2] // ph, images.shape[-1] // pw
-    if gh < 1 or gw < 1:
-        raise ValueError(f"window {tuple(images.shape[-2:])} is smaller than a patch ({ph}x{pw})")
-    x = visual.conv1(images.to(visual.conv1.weight.dtype))
-    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1)
-    pos = interpolate_pos_embed(
-        visual.positional_embedding, (gh, gw), recompute_scale_factor=recompute_scale_factor
-    )
-    x = x + pos.to(x.dtype)
-    x = visual.ln_pre(x)
+    x, grid = embed_tokens(visual, images, recompute_scale_factor)
     for blk in visual.transformer.resblocks[:-1]:
-        if blk.attn.batch_first:
-            x = blk(x)
-        else:
-            x = blk(x.transpose(0, 1)).transpose(0, 1)
-    return x, (gh, gw)
+        x = run_block(blk, x)
+    return x, grid
 
 
 def last_block_qkv(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 __all__ = ["DATASETS", "METHODS", "MethodConfig", "method_config"]
 
-METHODS = ("sclip", "clearclip", "naclip", "proxyclip")
+METHODS = ("sclip", "clearclip", "naclip", "proxyclip", "corrclip")
 DATASETS = (
     "voc21",
     "context60",
@@ -44,6 +44,7 @@ ATTENTIONS = {
     "clearclip": ("clearclip", "vanilla"),
     "naclip": ("naclip",),
     "proxyclip": ("proxy",),
+    "corrclip": ("corrclip",),
 }
 
 
@@ -171,6 +172,8 @@ _DEFAULTS: dict[str, dict[str, object]] = {
                    pamr_steps=10, pamr_dilations=(8, 16), gaussian_std=5.0, attention="naclip"),
     "proxyclip": dict(short_side=336, slide_crop=336, slide_stride=112, logit_scale=40.0,
                       pad_multiple=56, beta=1.2, gamma=3.0, attention="proxy", batch_windows=4),
+    "corrclip": dict(short_side=336, slide_crop=336, slide_stride=112, logit_scale=40.0,
+                     pad_multiple=56, attention="corrclip", batch_windows=1),
 }  # fmt: skip
 
 _PER_DATASET: dict[str, dict[str, dict[str, object]]] = {
@@ -188,6 +191,13 @@ _PER_DATASET: dict[str, dict[str, dict[str, object]]] = {
         "cityscapes": dict(slide_crop=224, slide_stride=224),
     },
     "proxyclip": {
+        "voc21": dict(prob_threshold=0.2),
+        "context60": dict(prob_threshold=0.15),
+        "coco_object": dict(prob_threshold=0.25),
+        "cityscapes": dict(short_side=448, slide_crop=224, slide_stride=112),
+        "ade20k": dict(short_side=448),
+    },
+    "corrclip": {
         "voc21": dict(prob_threshold=0.2),
         "context60": dict(prob_threshold=0.15),
         "coco_object": dict(prob_threshold=0.25),

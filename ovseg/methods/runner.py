@@ -17,10 +17,13 @@ import torch
 
 from ovseg.constants import OPENAI_MEAN, OPENAI_STD
 
-__all__ = ["DENSE_METHODS", "METHOD_OPTIONS", "DenseMethod", "needs_dino"]
+__all__ = ["DENSE_METHODS", "METHOD_OPTIONS", "REGION_METHODS", "DenseMethod", "needs_dino"]
 
-DENSE_METHODS = ("sclip", "clearclip", "naclip", "proxyclip")
-_NEEDS_DINO = ("proxyclip",)
+DENSE_METHODS = ("sclip", "clearclip", "naclip", "proxyclip", "corrclip")
+_NEEDS_DINO = ("proxyclip", "corrclip")
+REGION_METHODS = ("corrclip",)
+"""Methods whose map depends on SAM regions (given as an id map, see
+:func:`~ovseg.methods.regions.region_id_map`), before and after the probabilities."""
 METHOD_OPTIONS = (
     "short_side",
     "slide_crop",
@@ -48,9 +51,10 @@ class DenseMethod:
     """One dense method with its CLIP (and DINO) model.
 
     Args:
-        name: ``"sclip"``, ``"clearclip"``, ``"naclip"`` or ``"proxyclip"``.
+        name: ``"sclip"``, ``"clearclip"``, ``"naclip"``, ``"proxyclip"`` or ``"corrclip"``.
         clip: an :class:`~ovseg.scoring.backends.OpenClipBackend` with a ViT image tower.
-        dino: a DINO ViT (:func:`~ovseg.methods.dino.build_dino`), needed by ProxyCLIP.
+        dino: a DINO ViT (:func:`~ovseg.methods.dino.build_dino`), needed by ProxyCLIP and
+            CorrCLIP.
         **options: overrides of the reference settings, names in :data:`METHOD_OPTIONS`.
 
     Raises:
@@ -92,6 +96,21 @@ class DenseMethod:
         options = {**self.options, **self.check_options(overrides)}
         return _config(self.name, dataset, options)
 
+    @property
+    def uses_regions(self) -> bool:
+        """True for a method whose map comes from SAM regions (CorrCLIP): its probabilities
+        take a region id map, and :meth:`refine_labels` applies its rule after them."""
+        return self.name in REGION_METHODS
+
+    def refine_labels(self, labels: np.ndarray, regions: np.ndarray | None) -> np.ndarray:
+        """The method's own step after the prediction: CorrCLIP's majority vote inside each
+        region (:func:`~ovseg.methods.regions.region_vote`); other methods: unchanged."""
+        if self.name != "corrclip" or regions is None:
+            return labels
+        from ovseg.methods.regions import region_vote
+
+        return region_vote(labels, regions)
+
     def _patch(self) -> int:
         """The largest patch side of the models (CLIP's, and DINO's for ProxyCLIP)."""
         k = self.clip.model.visual.conv1.kernel_size
@@ -128,6 +147,7 @@ class DenseMethod:
         query_class: Sequence[int],
         num_classes: int,
         config=None,
+        regions: np.ndarray | None = None,
     ) -> torch.Tensor:
         """Class probabilities float32 ``(K, H, W)`` at the input size.
 
@@ -137,12 +157,22 @@ class DenseMethod:
             query_class: the class index in ``[0, K)`` of each query.
             num_classes: ``K``.
             config: a :class:`MethodConfig` (default: :meth:`config`).
+            regions: int ``(H, W)`` region id map, required by CorrCLIP (all zeros: none).
         """
         from ovseg.methods.dense import dense_probabilities
 
         config = self._fit(image.shape[:2], self.config() if config is None else config)
         mean, std = self._mean_std()
         visual = self.clip.model.visual
+        if self.name == "corrclip":
+            from ovseg.methods.corrclip import corrclip_probabilities
+
+            if regions is None:
+                raise ValueError("corrclip needs a region id map (regions=...)")
+            return corrclip_probabilities(
+                visual, self.dino, image, regions, text, query_class, num_classes, config,
+                mean, std,
+            )  # fmt: skip
         if self.name == "proxyclip":
             from ovseg.methods.proxyclip import proxyclip_probabilities_from_config
 

@@ -53,6 +53,8 @@ def slide_logits(
     pad_multiple: int | None = None,
     batch_windows: int = 8,
     out_size: tuple[int, int] | None = None,
+    aux: torch.Tensor | None = None,
+    aux_pad: float = 0.0,
 ) -> torch.Tensor:
     """Dense cosine logits of ``image`` against ``text``.
 
@@ -70,6 +72,9 @@ def slide_logits(
             it (the references' final step). Whole image: the grid logits are resized
             straight to it (SCLIP / ClearCLIP); ``None`` keeps ``H x W``, as NACLIP's
             ``forward_feature`` does before its own resize to the original size.
+        aux: optional ``(1, C, H, W)`` per-pixel data cut into the same windows (padded with
+            ``aux_pad``); then ``window_fn(crops, aux_crops)`` is called instead (CorrCLIP's
+            region ids).
 
     Returns:
         ``(1, Q, H, W)`` float32 logits, or ``(1, Q, *out_size)``.
@@ -82,8 +87,13 @@ def slide_logits(
         raise ValueError(f"batch_windows must be an int >= 1, got {batch_windows!r}")
     h_img, w_img = image.shape[-2:]
     with torch.inference_mode():
+        if aux is not None and (
+            aux.ndim != 4 or aux.shape[0] != 1 or aux.shape[-2:] != image.shape[-2:]
+        ):
+            raise ValueError(f"aux must be (1, C, {h_img}, {w_img}), got {tuple(aux.shape)}")
         if crop is None:
-            logits = patch_logits(window_fn(image), text)
+            feats = window_fn(image) if aux is None else window_fn(image, aux)
+            logits = patch_logits(feats, text)
             size = tuple(out_size) if out_size is not None else (h_img, w_img)
             return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if stride is None or not 1 <= stride <= crop:
@@ -103,7 +113,14 @@ def slide_logits(
                 crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
                 if any(pad):
                     crops = F.pad(crops, pad)
-                logits = patch_logits(window_fn(crops), text)
+                if aux is None:
+                    feats = window_fn(crops)
+                else:
+                    extra = torch.cat([aux[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+                    if any(pad):
+                        extra = F.pad(extra, pad, value=aux_pad)
+                    feats = window_fn(crops, extra)
+                logits = patch_logits(feats, text)
                 for i, (y1, y2, x1, x2) in enumerate(chunk):
                     up = F.interpolate(
                         logits[i : i + 1],

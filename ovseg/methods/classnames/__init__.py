@@ -2,9 +2,10 @@
 
 ``<method>/<dataset>.txt`` are the references' ``configs/cls_<dataset>.txt`` verbatim: one
 line per class (class index = line number), synonyms on one line separated by the method's
-separator (SCLIP and NACLIP ``", "``, ClearCLIP ``","``, ProxyCLIP ``"; "``). Nothing is
-stripped except the line break, exactly as the references read them (so Context60's last entry
-is ``"wood "``).
+separator (SCLIP and NACLIP ``", "``, ClearCLIP ``","``, ProxyCLIP and CorrCLIP ``"; "``).
+Nothing is stripped except the line break, exactly as the references read them (so
+Context60's last entry is ``"wood "``). CorrCLIP's files are ProxyCLIP's with ``"people"`` for
+``"person"`` (and COCO-Object's background line without ``"bed"``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ovseg.methods.config import DATASETS
 
 __all__ = ["SEPARATORS", "class_names", "query_list"]
 
-SEPARATORS = {"sclip": ", ", "clearclip": ",", "naclip": ", ", "proxyclip": "; "}
+SEPARATORS = {"sclip": ", ", "clearclip": ",", "naclip": ", ", "proxyclip": "; ", "corrclip": "; "}
 
 
 def class_names(method: str, dataset: str) -> list[list[str]]:
