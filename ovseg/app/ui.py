@@ -15,6 +15,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the environmen
 from ovseg.app import handlers
 from ovseg.app.render import render
 from ovseg.app.session import MODES, Session, Settings, example_images
+from ovseg.app.video import add_video_tab
 
 DEFAULT_CLASSES = "road; street, sidewalk, car, building, tree, sky, person"
 HELP = (
@@ -161,6 +162,7 @@ def build_app(
                             "COCO JSON", interactive=False, elem_id="ovseg-dl-json"
                         )
 
+        add_video_tab(segmenter, default_classes)
         views = [state, canvas, confidence, legend, visible, dl_png, dl_json, status]
         settings_in = [classes, template, threshold]
 

@@ -186,56 +186,26 @@ def _stream(args, s: dict):
     )  # fmt: skip
 
 
-def _objects(stream) -> list[dict]:
-    return [
-        {
-            "id": t.id,
-            "class": stream.classes[t.class_index],
-            "class_index": t.class_index,
-            "score": round(t.score, 6),
-            "first_frame": t.first_frame,
-            "last_frame": t.last_frame,
-            "frames": t.frames,
-        }  # fmt: skip
-        for t in stream.all_tracks
-    ]
-
-
 def _loop(args, source, stream, writer) -> int:
     from tqdm import tqdm
 
     if writer.done:
         print(f"ovseg video: resuming after {len(writer.done)} frame(s) already written",
               file=sys.stderr)  # fmt: skip
-    snapshot = None
-    written = 0
     bar = tqdm(total=source.count, desc="video", unit="frame", disable=args.no_progress)
     try:
-        for index, frame in source:
-            if index in writer.done:
-                writer.replay(index, frame)
-            else:
-                result = stream.step(frame, index)
-                writer.add(index, result, _objects(stream))
-                snapshot = (stream.state_dict(), index)
-                written += 1
-                if writer.due():
-                    writer.checkpoint(*snapshot)
-            bar.update(1)
+        segmented = writer.run(source, stream, on_frame=lambda index: bar.update(1))
     except KeyboardInterrupt:
         bar.close()
-        writer.close(complete=False, state=snapshot)
         print(f"ovseg video: interrupted: {len(writer.records)} frame(s) written to {args.out} "
               "(labels, JSON, overlay so far). Run the same command again to resume.",
               file=sys.stderr)  # fmt: skip
         return 130
     except (ValueError, OSError) as e:
         bar.close()
-        writer.close(complete=False, state=snapshot)
         return _error(f"{e} ({len(writer.records)} frame(s) written; rerun to resume)", 1)
     bar.close()
-    writer.close(complete=True)
     objects = len({o["id"] for r in writer.records for o in r["objects"]})
     print(f"ovseg video: {len(writer.records)} frame(s), {objects} object(s) -> {args.out} "
-          f"({written} segmented now)", file=sys.stderr)  # fmt: skip
+          f"({segmented} segmented now)", file=sys.stderr)  # fmt: skip
     return 0

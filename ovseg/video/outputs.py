@@ -87,6 +87,22 @@ def frame_record(index: int, result: SegmentationResult) -> dict[str, Any]:
     return {"frame": int(index), "labels": f"{LABELS_DIR}/{index:06d}.png", "objects": objects}
 
 
+def stream_objects(stream) -> list[dict]:
+    """Every object of a stream so far: id, class, score, first and last frame, frames seen."""
+    return [
+        {
+            "id": t.id,
+            "class": stream.classes[t.class_index],
+            "class_index": t.class_index,
+            "score": round(t.score, 6),
+            "first_frame": t.first_frame,
+            "last_frame": t.last_frame,
+            "frames": t.frames,
+        }  # fmt: skip
+        for t in stream.all_tracks
+    ]
+
+
 class ClipWriter:
     """Writes one clip's outputs into ``out_dir``; see the module docstring.
 
@@ -214,6 +230,33 @@ class ClipWriter:
             "frames": self.records,
         }
         atomic_write_text(self.out / JSON_NAME, json.dumps(data, indent=1))
+
+    def run(self, source, stream, on_frame=None) -> int:
+        """Segment every frame of ``source`` (a :class:`~ovseg.video.io.FrameSource`) not
+        written yet with ``stream`` (a :class:`~ovseg.video.stream.VideoStream` whose state
+        was loaded from :attr:`state`), replaying the others into the overlay, then close.
+        ``on_frame(index)`` is called after each frame. Returns how many frames were
+        segmented. On any exception (Ctrl-C included) the outputs so far are closed valid
+        and resumable, and the exception propagates."""
+        snapshot, segmented = None, 0
+        try:
+            for index, frame in source:
+                if index in self.done:
+                    self.replay(index, frame)
+                else:
+                    result = stream.step(frame, index)
+                    self.add(index, result, stream_objects(stream))
+                    snapshot = (stream.state_dict(), index)
+                    segmented += 1
+                    if self.due():
+                        self.checkpoint(*snapshot)
+                if on_frame is not None:
+                    on_frame(index)
+        except BaseException:
+            self.close(complete=False, state=snapshot)
+            raise
+        self.close(complete=True)
+        return segmented
 
     def close(self, complete: bool, state: tuple | None = None) -> None:
         """Finish: the overlay video closed (playable, with the frames so far) and the JSON;
