@@ -1,5 +1,6 @@
 """Proposals: class-agnostic masks from SAM prompts (points, boxes, rough masks, scribbles) and
-the automatic grid."""
+the automatic grid. SAM 2's masks through video frames: ``ovseg.proposals.propagate.propagate``
+and ``ovseg.proposals.tracker.VideoTracker``."""
 
 from ovseg.proposals.grid import GridOptions, automatic_masks
 from ovseg.proposals.prompts import Prompt, make_prompt
