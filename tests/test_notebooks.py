@@ -41,9 +41,9 @@ def kernel_manager_factory(tmp_path_factory):
     return make
 
 
-def test_there_are_four_notebooks():
+def test_there_are_five_notebooks():
     names = [p.stem for p in NOTEBOOKS]
-    assert names == ["01_quickstart", "02_prompting", "03_grounding", "04_evaluation"]
+    assert names == ["01_quickstart", "02_prompting", "03_grounding", "04_evaluation", "05_video"]
 
 
 def test_notebooks_are_built_from_their_sources():
