@@ -140,3 +140,20 @@ def test_camvid_clip_h264(camvid_dir, tmp_path):
     stuff = {0, 2}
     assert all(o["class_index"] not in stuff for f in data["frames"] for o in f["objects"])
     shutil.rmtree(out)
+
+
+def test_readme_video_block(clip_inputs):
+    """The README's Python video example, with the tiny models."""
+    import ovseg
+    from ovseg.video import VideoStream
+
+    seg = ovseg.Segmenter(sam="tiny-random", clip="tiny-random")
+    clip = str(clip_inputs / "clip.mkv")
+    results = seg.segment_video(clip, ["road", "car", "person"], stuff=["road"],
+                                keyframe_every=10, stride=1, max_frames=None)  # fmt: skip
+    tracked = [[(s.track_id, r.classes[s.class_index], s.box) for s in r.segments if s.track_id]
+               for r in results]  # fmt: skip
+    assert len(tracked) == 8
+    stream = VideoStream(seg, ["person", "car"])
+    frame = np.asarray(Image.open(sorted((clip_inputs / "frames").iterdir())[0]))
+    assert stream.step(frame).shape == (64, 96)

@@ -59,7 +59,7 @@ def render_overlay(
         colour = tuple(int(c) for c in colours[obj["class_index"]])
         draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=2)
         text = f"#{obj['id']} {classes[obj['class_index']]}"
-        ty = y0 - size - 2 if y0 >= size + 2 else y1 + 1
+        ty = y0 - size - 2 if y0 >= size + 2 else y0 + 2
         left, top, right, bottom = draw.textbbox((x0, ty), text, font=font)
         draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=(0, 0, 0))
         draw.text((x0, ty), text, fill=(255, 255, 255), font=font)
