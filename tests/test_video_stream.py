@@ -200,3 +200,46 @@ def test_frames_of_another_size_are_refused(tiny_segmenter):
     stream.step(np.zeros((H, W, 3), np.uint8))
     with pytest.raises(ValueError, match="frame 1 is 48x32"):
         stream.step(np.zeros((32, 48, 3), np.uint8))
+
+
+@pytest.fixture(scope="module")
+def sam2_segmenter():
+    pytest.importorskip("transformers")
+    from ovseg.pipeline import Segmenter
+
+    return Segmenter("sam2-tiny-random", "tiny-random", device="cpu")
+
+
+def test_sam2_propagator_equals_propagate(sam2_segmenter):
+    """The SAM 2 path of the stream gives, frame after frame, what ovseg.proposals.propagate
+    (equal to Meta's SAM2VideoPredictor) gives for the same masks on the same frames."""
+    from ovseg.proposals.propagate import propagate
+    from ovseg.video.propagate import Sam2VideoPropagator, default_propagator
+
+    prop = default_propagator(sam2_segmenter)
+    assert isinstance(prop, Sam2VideoPropagator)
+    assert type(sam2_segmenter.proposer.model).__name__ == "Sam2VideoModel"
+    frames = synthetic_clip(4, late=0)
+    first = colour_masks(frames[0])
+    prop.step(frames[0])
+    prop.add_many({1: first[0], 2: first[1]})
+    ours = [prop.step(f) for f in frames[1:]]
+    reference = propagate(prop.tracker.model, iter(frames), {0: {1: first[0], 2: first[1]}})
+    reference = list(reference)[1:]
+    for (ids, masks, scores), ref in zip(ours, reference, strict=True):
+        assert ids.tolist() == ref.obj_ids.tolist() == [1, 2]
+        assert np.array_equal(masks, ref.masks)
+        np.testing.assert_allclose(scores, ref.scores, atol=1e-6)
+
+
+def test_sam2_stream_keeps_ids(sam2_segmenter, monkeypatch):
+    monkeypatch.setattr(
+        sam2_segmenter, "propose", lambda image, **kw: Masks.from_masks(colour_masks(image))
+    )
+    stream = VideoStream(sam2_segmenter, ["road", "car", "tree"], keyframe_every=3)
+    results = [stream.step(f) for f in synthetic_clip(7, late=4)]
+    assert stream.state_dict() is None  # SAM 2's memory is not saved: a rerun starts over
+    assert set(track_ids(results[0])) == {1}  # the car
+    tracked_tree = [t for t in stream.all_tracks if t.first_frame == 6]
+    assert tracked_tree and tracked_tree[0].id > 1  # found on keyframe 6 with a new id
+    assert all(ids <= set(range(1, stream.next_id)) for ids in map(set, map(track_ids, results)))

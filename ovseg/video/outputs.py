@@ -246,10 +246,11 @@ class ClipWriter:
                 else:
                     result = stream.step(frame, index)
                     self.add(index, result, stream_objects(stream))
-                    snapshot = (stream.state_dict(), index)
+                    state = stream.state_dict()
+                    snapshot = None if state is None else (state, index)
                     segmented += 1
                     if self.due():
-                        self.checkpoint(*snapshot)
+                        self.checkpoint(*(snapshot or ()))
                 if on_frame is not None:
                     on_frame(index)
         except BaseException:

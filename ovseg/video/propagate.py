@@ -2,12 +2,18 @@
 
 A propagator holds the objects being tracked, each under an integer id. Per frame, the
 stream calls :meth:`Propagator.step` with the new frame (every object's mask on it), then,
-on keyframes, :meth:`Propagator.add` for objects found or re-anchored on that same frame.
+on keyframes, :meth:`Propagator.add_many` for objects found or re-anchored on that same frame.
+:func:`default_propagator` picks the one that fits the Segmenter's SAM.
 
 :class:`SamPromptPropagator` (SAM 1) prompts SAM on the new frame with each object's box from
 the previous frame (grown by a margin) and its previous low-resolution mask logits, all
 objects in one batched decoder call: a few decoder calls per object instead of the automatic
 grid's hundreds of prompts. Its state (ids, boxes, logits) is small and saved for resuming.
+
+:class:`Sam2VideoPropagator` (SAM 2) carries the objects with SAM 2's memory
+(:class:`ovseg.proposals.tracker.VideoTracker`, equal to Meta's ``SAM2VideoPredictor``): a new
+object's mask is its conditioning frame, a re-anchored one a correction through the recent
+memory. Its memory cannot be saved, so a resumed run with SAM 2 starts over.
 """
 
 from __future__ import annotations
@@ -20,11 +26,44 @@ import torch
 from ovseg.proposals.sam import Proposer
 from ovseg.structures import masks_to_boxes
 
-__all__ = ["Propagator", "SamPromptPropagator"]
+__all__ = ["Propagator", "Sam2VideoPropagator", "SamPromptPropagator", "default_propagator"]
+
+
+def default_propagator(segmenter) -> Propagator:
+    """SAM 2's video memory when the Segmenter's SAM is a SAM 2 model, else SAM 1 prompted from
+    each object's previous box and mask.
+
+    A SAM 2 image model (``Sam2Model``, what a name builds) is replaced on the Segmenter by the
+    ``Sam2VideoModel`` of the same specification, which serves the keyframes' proposals too
+    (its image path is the same), so one set of weights is loaded.
+    """
+    from ovseg.proposals.sam2 import Sam2Proposer
+
+    proposer = segmenter.proposer
+    if not isinstance(proposer, Sam2Proposer):
+        return SamPromptPropagator(proposer)
+    model = proposer.model
+    if type(model).__name__ != "Sam2VideoModel":
+        from ovseg.models.sam2_weights import build_sam2
+
+        spec = segmenter._sam_spec
+        if not isinstance(spec, str):
+            raise TypeError(
+                "video with SAM 2 needs its video model: pass a transformers Sam2VideoModel or "
+                "a SAM 2 name as sam="
+            )
+        model = build_sam2(spec, segmenter.device, video=True,
+                           random_weights=segmenter.random_weights)  # fmt: skip
+        with segmenter.lock:
+            segmenter._proposer = Sam2Proposer(model)
+    return Sam2VideoPropagator(model)
 
 
 class Propagator(ABC):
     """Objects tracked from frame to frame, by integer id."""
+
+    resumable = False
+    """Whether :meth:`state_dict` saves everything needed to continue exactly."""
 
     @abstractmethod
     def step(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,6 +74,11 @@ class Propagator(ABC):
     def add(self, track_id: int, mask: np.ndarray) -> None:
         """Track (or re-anchor) object ``track_id`` with ``mask`` bool (H, W) on the current
         frame (the one of the last :meth:`step`)."""
+
+    def add_many(self, masks: dict[int, np.ndarray]) -> None:
+        """:meth:`add` for several objects on the current frame at once."""
+        for track_id, mask in masks.items():
+            self.add(track_id, mask)
 
     @abstractmethod
     def remove(self, track_id: int) -> None:
@@ -58,6 +102,8 @@ class SamPromptPropagator(Propagator):
             ``min_margin`` pixels), so an object that moved stays inside its prompt.
         batch_size: objects decoded per call.
     """
+
+    resumable = True
 
     def __init__(
         self, proposer: Proposer, *, box_margin: float = 0.1, min_margin: int = 4,
@@ -150,3 +196,34 @@ class SamPromptPropagator(Propagator):
         boxes, logits = state["boxes"], state["logits"]
         self._boxes = {t: np.asarray(b, np.float32) for t, b in zip(ids, boxes, strict=True)}
         self._logits = {t: torch.from_numpy(np.array(g)) for t, g in zip(ids, logits, strict=True)}
+
+
+class Sam2VideoPropagator(Propagator):
+    """SAM 2's video memory (:class:`~ovseg.proposals.tracker.VideoTracker`) over a stream.
+
+    Args:
+        model: a ``transformers.Sam2VideoModel``.
+        offload_state_to_cpu: keep the tracking state on the CPU when the model is on a GPU.
+    """
+
+    def __init__(self, model, *, offload_state_to_cpu: bool = False):
+        from ovseg.proposals.tracker import VideoTracker
+
+        self.tracker = VideoTracker(model, offload_state_to_cpu=offload_state_to_cpu)
+
+    def __len__(self) -> int:
+        return len(self.tracker.obj_ids)
+
+    def step(self, frame: np.ndarray):
+        out = self.tracker.step(frame)
+        return out.obj_ids, out.masks, out.scores.astype(np.float32)
+
+    def add(self, track_id: int, mask: np.ndarray) -> None:
+        self.add_many({track_id: mask})
+
+    def add_many(self, masks: dict[int, np.ndarray]) -> None:
+        if masks:
+            self.tracker.add({int(t): np.asarray(m, bool) for t, m in masks.items()})
+
+    def remove(self, track_id: int) -> None:
+        self.tracker.remove(int(track_id))

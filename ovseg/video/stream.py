@@ -31,7 +31,7 @@ from ovseg.image import load_image
 from ovseg.methods.runner import METHOD_OPTIONS
 from ovseg.pipeline import GRID_OPTIONS, Segmenter
 from ovseg.result import SegmentationResult
-from ovseg.video.propagate import Propagator, SamPromptPropagator
+from ovseg.video.propagate import Propagator, default_propagator
 
 __all__ = ["Track", "VideoStream", "segment_video"]
 
@@ -80,8 +80,9 @@ class VideoStream:
         min_area: objects (and proposals) smaller than this many pixels are dropped.
         max_objects: at most this many objects are tracked at once.
         stuff: class names that are never tracked (they come from each frame's dense map).
-        propagator: a :class:`~ovseg.video.propagate.Propagator`; default SAM 1 prompted
-            from each object's previous box and mask.
+        propagator: a :class:`~ovseg.video.propagate.Propagator`; default
+            (:func:`~ovseg.video.propagate.default_propagator`): SAM 2's video memory with a
+            SAM 2 model, else SAM 1 prompted from each object's previous box and mask.
         **options: grid options (``points_per_side``, ...) and method options.
 
     Raises:
@@ -144,7 +145,7 @@ class VideoStream:
             raise ValueError(f"method options {sorted(self.method_options)} need a dense method")
         replace(segmenter.grid, **self.grid_options)  # validates them now
         self._text = dict(background=self.vocab.background, templates=self.vocab.templates)
-        self.propagator = propagator or SamPromptPropagator(segmenter.proposer)
+        self.propagator = propagator or default_propagator(segmenter)
         self.tracks: dict[int, Track] = {}
         self.ended: dict[int, Track] = {}
         self.frame_count = 0
@@ -252,6 +253,7 @@ class VideoStream:
         masks = masks.copy()
         taken_tracks: set[int] = set()
         taken_props: set[int] = set()
+        anchors: dict[int, np.ndarray] = {}
         for flat in np.argsort(-ious, axis=None, kind="stable"):
             p, t = np.unravel_index(flat, ious.shape)
             if ious[p, t] < self.match_iou:
@@ -261,7 +263,7 @@ class VideoStream:
             taken_props.add(p)
             taken_tracks.add(t)
             masks[t] = proposals.masks[cand[p]]
-            self.propagator.add(int(ids[t]), masks[t])
+            anchors[int(ids[t])] = masks[t]
         new_ids, new_masks = list(ids.tolist()), list(masks)
         for p in range(len(cand)):  # proposals come sorted by predicted IoU
             if p in taken_props or len(new_ids) >= self.max_objects:
@@ -271,16 +273,20 @@ class VideoStream:
                 continue
             track_id = self.next_id
             self.next_id += 1
-            self.propagator.add(track_id, mask)
+            anchors[track_id] = mask
             new_ids.append(track_id)
             new_masks.append(mask)
+        self.propagator.add_many(anchors)
         h, w = array.shape[:2]
         stacked = np.stack(new_masks) if new_masks else np.zeros((0, h, w), bool)
         return np.asarray(new_ids, np.int64), stacked
 
     # -- resuming ---------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """The stream's state after the last step (arrays), for :meth:`load_state_dict`."""
+    def state_dict(self) -> dict[str, np.ndarray] | None:
+        """The stream's state after the last step (arrays), for :meth:`load_state_dict`; None
+        when the propagator cannot save its own (SAM 2's memory)."""
+        if not self.propagator.resumable:
+            return None
         tracks = [*self.tracks.values(), *self.ended.values()]
         state = {
             "track_alive": np.asarray([t.id in self.tracks for t in tracks], bool),
