@@ -285,13 +285,17 @@ class Segmenter:
             )
         from ovseg.methods.corrclip import CORRCLIP_GRID
 
-        self.proposer.set_image(array)
-        grid = {k: v for k, v in CORRCLIP_GRID.items() if k in GRID_OPTIONS}
-        if "multimask_output" in GRID_OPTIONS:
-            grid["multimask_output"] = False
-        return region_id_map(
-            automatic_masks(self.proposer, self._grid(grid)).masks, array.shape[:2]
-        )
+        proposer = self.proposer
+        proposer.set_image(array)
+        options = GridOptions(**CORRCLIP_GRID)
+        if isinstance(proposer, Sam2Proposer):
+            try:  # SAM 2's generator with one mask per point, as CorrCLIP runs it
+                from ovseg.proposals.sam2_grid import Sam2GridOptions
+
+                options = Sam2GridOptions(**CORRCLIP_GRID, multimask_output=False)
+            except ImportError:
+                pass
+        return region_id_map(automatic_masks(proposer, options).masks, array.shape[:2])
 
     def _dense_probs(
         self, array: np.ndarray, vocab: Vocabulary, options: dict, regions=None

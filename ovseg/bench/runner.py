@@ -14,7 +14,9 @@ Fairness, as reported in every result:
 - dense methods (``naclip``, ``sclip``, ``clearclip``, ``proxyclip``; no SAM): per image, the
   method's pixel probabilities (first call on the image: the Segmenter's cache cleared) then
   its labels and result, timed in the same repeats on the same frames, with the same CLIP
-  model object, against the plain pipeline's end to end.
+  model object, against the plain pipeline's end to end. ``corrclip`` (``--methods corrclip``)
+  takes the fixed mask set as its regions (its SAM 2 regions are a proposal stage, like the
+  grid), so its row is its dense stage and its vote.
 
 The plain pipeline lives in :mod:`ovseg.bench.plain`; reports in :mod:`ovseg.bench.report`.
 """
@@ -308,9 +310,12 @@ def _windows(seg, shape: tuple[int, int], options: dict) -> dict:
     return out
 
 
-def _run_method(seg, image, classes, options: dict, device) -> dict:
+def _run_method(seg, image, classes, options: dict, device, regions=None) -> dict:
     """One timed dense-method run on ``image``, no cache: pixel probabilities, then labels and
-    the result (``segment``, which reuses the probabilities just computed)."""
+    the result (``segment``, which reuses the probabilities just computed). ``regions``: bool
+    masks (N, H, W) for a method that uses regions (CorrCLIP)."""
+    if regions is not None:
+        options = {**options, "masks": regions}
     seg._probs_cache = None
     with _Peak(device) as peak:
         _, t_probs = _timed(lambda: seg.pixel_probabilities(image, classes, **options), device)
@@ -389,7 +394,8 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
                     continue
                 progress(f"[{name} {r + 1}/{config.repeats}] {key} ...")
                 try:
-                    run = _run_method(methods[m], image, classes, opts, device)
+                    regions = fixed.masks if methods[m].dense.uses_regions else None
+                    run = _run_method(methods[m], image, classes, opts, device, regions)
                 except Exception as e:  # noqa: BLE001 - reported in the results
                     method_errors[m] = _error(e)
                     progress(f"  {key} failed: {method_errors[m]}")
@@ -487,6 +493,8 @@ def _warmup_methods(methods, rows, errors, image, classes, progress) -> None:
             continue
         progress(f"warm-up {key} (untimed) ...")
         try:
+            if methods[name].dense.uses_regions:  # CorrCLIP: no regions for the warm-up
+                options = {**options, "masks": np.zeros((0, *image.shape[:2]), bool)}
             methods[name].segment(image, classes, **options)
         except Exception as e:  # noqa: BLE001 - reported in the results
             errors[name] = _error(e)

@@ -64,12 +64,14 @@ def register(subparsers) -> None:
         "--methods",
         default="naclip,sclip,clearclip,proxyclip",
         help="dense methods to time per image beside the pipelines: comma-separated among "
-        "naclip, sclip, clearclip, proxyclip; 'all' (default: all four) or 'none' to skip",
+        "naclip, sclip, clearclip, proxyclip, corrclip (regions: the fixed mask set); 'all' "
+        "(default: the first four) or 'none' to skip",
     )
     p.add_argument(
         "--dino",
         default=None,
-        help="ProxyCLIP's DINO (random weights; default dino_vitb8, tiny-random with --tiny)",
+        help="DINO of ProxyCLIP and CorrCLIP (random weights; default dino_vitb8, tiny-random "
+        "with --tiny)",
     )
     p.add_argument(
         "--batch-windows",
