@@ -264,3 +264,126 @@ def test_bad_frames_and_streams(model, tmp_path):
     with pytest.raises(RuntimeError, match="no frame yet"):
         VideoTracker(model).add({1: square_mask()})
     assert propagate_module.__all__ == ["FrameMasks", "propagate"]
+
+
+def _meta_overrides(arch) -> list[str]:
+    """Hydra overrides that give Meta's sam2.1 tiny config the architecture ``arch``."""
+    dims = [arch.embed_dim * 2**i for i in range(len(arch.stages))]
+
+    def seq(values):
+        return "[" + ",".join(str(v) for v in values) + "]"
+
+    return [
+        f"++model.image_size={arch.image_size}",
+        f"++model.image_encoder.trunk.embed_dim={arch.embed_dim}",
+        f"++model.image_encoder.trunk.num_heads={arch.num_heads}",
+        f"++model.image_encoder.trunk.stages={seq(arch.stages)}",
+        f"++model.image_encoder.trunk.global_att_blocks={seq(arch.global_att_blocks)}",
+        f"++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size={seq(arch.window_pos_embed_bkg)}",
+        f"++model.image_encoder.trunk.window_spec={seq(arch.window_spec)}",
+        f"++model.image_encoder.neck.backbone_channel_list={seq(dims[::-1])}",
+        *(
+            f"++model.memory_attention.layer.{a}.feat_sizes={seq([arch.image_size // 16] * 2)}"
+            for a in ("self_attention", "cross_attention")
+        ),
+        # Meta's post-processing settings (build_sam2_video_predictor's default) without its
+        # hole filling, which needs Meta's CUDA extension and has no transformers counterpart.
+        "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+        "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+        "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+        "++model.binarize_mask_from_pts_for_mem_enc=true",
+        "++model.fill_hole_area=0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def meta_pair(tmp_path_factory):
+    """Meta's SAM2VideoPredictor and ovseg's Sam2VideoModel (the sam2-tiny-random architecture)
+    with the same random weights, through a Meta-format checkpoint file."""
+    pytest.importorskip("sam2.build_sam", reason="Meta's sam2 package is not installed")
+    from sam2.build_sam import build_sam2_video_predictor
+
+    from ovseg.constants import SAM2_TINY
+    from ovseg.models.sam2_weights import SAM2_ARCHS, build_sam2
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        meta = build_sam2_video_predictor(
+            "configs/sam2.1/sam2.1_hiera_t.yaml",
+            None,
+            device="cpu",
+            hydra_overrides_extra=_meta_overrides(SAM2_ARCHS[SAM2_TINY]),
+            apply_postprocessing=False,
+        ).eval()
+        with torch.no_grad():
+            for p in meta.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+            # Random weights see no object anywhere: make objects visible.
+            meta.sam_mask_decoder.pred_obj_score_head.layers[2].bias.add_(4.0)
+    path = tmp_path_factory.mktemp("sam2video") / "tiny.pt"
+    torch.save({"model": meta.state_dict()}, path)
+    ours = build_sam2(f"{SAM2_TINY}:{path}", "cpu", video=True)
+    # Meta keeps memory features in bfloat16 and runs under CUDA autocast; in float32 on the
+    # CPU its attention refuses them, so cast them back as transformers does.
+    attention = meta.memory_attention.forward
+
+    def float_memory(curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0):
+        return attention(curr, memory.float(), curr_pos, memory_pos, num_obj_ptr_tokens)
+
+    meta.memory_attention.forward = float_memory
+    return meta, ours
+
+
+META_CASES = {
+    # Points, a mask and (on a later frame) a box; Meta's forward pass, then its reverse pass.
+    "both": (
+        {
+            2: {1: {"points": [[14, 16], [60, 5]], "point_labels": [1, 0]}, 2: square_mask(2)},
+            4: {3: {"box": [34, 28, 54, 44]}},
+        },
+        "both",
+    ),
+    # Reverse from below a later prompt: what conditioning frame 4 computes for object 1 must
+    # not reach the reverse pass (Meta never computes it).
+    "reverse": ({2: {1: {"points": [[14, 16]]}}, 4: {2: {"points": [[44, 36]]}}}, "reverse"),
+}
+
+
+@pytest.mark.parametrize("case", list(META_CASES))
+def test_equals_meta_video_predictor(meta_pair, tmp_path, case):
+    from PIL import Image
+
+    meta, ours = meta_pair
+    prompts, direction = META_CASES[case]
+    for i, f in enumerate(moving_clip(7)):
+        Image.fromarray(f).save(tmp_path / f"{i:05d}.jpg", quality=95)
+    state = meta.init_state(str(tmp_path))
+    for f, objs in prompts.items():
+        for obj_id, p in objs.items():
+            if isinstance(p, np.ndarray):
+                meta.add_new_mask(state, f, obj_id, p)
+            else:
+                labels = p.get("point_labels", [1] * len(p["points"])) if "points" in p else None
+                meta.add_new_points_or_box(
+                    state, f, obj_id, points=p.get("points"), labels=labels, box=p.get("box")
+                )
+    expected = {}
+    with torch.inference_mode():
+        for reverse in {"both": (False, True), "reverse": (True,)}[direction]:
+            for f, ids, logits in meta.propagate_in_video(
+                state, start_frame_idx=2, reverse=reverse
+            ):
+                expected.setdefault(f, (list(ids), logits[:, 0].clone()))
+    got = list(propagate(ours, tmp_path, prompts, direction=direction))
+    assert [r.frame for r in got] == list(expected)
+    for r in got:
+        ids, logits = expected[r.frame]
+        assert r.obj_ids.tolist() == ids == sorted({i for o in prompts.values() for i in o})
+        mine = torch.nn.functional.interpolate(
+            torch.from_numpy(r.logits)[:, None], size=(H, W), mode="bilinear", align_corners=False
+        )[:, 0]
+        np.testing.assert_allclose(mine.numpy(), logits.numpy(), atol=2e-4, rtol=0)
+        theirs = logits.numpy() > 0
+        assert theirs.any(axis=(1, 2)).all()
+        for a, b in zip(r.masks, theirs, strict=True):
+            assert (a & b).sum() / (a | b).sum() >= 0.99  # pixels at logit ~0 may flip
