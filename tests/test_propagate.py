@@ -387,3 +387,20 @@ def test_equals_meta_video_predictor(meta_pair, tmp_path, case):
         assert theirs.any(axis=(1, 2)).all()
         for a, b in zip(r.masks, theirs, strict=True):
             assert (a & b).sum() / (a | b).sum() >= 0.99  # pixels at logit ~0 may flip
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_equals_cpu_with_and_without_offload(model):
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        cpu = _run(model, moving_clip(), TWO, direction="both", start_frame=3)
+        gpu = model.to("cuda")
+        for offload in (False, True):
+            got = _run(gpu, moving_clip(), TWO, direction="both", start_frame=3,
+                       offload_state_to_cpu=offload)  # fmt: skip
+            _same(cpu, got, atol=1e-4)
+    finally:
+        model.to("cpu")
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
