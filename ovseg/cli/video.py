@@ -17,8 +17,9 @@ DESCRIPTION = """\
 Segment a video into an open vocabulary, with stable object ids. INPUT is a video file (mp4,
 mov, avi, mkv, ...), a folder of frames (sorted by name) or a camera index (0 = /dev/video0).
 Keyframes get the full segmentation (the dense method and SAM's automatic grid); between them
-each object's mask is propagated with SAM prompted from its previous box and mask; new objects
-found on keyframes get new ids; an object's class is the running mean of its probabilities.
+each object's mask is propagated with SAM prompted from its previous box and mask (with a SAM 2
+model: SAM 2's video memory); new objects found on keyframes get new ids; an object's class is
+the running mean of its probabilities.
 Under OUT: labels/NNNNNN.png per frame (NNNNNN = the frame's index; class i = value i, 255 =
 unlabeled), overlay.mp4 (ids and classes drawn) and video.json (per object id its class,
 score, first and last frame; per frame each object's COCO RLE mask and box). Ctrl-C leaves
