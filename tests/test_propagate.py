@@ -138,6 +138,8 @@ def test_object_added_on_a_later_frame(model):
 
 def test_stream_equals_clip_for_first_frame_prompts(model):
     _same(_run(model, iter(moving_clip()), TWO), _run(model, moving_clip(), TWO))
+    numpy_keys = {np.int64(0): {np.int32(5): square_mask()}}
+    assert [r.obj_ids.tolist() for r in _run(model, moving_clip(3), numpy_keys)] == [[5]] * 3
 
 
 def test_reverse_both_start_and_count(model):
@@ -253,6 +255,8 @@ def test_bad_frames_and_streams(model, tmp_path):
         propagate(model, tmp_path, TWO)
     with pytest.raises(ValueError, match="all frames must share one size"):
         propagate(model, [np.zeros((H, W, 3), np.uint8), np.zeros((H, W + 1, 3), np.uint8)], TWO)
+    with pytest.raises(ValueError, match=r"must be \(T, H, W, 3\)"):
+        propagate(model, moving_clip()[0], TWO)
     with pytest.raises(ValueError, match="not a stream"):
         propagate(model, iter(moving_clip()), TWO, direction="reverse")
     with pytest.raises(ValueError, match=r"prompts on frames \[20\]: the stream ended"):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ovseg.image import load_image
 
-__all__ = ["FRAME_SUFFIXES", "ClipFrames", "open_frames"]
+__all__ = ["FRAME_SUFFIXES", "ClipFrames", "frame_paths", "open_frames"]
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -49,8 +49,7 @@ class ClipFrames:
 def open_frames(frames) -> ClipFrames | Iterator[np.ndarray]:
     """A :class:`ClipFrames` for a folder or a sequence, an iterator of frames for a stream.
 
-    A folder's images (suffixes in ``FRAME_SUFFIXES``) are ordered by the number in their names
-    when every stem is an integer ("0.jpg", "00012.jpg"), by name otherwise.
+    A folder's images are in :func:`frame_paths` order.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -59,7 +58,12 @@ def open_frames(frames) -> ClipFrames | Iterator[np.ndarray]:
     """
     if isinstance(frames, (str, os.PathLike)):
         return _open_folder(Path(frames))
-    if isinstance(frames, np.ndarray) and frames.ndim == 4:
+    if isinstance(frames, np.ndarray):
+        if frames.ndim != 4:
+            raise ValueError(
+                f"frames as one array must be (T, H, W, 3) or (T, H, W, 4), got shape "
+                f"{frames.shape}; give a single image as a list of one frame"
+            )
         frames = list(frames)
     if isinstance(frames, Sequence):
         if len(frames) == 0:
@@ -82,18 +86,31 @@ def open_frames(frames) -> ClipFrames | Iterator[np.ndarray]:
     )
 
 
-def _open_folder(folder: Path) -> ClipFrames:
+def frame_paths(folder: Path) -> list[Path]:
+    """The image files of a frame folder (suffixes in ``FRAME_SUFFIXES``), in frame order: by
+    the number in their names when every stem is an integer ("0.jpg", "00012.jpg", as Meta's
+    predictor reads a folder), by name otherwise.
+
+    Raises:
+        FileNotFoundError: no such folder.
+        ValueError: a file instead of a folder, or no images in it.
+    """
     if not folder.exists():
         raise FileNotFoundError(f"frame folder not found: {folder}")
     if not folder.is_dir():
-        raise ValueError(f"{folder} is a file; give a folder of frames, a sequence or an iterable")
+        raise ValueError(f"{folder} is a file, not a folder of frames")
     paths = [p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file()]
     if not paths:
-        raise ValueError(f"no images ({', '.join(FRAME_SUFFIXES)}) in the frame folder {folder}")
+        raise ValueError(
+            f"no images in folder {folder} (looked for {', '.join(FRAME_SUFFIXES)} files)"
+        )
     if all(p.stem.isdigit() for p in paths):
-        paths.sort(key=lambda p: (int(p.stem), p.name))
-    else:
-        paths.sort(key=lambda p: p.name)
+        return sorted(paths, key=lambda p: (int(p.stem), p.name))
+    return sorted(paths, key=lambda p: p.name)
+
+
+def _open_folder(folder: Path) -> ClipFrames:
+    paths = frame_paths(folder)
     sizes = {}
     for p in paths:
         with Image.open(p) as im:

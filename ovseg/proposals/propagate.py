@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+import numpy as np
 import torch
 
 from ovseg.proposals.frames import ClipFrames, open_frames
@@ -116,9 +117,9 @@ def _frame_keys(prompts) -> dict[int, Mapping]:
         raise ValueError("no prompts: give at least one object on one frame")
     out = {}
     for f, objs in prompts.items():
-        if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0:
             raise ValueError(f"prompt frame indices must be integers >= 0, got {f!r}")
-        out[f] = objs
+        out[int(f)] = objs
     return out
 
 

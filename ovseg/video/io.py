@@ -1,11 +1,13 @@
 """Video input and output with PyAV (``av``: FFmpeg's codecs inside the wheel).
 
-:func:`open_frames` turns a video file, a folder of frames (sorted by name), a camera index or
-an iterable of images into one iterator of ``(index, RGB uint8 (H, W, 3))``, with the frame
-selection (``start``, ``end``, ``stride``, ``max_frames``) applied and every check that needs
-no decoding (missing, unreadable, empty or truncated file; a folder without images; frames
-of different sizes) done when it is opened. :class:`VideoWriter` encodes frames to a video
-file written under a temporary name and renamed when closed.
+:func:`open_frames` turns a video file, a folder of frames (in the order of
+:func:`ovseg.proposals.frames.frame_paths`: by the numbers in their names when every name is
+one, else by name), a camera index or an iterable of images into one iterator of
+``(index, RGB uint8 (H, W, 3))``, with the frame selection (``start``, ``end``, ``stride``,
+``max_frames``) applied and every check that needs no decoding (missing, unreadable, empty or
+truncated file; a folder without images; frames of different sizes) done when it is opened.
+:class:`VideoWriter` encodes frames to a video file written under a temporary name and renamed
+when closed.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from ovseg.image import load_image
+from ovseg.proposals.frames import FRAME_SUFFIXES, frame_paths
 
 __all__ = ["FRAME_SUFFIXES", "VIDEO_SUFFIXES", "FrameSource", "VideoWriter", "open_frames"]
 
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
 DEFAULT_FPS = 10.0
 
@@ -147,11 +149,7 @@ def _checked(frames: Iterable[np.ndarray], name: str) -> Iterator[np.ndarray]:
 
 
 def _folder(path: Path, sel: dict) -> FrameSource:
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
-    if not files:
-        raise ValueError(
-            f"no images in folder {path} (looked for {', '.join(FRAME_SUFFIXES)} files)"
-        )
+    files = frame_paths(path)
     from PIL import Image
 
     try:
