@@ -96,7 +96,7 @@ def connect(address: str | None, progress: bool = False) -> Iterator:
     started = not ray.is_initialized()
     if started:
         if address is None:
-            ray.init(logging_level="warning", include_dashboard=False)
+            ray.init(address="local", logging_level="warning", include_dashboard=False)
         else:
             ray.init(address=address, logging_level="warning")
     context = ray.data.DataContext.get_current()

@@ -16,7 +16,8 @@ same command again resumes: images whose outputs are complete are not sent to th
 The manifest ``OUT/ovseg_manifest.jsonl`` has one JSON object per image: ``image`` (its
 relative name), ``uri``, ``status`` (``ok``, ``failed``, or ``done`` for outputs found from an
 earlier run that kept no manifest row), ``classes`` (the class names its label map holds),
-``error``, ``seconds`` (``read``, ``segment``, ``write``) and ``worker`` (host:pid).
+``error``, ``seconds`` (``read``, ``segment``, ``write``), ``worker`` (host:pid) and
+``finished`` (when, in seconds since the epoch).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ __all__ = ["FAULT_ENV", "MANIFEST", "SegmentWorker", "run_ray", "segment_dataset
 MANIFEST = "ovseg_manifest.jsonl"
 # Test hook: a path; the first worker call that creates this file exits its process at once.
 FAULT_ENV = "OVSEG_RAY_FAULT_ONCE"
-_COLUMNS = ("image", "uri", "status", "classes", "error", "seconds", "worker")
+_COLUMNS = ("image", "uri", "status", "classes", "error", "seconds", "worker", "finished")
 
 
 class SegmentWorker:
@@ -79,6 +80,7 @@ class SegmentWorker:
             "error": error or "",
             "seconds": json.dumps({k: round(v, 4) for k, v in seconds.items()}),
             "worker": self.worker,
+            "finished": round(time.time(), 3),
         }
 
 
@@ -124,7 +126,7 @@ def _done_row(out: Path, image, classes: list[str]) -> dict:
     labels = read_label_png(_outputs.per_image_paths(out, image.name)["labels"])
     found = _classes_found(labels, classes)
     row = {"image": image.name, "uri": str(image.path), "status": "done", "classes": found}
-    return row | {"error": None, "seconds": {}, "worker": None}
+    return row | {"error": None, "seconds": {}, "worker": None, "finished": None}
 
 
 def _write_manifest(out: Path, rows: list[dict]) -> bool:
