@@ -14,7 +14,14 @@ from dataclasses import fields, replace
 import numpy as np
 import torch
 
-from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_METHOD, TINY
+from ovseg.constants import (
+    DEFAULT_CLIP,
+    DEFAULT_METHOD,
+    DEFAULT_SAM,
+    REGION_METHOD,
+    SAM2_TINY,
+    TINY,
+)
 from ovseg.fusion import fuse, fuse_dense, fuse_regions, mask_class_scores
 from ovseg.image import load_image
 from ovseg.methods.runner import DENSE_METHODS, METHOD_OPTIONS, DenseMethod
@@ -25,11 +32,13 @@ from ovseg.models.build import (
     check_sam_spec,
     resolve_device,
 )
+from ovseg.models.sam2_weights import is_sam2_spec
 from ovseg.proposals.grid import GridOptions, automatic_masks
 from ovseg.proposals.grid import fused_attention as use_fused_attention
 from ovseg.proposals.prompts import make_prompt
 from ovseg.proposals.sam import Proposer
 from ovseg.proposals.sam2 import Sam2Proposer, is_sam2_model
+from ovseg.proposals.sam2_grid import Sam2GridOptions
 from ovseg.result import UNLABELED, SegmentationResult
 from ovseg.scoring.regions import make_scorer
 from ovseg.scoring.vocabulary import Vocabulary
@@ -37,8 +46,9 @@ from ovseg.structures import Masks, image_key
 
 METHODS = (*DENSE_METHODS, REGION_METHOD)
 REFINES = (None, "masks")
-GRID_OPTIONS = tuple(f.name for f in fields(GridOptions))
-_TINY_GRID = GridOptions(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+GRID_OPTIONS = tuple(f.name for f in fields(Sam2GridOptions))
+SAM2_GRID_OPTIONS = tuple(sorted(set(GRID_OPTIONS) - {f.name for f in fields(GridOptions)}))
+_NO_FILTERS = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
 
 class Segmenter:
@@ -70,8 +80,10 @@ class Segmenter:
             ``"crop"`` or ``"both"`` (see :mod:`ovseg.scoring.regions`), or a built scorer
             (``CropScorer(backend, margin=0.2)``: its options validated by its constructor).
         score_threshold: default minimum class probability for a mask to label pixels.
-        grid: automatic-grid options (:class:`~ovseg.proposals.grid.GridOptions`). The tiny
-            random SAM comes with the quality filters off (its predicted IoUs are meaningless).
+        grid: automatic-grid options (:class:`~ovseg.proposals.grid.GridOptions`; for SAM 2
+            :class:`~ovseg.proposals.sam2_grid.Sam2GridOptions`, the default with a SAM 2 model,
+            with Meta's SAM 2 defaults). The tiny random SAMs come with the quality filters off
+            (their predicted IoUs are meaningless).
         fused_attention: SAM's encoder attention through fused ``scaled_dot_product_attention``.
         scorer_options: passed to the scorer (e.g. ``margin``, ``fill`` for ``"crop"``).
     """
@@ -132,8 +144,12 @@ class Segmenter:
             if method in DENSE_METHODS
             else None
         )
-        self._tiny_grid = grid is None and isinstance(sam, str) and sam == TINY
-        self.grid = _TINY_GRID if self._tiny_grid else (grid or GridOptions())
+        sam2 = is_sam2_spec(sam)
+        if isinstance(grid, Sam2GridOptions) and not sam2:
+            raise ValueError("Sam2GridOptions need a SAM 2 model; use GridOptions with SAM 1")
+        self._tiny_grid = grid is None and isinstance(sam, str) and sam in (TINY, SAM2_TINY)
+        default = Sam2GridOptions() if sam2 else GridOptions()
+        self.grid = replace(default, **_NO_FILTERS) if self._tiny_grid else (grid or default)
         self._sam_spec = sam
         self._proposer: Proposer | Sam2Proposer | None = None
         if method == REGION_METHOD or refine:
@@ -264,6 +280,11 @@ class Segmenter:
         unknown = sorted(set(grid_options) - set(GRID_OPTIONS))
         if unknown:
             raise ValueError(f"unknown grid option(s) {unknown}; known: {', '.join(GRID_OPTIONS)}")
+        sam2_only = sorted(set(grid_options) & set(SAM2_GRID_OPTIONS))
+        if sam2_only and not isinstance(self.grid, Sam2GridOptions):
+            raise ValueError(
+                f"grid option(s) {sam2_only} apply to SAM 2's grid (Sam2GridOptions) only"
+            )
         return replace(self.grid, **grid_options)
 
     def region_map(self, array: np.ndarray, masks=None) -> np.ndarray | None:
@@ -288,13 +309,8 @@ class Segmenter:
         proposer = self.proposer
         proposer.set_image(array)
         options = GridOptions(**CORRCLIP_GRID)
-        if isinstance(proposer, Sam2Proposer):
-            try:  # SAM 2's generator with one mask per point, as CorrCLIP runs it
-                from ovseg.proposals.sam2_grid import Sam2GridOptions
-
-                options = Sam2GridOptions(**CORRCLIP_GRID, multimask_output=False)
-            except ImportError:
-                pass
+        if isinstance(proposer, Sam2Proposer):  # SAM 2's generator, one mask per point
+            options = Sam2GridOptions(**CORRCLIP_GRID, multimask_output=False)
         return region_id_map(automatic_masks(proposer, options).masks, array.shape[:2])
 
     def _dense_probs(

@@ -290,6 +290,18 @@ def _meta_overrides(arch) -> list[str]:
             f"++model.memory_attention.layer.{a}.feat_sizes={seq([arch.image_size // 16] * 2)}"
             for a in ("self_attention", "cross_attention")
         ),
+        # the width of the neck, the SAM heads and the memory (arch.hidden)
+        f"++model.image_encoder.neck.d_model={arch.hidden}",
+        f"++model.image_encoder.neck.position_encoding.num_pos_feats={arch.hidden}",
+        f"++model.memory_attention.d_model={arch.hidden}",
+        f"++model.memory_attention.layer.d_model={arch.hidden}",
+        *(
+            f"++model.memory_attention.layer.{a}.embedding_dim={arch.hidden}"
+            for a in ("self_attention", "cross_attention")
+        ),
+        f"++model.memory_encoder.in_dim={arch.hidden}",
+        f"++model.memory_encoder.mask_downsampler.embed_dim={arch.hidden}",
+        f"++model.memory_encoder.fuser.layer.dim={arch.hidden}",
         # Meta's post-processing settings (build_sam2_video_predictor's default) without its
         # hole filling, which needs Meta's CUDA extension and has no transformers counterpart.
         "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",

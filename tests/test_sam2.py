@@ -25,6 +25,15 @@ META_TINY = [
     "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]",
     "++model.image_encoder.trunk.window_spec=[8,4,4,4]",
     "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+    "++model.image_encoder.neck.d_model=32",
+    "++model.image_encoder.neck.position_encoding.num_pos_feats=32",
+    "++model.memory_attention.d_model=32",
+    "++model.memory_attention.layer.d_model=32",
+    "++model.memory_attention.layer.self_attention.embedding_dim=32",
+    "++model.memory_attention.layer.cross_attention.embedding_dim=32",
+    "++model.memory_encoder.in_dim=32",
+    "++model.memory_encoder.mask_downsampler.embed_dim=32",
+    "++model.memory_encoder.fuser.layer.dim=32",
 ]
 
 
@@ -42,7 +51,7 @@ def meta_tiny(seed: int = 0):
         )
         with torch.no_grad():
             for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.02)
+                p.add_(torch.randn_like(p) * 0.1)
     return model.eval()
 
 
@@ -226,3 +235,78 @@ def test_mismatched_weights_name_the_keys(meta, tmp_path):
         build_sam(f"{SAM2_TINY}:{bad}", "cpu")
     with pytest.raises(ValueError, match=r"unexpected keys \(1\): extra.weight"):
         build_sam(f"{SAM2_TINY}:{bad}", "cpu")
+
+
+OFF = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+GRID_CASES = {
+    "defaults": dict(),
+    "filters off": OFF,
+    "filters and NMS off": dict(OFF, box_nms_thresh=1.0),
+    "filters on": dict(pred_iou_thresh=0.5, stability_score_thresh=0.3, points_per_batch=5),
+    "one mask per point": dict(OFF, multimask_output=False, pred_iou_thresh=0.905),
+    "m2m": dict(use_m2m=True, pred_iou_thresh=0.5, stability_score_thresh=0.0),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(GRID_CASES))
+def test_automatic_masks_equal_meta_generator(meta, pair, image, case):
+    """Same masks, in the same order, with the same predicted IoUs as Meta's generator."""
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    from ovseg.proposals.sam2_grid import Sam2GridOptions, automatic_masks_sam2
+
+    model, _ = meta
+    ours, ref = pair
+    options = dict(points_per_side=4, **GRID_CASES[case])
+    generator = SAM2AutomaticMaskGenerator(model, **options)
+    generator.predictor._bb_feat_sizes = ref._bb_feat_sizes
+    expected = generator.generate(image)
+    got = automatic_masks_sam2(ours, Sam2GridOptions(**options))
+    assert len(got) == len(expected)
+    assert len(got) > 0 or case == "defaults"  # random weights rarely pass Meta's defaults
+    if case == "filters and NMS off":
+        assert len(got) == 3 * 16
+    if expected:
+        np.testing.assert_array_equal(got.masks, np.stack([r["segmentation"] for r in expected]))
+        scores = [r["predicted_iou"] for r in expected]
+        np.testing.assert_allclose(got.scores, scores, atol=1e-5)
+
+
+def test_grid_options():
+    from ovseg.proposals.grid import GridOptions
+    from ovseg.proposals.sam2_grid import Sam2GridOptions
+
+    o = Sam2GridOptions()
+    assert (o.points_per_side, o.points_per_batch, o.pred_iou_thresh) == (32, 64, 0.8)
+    assert (o.stability_score_thresh, o.box_nms_thresh, o.multimask_output, o.use_m2m) == (
+        0.95,
+        0.7,
+        True,
+        False,
+    )
+    assert isinstance(o, GridOptions)
+    with pytest.raises(ValueError, match="adaptive"):
+        Sam2GridOptions(adaptive=True)
+    with pytest.raises(TypeError, match="use_m2m"):
+        Sam2GridOptions(use_m2m="yes")
+
+
+def test_segmenter_with_sam2(image):
+    from ovseg.pipeline import Segmenter
+    from ovseg.proposals.sam2_grid import Sam2GridOptions
+
+    with pytest.warns(UserWarning, match="quality filters off"):
+        seg = Segmenter(SAM2_TINY, "tiny-random", device="cpu", method="sam-clip")
+    assert isinstance(seg.grid, Sam2GridOptions) and seg.grid.pred_iou_thresh == 0.0
+    assert isinstance(seg.proposer, Sam2Proposer)
+    auto = seg.propose(image, points_per_side=4, box_nms_thresh=1.0, multimask_output=False)
+    assert len(auto) == 16 and auto.masks.shape[1:] == image.shape[:2]
+    result = seg.segment(image, ["road", "car"], points_per_side=4)
+    assert result.label_map.shape == image.shape[:2]
+    clicked = seg.segment(image, ["road", "car"], points=[[30, 60]])
+    assert len(clicked.segments) <= 1
+    sam1 = Segmenter("tiny-random", "tiny-random", device="cpu", method="naclip")
+    with pytest.raises(ValueError, match="SAM 2's grid"):
+        sam1.propose(image, use_m2m=True)
+    with pytest.raises(ValueError, match="need a SAM 2 model"):
+        Segmenter("tiny-random", "tiny-random", device="cpu", grid=Sam2GridOptions())

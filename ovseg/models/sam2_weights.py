@@ -59,6 +59,8 @@ class Sam2Arch:
     window_spec: tuple[int, ...] = (8, 4, 14, 7)
     version: str = "2.1"
     image_size: int = 1024
+    hidden: int = 256  # width of the neck, prompt encoder, mask decoder and memory attention
+    memory: int = 64  # channels of the memory encoder's output (transformers fixes it at 64)
 
 
 _SIZES = {
@@ -88,6 +90,7 @@ SAM2_ARCHS[SAM2_TINY] = Sam2Arch(
     window_pos_embed_bkg=(4, 4),
     window_spec=(8, 4, 4, 4),
     image_size=256,
+    hidden=32,
 )
 
 
@@ -117,14 +120,25 @@ def sam2_config(name: str, *, video: bool = False):
         backbone_config=backbone,
         backbone_channel_list=dims[::-1],
         backbone_feature_sizes=[[side // s, side // s] for s in (4, 8, 16)],
+        fpn_hidden_size=a.hidden,
     )
-    prompt = dict(image_size=side, patch_size=16)
+    prompt = dict(image_size=side, patch_size=16, hidden_size=a.hidden)
+    decoder = dict(hidden_size=a.hidden)
     if not video:
-        return Sam2Config(vision_config=vision, prompt_encoder_config=prompt)
+        return Sam2Config(
+            vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder
+        )
     v21 = a.version == "2.1"
     return Sam2VideoConfig(
         vision_config=vision,
         prompt_encoder_config=prompt,
+        mask_decoder_config=decoder,
+        memory_attention_hidden_size=a.hidden,
+        memory_encoder_hidden_size=a.hidden,
+        memory_encoder_output_channels=a.memory,
+        mask_downsampler_embed_dim=a.hidden,
+        memory_fuser_embed_dim=a.hidden,
+        memory_fuser_intermediate_dim=4 * a.hidden,
         image_size=side,
         memory_attention_rope_feat_sizes=[side // 16, side // 16],
         enable_temporal_pos_encoding_for_object_pointers=v21,

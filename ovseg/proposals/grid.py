@@ -71,7 +71,17 @@ class _LowRes:
 
 
 def automatic_masks(proposer: Proposer, options: GridOptions = GridOptions()) -> Masks:
-    """Grid proposals for the image set on ``proposer``; masks sorted by predicted IoU."""
+    """Grid proposals for the image set on ``proposer``; masks sorted by predicted IoU.
+
+    A SAM 2 proposer (:class:`~ovseg.proposals.sam2.Sam2Proposer`) goes to
+    :func:`~ovseg.proposals.sam2_grid.automatic_masks_sam2` (Meta's SAM 2 generator's semantics).
+    """
+    from ovseg.proposals.sam2 import Sam2Proposer
+
+    if isinstance(proposer, Sam2Proposer):
+        from ovseg.proposals.sam2_grid import automatic_masks_sam2
+
+        return automatic_masks_sam2(proposer, options)
     with proposer.lock, torch.inference_mode():
         h, w = proposer.image_shape
         if options.adaptive and options.points_per_side >= 4:
@@ -216,8 +226,11 @@ def fused_attention(sam, enabled: bool = True) -> int:
     back to ``segment_anything``'s own forward (``enabled=False``).
 
     The patch is per instance (other SAM models are untouched) and exact up to float rounding
-    (about 1e-6 relative on the image embedding). Returns the number of layers switched.
+    (about 1e-6 relative on the image embedding). Returns the number of layers switched (0 for
+    a model without SAM 1's encoder, e.g. SAM 2, whose ``transformers`` attention is fused).
     """
+    if not hasattr(sam, "image_encoder"):
+        return 0
     layers = [m for m in sam.image_encoder.modules() if isinstance(m, _EncoderAttention)]
     for layer in layers:
         if enabled:
@@ -229,6 +242,8 @@ def fused_attention(sam, enabled: bool = True) -> int:
 
 def uses_fused_attention(sam) -> bool:
     """Whether :func:`fused_attention` is on for ``sam``'s image encoder."""
+    if not hasattr(sam, "image_encoder"):
+        return False
     return any(
         "forward" in m.__dict__
         for m in sam.image_encoder.modules()
