@@ -25,15 +25,15 @@ META_TINY = [
     "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]",
     "++model.image_encoder.trunk.window_spec=[8,4,4,4]",
     "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
-    "++model.image_encoder.neck.d_model=32",
-    "++model.image_encoder.neck.position_encoding.num_pos_feats=32",
-    "++model.memory_attention.d_model=32",
-    "++model.memory_attention.layer.d_model=32",
-    "++model.memory_attention.layer.self_attention.embedding_dim=32",
-    "++model.memory_attention.layer.cross_attention.embedding_dim=32",
-    "++model.memory_encoder.in_dim=32",
-    "++model.memory_encoder.mask_downsampler.embed_dim=32",
-    "++model.memory_encoder.fuser.layer.dim=32",
+    "++model.image_encoder.neck.d_model=128",
+    "++model.image_encoder.neck.position_encoding.num_pos_feats=128",
+    "++model.memory_attention.d_model=128",
+    "++model.memory_attention.layer.d_model=128",
+    "++model.memory_attention.layer.self_attention.embedding_dim=128",
+    "++model.memory_attention.layer.cross_attention.embedding_dim=128",
+    "++model.memory_encoder.in_dim=128",
+    "++model.memory_encoder.mask_downsampler.embed_dim=128",
+    "++model.memory_encoder.fuser.layer.dim=128",
 ]
 
 
@@ -237,14 +237,15 @@ def test_mismatched_weights_name_the_keys(meta, tmp_path):
         build_sam(f"{SAM2_TINY}:{bad}", "cpu")
 
 
+MEDIAN = "median"  # pred_iou_thresh: the median predicted IoU of the candidates
 OFF = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
 GRID_CASES = {
     "defaults": dict(),
     "filters off": OFF,
     "filters and NMS off": dict(OFF, box_nms_thresh=1.0),
-    "filters on": dict(pred_iou_thresh=0.5, stability_score_thresh=0.3, points_per_batch=5),
-    "one mask per point": dict(OFF, multimask_output=False, pred_iou_thresh=0.905),
-    "m2m": dict(use_m2m=True, pred_iou_thresh=0.5, stability_score_thresh=0.0),
+    "filters on": dict(pred_iou_thresh=MEDIAN, stability_score_thresh=0.3, points_per_batch=5),
+    "one mask per point": dict(OFF, multimask_output=False, pred_iou_thresh=MEDIAN),
+    "m2m": dict(OFF, use_m2m=True, pred_iou_thresh=MEDIAN),
 }  # fmt: skip
 
 
@@ -258,6 +259,10 @@ def test_automatic_masks_equal_meta_generator(meta, pair, image, case):
     model, _ = meta
     ours, ref = pair
     options = dict(points_per_side=4, **GRID_CASES[case])
+    if options.get("pred_iou_thresh") == MEDIAN:  # so that about half the candidates pass
+        every = dict(options, **OFF, box_nms_thresh=1.0, use_m2m=False)
+        scores = automatic_masks_sam2(ours, Sam2GridOptions(**every)).scores
+        options["pred_iou_thresh"] = float(np.median(scores))
     generator = SAM2AutomaticMaskGenerator(model, **options)
     generator.predictor._bb_feat_sizes = ref._bb_feat_sizes
     expected = generator.generate(image)

@@ -90,7 +90,7 @@ SAM2_ARCHS[SAM2_TINY] = Sam2Arch(
     window_pos_embed_bkg=(4, 4),
     window_spec=(8, 4, 4, 4),
     image_size=256,
-    hidden=32,
+    hidden=128,  # transformers' video model needs it wider than the memory (64)
 )
 
 
