@@ -101,6 +101,12 @@ def test_interrupted_run_resumes_to_the_same_outputs(clip_inputs, reference_run,
     same(outputs(out), reference_run)
     assert not (out / ".video_state.npz").exists()
     assert main(args) == 0 and "complete already" in capsys.readouterr().err
+    # killed before any checkpoint of its state (no .video_state.npz): the rerun starts over
+    data = json.loads((out / "video.json").read_text())
+    data["ovseg"]["complete"] = False
+    (out / "video.json").write_text(json.dumps(data))
+    assert main(args) == 0 and "resuming" not in capsys.readouterr().err
+    same(outputs(out), reference_run)
     other = ["video", str(clip_inputs / "clip.mkv"), "-o", str(out), *OPTS, "--stride", "2"]
     assert main(other) == 2 and "other settings" in capsys.readouterr().err
 
@@ -118,6 +124,10 @@ def test_bad_inputs_are_named(clip_inputs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    assert main(["video", str(clip_inputs / "frames"), "-o", str(tmp_path / "foreign"), *OPTS]) == 2
+    assert "holds files no video.json explains" in capsys.readouterr().err
     assert main(["video", str(clip_inputs / "frames"), "-o", str(tmp_path / "o"), *OPTS,
                  "--stuff", "water"]) == 2  # fmt: skip
     assert "--stuff names ['water']" in capsys.readouterr().err
