@@ -155,9 +155,11 @@ def test_camvid_clip_h264(camvid_dir, tmp_path):
 def test_readme_video_block(clip_inputs):
     """The README's Python video example, with the tiny models."""
     import ovseg
+    from ovseg.proposals.grid import GridOptions
     from ovseg.video import VideoStream
 
-    seg = ovseg.Segmenter(sam="tiny-random", clip="tiny-random")
+    grid = GridOptions(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
+    seg = ovseg.Segmenter(sam="tiny-random", clip="tiny-random", grid=grid)  # a small grid
     clip = str(clip_inputs / "clip.mkv")
     results = seg.segment_video(clip, ["road", "car", "person"], stuff=["road"],
                                 keyframe_every=10, stride=1, max_frames=None)  # fmt: skip
