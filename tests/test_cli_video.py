@@ -169,3 +169,31 @@ def test_readme_video_block(clip_inputs):
     stream = VideoStream(seg, ["person", "car"])
     frame = np.asarray(Image.open(sorted((clip_inputs / "frames").iterdir())[0]))
     assert stream.step(frame).shape == (64, 96)
+
+
+def test_sam2_video_and_its_rerun(clip_inputs, tmp_path, monkeypatch, capsys):
+    """With SAM 2 the objects propagate with its video memory; its memory is not saved, so an
+    interrupted run starts over when rerun, to the same outputs."""
+    from ovseg.video.stream import VideoStream
+
+    opts = [*OPTS, "--sam", "sam2-tiny-random", "--max-frames", "5"]
+    src = str(clip_inputs / "clip.mkv")
+    assert main(["video", src, "-o", str(tmp_path / "a"), *opts]) == 0
+    expected = outputs(tmp_path / "a")
+    assert len(expected[1]) == expected[2] == 5
+    step, calls = VideoStream.step, {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(VideoStream, "step", interrupted)
+    assert main(["video", src, "-o", str(tmp_path / "b"), *opts]) == 130
+    assert not (tmp_path / "b" / ".video_state.npz").exists()
+    monkeypatch.setattr(VideoStream, "step", step)
+    capsys.readouterr()
+    assert main(["video", src, "-o", str(tmp_path / "b"), *opts]) == 0
+    assert "resuming" not in capsys.readouterr().err
+    same(outputs(tmp_path / "b"), expected)
