@@ -259,3 +259,71 @@ def fuse_regions(
         segment_map=segment_map,
         image=image,
     )
+
+
+def fuse_labelled(
+    labels: np.ndarray,
+    confidence: np.ndarray,
+    classes: list[str],
+    *,
+    masks: np.ndarray,
+    mask_classes: np.ndarray,
+    proposal_scores: np.ndarray,
+    image: np.ndarray | None = None,
+) -> SegmentationResult:
+    """A final label map (kept as given) with the masks behind it as instances.
+
+    For a method that labels pixels itself from class-tagged masks (Trident's SAM refinement):
+    each mask, highest proposal score first, owns its pixels that carry its class and no
+    earlier mask owns (masks of classes outside ``[0, K)`` are skipped); the labelled pixels
+    left become one segment per class. A segment's score is the mean ``confidence`` over it.
+
+    Args:
+        labels: int (H, W), class indices or ``UNLABELED``.
+        confidence: float (H, W) in [0, 1], the score of each pixel's label.
+        classes: the K class names.
+        masks: bool (N, H, W); mask_classes: int (N,); proposal_scores: float (N,).
+        image: optional RGB uint8 (H, W, 3).
+    """
+    labels = np.asarray(labels).astype(np.int32)
+    confidence = np.asarray(confidence, dtype=np.float32)
+    masks = np.asarray(masks, dtype=bool)
+    n = masks.shape[0]
+    if confidence.shape != labels.shape or masks.shape[1:] != labels.shape:
+        raise ValueError("labels, confidence and masks must share (H, W)")
+    if len(mask_classes) != n or len(proposal_scores) != n:
+        raise ValueError("mask_classes and proposal_scores need one entry per mask")
+    k = len(classes)
+    segments: list[Segment] = []
+    segment_map = np.full(labels.shape, -1, np.int32)
+
+    def add(own: np.ndarray, c: int, proposal: float) -> None:
+        segment_map[own] = len(segments)
+        segments.append(
+            Segment(
+                id=len(segments) + 1,
+                mask=own,
+                class_index=c,
+                score=float(confidence[own].mean()),
+                box=tuple(int(v) for v in masks_to_boxes(own[None])[0]),
+                area=int(own.sum()),
+                proposal_score=proposal,
+            )
+        )
+
+    for i in np.argsort(-np.asarray(proposal_scores, np.float32), kind="stable"):
+        c = int(mask_classes[i])
+        own = masks[i] & (labels == c) & (segment_map < 0)
+        if 0 <= c < k and own.any():
+            add(own, c, float(proposal_scores[i]))
+    rest = (segment_map < 0) & (labels != UNLABELED)
+    for c in np.unique(labels[rest]):
+        add(rest & (labels == c), int(c), 0.0)
+    return SegmentationResult(
+        label_map=labels,
+        confidence=confidence,
+        classes=list(classes),
+        segments=segments,
+        segment_map=segment_map,
+        image=image,
+    )

@@ -22,9 +22,9 @@ from ovseg.constants import (
     SAM2_TINY,
     TINY,
 )
-from ovseg.fusion import fuse, fuse_dense, fuse_regions, mask_class_scores
+from ovseg.fusion import fuse, fuse_dense, fuse_labelled, fuse_regions, mask_class_scores
 from ovseg.image import load_image
-from ovseg.methods.runner import DENSE_METHODS, METHOD_OPTIONS, DenseMethod
+from ovseg.methods.runner import DENSE_METHODS, METHOD_OPTIONS, DenseMethod, needs_sam
 from ovseg.models.build import (
     build_clip,
     build_dino,
@@ -110,7 +110,7 @@ class Segmenter:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if refine not in REFINES:
             raise ValueError(f"refine must be one of {REFINES}, got {refine!r}")
-        if sam is None and (method == REGION_METHOD or refine):
+        if sam is None and (method == REGION_METHOD or refine or needs_sam(method)):
             raise ValueError(f"method={method!r} with refine={refine!r} needs a SAM model")
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
@@ -180,7 +180,8 @@ class Segmenter:
             else:
                 if self.fused_attention:
                     use_fused_attention(model)
-                self._proposer = Proposer(model)
+                keep = self.dense is not None and self.dense.uses_sam  # Trident reads SAM's
+                self._proposer = Proposer(model, keep_block_input=keep)  # last encoder block
         return self._proposer
 
     @property
@@ -330,8 +331,9 @@ class Segmenter:
             return self._probs_cache[1]
         text = vocab.text_embeddings(self.clip)
         entries = len(vocab.classes) + len(vocab.background)
+        sam = self.proposer if self.dense.uses_sam else None
         probs = self.dense.probabilities(
-            array, text, vocab.owners.tolist(), entries, config, regions=regions
+            array, text, vocab.owners.tolist(), entries, config, regions=regions, sam=sam
         )
         self._probs_cache = (key, probs)
         return probs
@@ -375,10 +377,11 @@ class Segmenter:
         probs = self._dense_probs(array, vocab, options)[: len(vocab)].cpu().numpy()
         return mask_class_scores(masks.masks, probs)
 
-    def _labels(self, probs: torch.Tensor, k: int, options: dict, regions=None) -> np.ndarray:
+    def _labels(self, image: np.ndarray, probs: torch.Tensor, k: int, options: dict, regions=None):
         """The method's prediction rule (:func:`~ovseg.methods.dense.predict_labels`: SCLIP's
         area rule, argmax, probability threshold) with ovseg's vocabulary: the background names
-        act as one background class (their best probability), and it becomes UNLABELED."""
+        act as one background class (their best probability), and it becomes UNLABELED. Then
+        the method's own SAM refinement, if it has one. Returns ``(labels, refinement)``."""
         from ovseg.methods.dense import predict_labels
 
         if probs.shape[0] > k:
@@ -386,10 +389,15 @@ class Segmenter:
         else:
             background = probs.new_zeros((1, *probs.shape[1:]))
         config = self.dense.config(**options)
-        labels = predict_labels(torch.cat([probs[:k], background]), config, background_class=k)
+        full = torch.cat([probs[:k], background])
+        labels = predict_labels(full, config, background_class=k)
+        refinement = None
+        if self.dense.uses_sam:
+            refinement = self.dense.refine(image, full, labels, config, self.proposer)
+            labels = torch.from_numpy(refinement.labels)
         labels = self.dense.refine_labels(labels.cpu().numpy().astype(np.int32), regions)
         labels[labels == k] = UNLABELED
-        return labels
+        return labels, refinement
 
     def segment(
         self, image, classes, *, points=None, point_labels=None, boxes=None, mask_input=None,
@@ -459,13 +467,23 @@ class Segmenter:
         painted in the class of highest mean probability inside each (see
         :func:`ovseg.fusion.fuse_dense`). Dense methods only. A method that uses regions
         (CorrCLIP) takes their id map ``regions`` and, without ``masks``, returns its regions
-        as the segments (:func:`ovseg.fusion.fuse_regions`)."""
+        as the segments (:func:`ovseg.fusion.fuse_regions`); one that refines with SAM itself
+        (Trident) returns the SAM masks it kept (:func:`ovseg.fusion.fuse_labelled`)."""
+        k = len(vocab)
         with self.lock:
             probs = self._dense_probs(image, vocab, method_options, regions)
-            labels = self._labels(probs, len(vocab), method_options, regions)
+            labels, refinement = self._labels(image, probs, k, method_options, regions)
         if regions is not None and masks is None:
-            return fuse_regions(labels, probs[: len(vocab)].cpu().numpy(), vocab.classes,
+            return fuse_regions(labels, probs[:k].cpu().numpy(), vocab.classes,
                                 regions, image=image)  # fmt: skip
+        if refinement is not None and masks is None:
+            own = np.take_along_axis(refinement.scores, np.clip(labels, 0, k)[None], 0)[0]
+            dense = probs[:k].cpu().numpy()
+            coarse = np.take_along_axis(dense, np.clip(labels, 0, k - 1)[None], 0)[0]
+            confidence = np.where(labels == UNLABELED, 0.0, np.where(own > 0, own, coarse))
+            return fuse_labelled(labels, np.clip(confidence, 0.0, 1.0), vocab.classes,
+                                 masks=refinement.masks, mask_classes=refinement.mask_classes,
+                                 proposal_scores=refinement.mask_scores, image=image)  # fmt: skip
         return fuse_dense(
             labels,
             probs[: len(vocab)].cpu().numpy(),

@@ -210,8 +210,10 @@ def _methods_markdown(c: dict, s: dict, m: dict) -> list[str]:
     kinds = c["scorers"]
     plain = s["stages"]["end_to_end"]["plain"]
     dino = any(row["method"] == "proxyclip" for row in s["methods"].values())
+    sam = any(row["method"] == "trident" for row in s["methods"].values())
     lines = [
-        "## Dense methods (no SAM)",
+        "## Dense methods"
+        + (" (Trident with its SAM encoder and refinement)" if sam else " (no SAM)"),
         "",
         f"Per image: the method's pixel probabilities on an image it has not seen (the "
         "Segmenter's probability cache cleared), then its labels and result "

@@ -244,31 +244,40 @@ def build(config: BenchConfig):
 
 
 def build_methods(config: BenchConfig, clip, device) -> tuple[dict, dict[str, str]]:
-    """One SAM-free Segmenter per dense method, sharing ``clip`` (and one DINO for ProxyCLIP).
+    """One Segmenter per dense method, sharing ``clip`` (and one DINO per architecture:
+    ``config.dino`` for ProxyCLIP, ViT-B/16 for Trident). Methods that run SAM themselves
+    (Trident) get ``config.sam``; the others none.
 
     Returns ({name: Segmenter}, {name: error}): a method that cannot be built is reported, not
     fatal, so one failing method does not lose the rest of a long run."""
     import warnings
 
-    from ovseg.methods.runner import needs_dino
+    from ovseg.methods.runner import needs_dino, needs_sam
     from ovseg.models.build import build_dino
     from ovseg.pipeline import Segmenter
 
-    segmenters, errors, dino = {}, {}, None
+    segmenters, errors, dinos = {}, {}, {}
     for name in config.methods:
         try:
-            if needs_dino(name) and dino is None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # random weights: timing only
-                    dino = build_dino(config.dino, device, random_weights=not config.tiny)
-            segmenters[name] = Segmenter(
-                None,
-                clip,
-                device,
-                method=name,
-                dino=dino if needs_dino(name) else None,
-                random_weights=not config.tiny,
-            )
+            spec = None
+            if needs_dino(name):
+                spec = "tiny-random" if config.tiny else config.dino
+                if name == "trident" and not config.tiny:
+                    spec = "dino_vitb16"  # Trident's own DINO
+                if spec not in dinos:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)  # random weights: timing
+                        dinos[spec] = build_dino(spec, device, random_weights=not config.tiny)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # random weights: timing only
+                segmenters[name] = Segmenter(
+                    config.sam if needs_sam(name) else None,
+                    clip,
+                    device,
+                    method=name,
+                    dino=dinos.get(spec),
+                    random_weights=not config.tiny,
+                )
         except Exception as e:  # noqa: BLE001 - reported in the results, the run goes on
             errors[name] = _error(e)
     return segmenters, errors
@@ -317,6 +326,8 @@ def _run_method(seg, image, classes, options: dict, device, regions=None) -> dic
     if regions is not None:
         options = {**options, "masks": regions}
     seg._probs_cache = None
+    if seg._proposer is not None:  # a method with SAM (Trident) pays its encoder every image
+        seg._proposer.clear_cache()
     with _Peak(device) as peak:
         _, t_probs = _timed(lambda: seg.pixel_probabilities(image, classes, **options), device)
         cached = seg._probs_cache

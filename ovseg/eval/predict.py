@@ -170,11 +170,11 @@ class Predictor:
             segmenter = _SamOnly(config.sam, device, config.random_weights)  # no CLIP needed
         dense = config.method != REGION_METHOD and config.scorer != "oracle"
         options = {} if config.window is None else {"window": config.window}
-        from ovseg.methods.runner import REGION_METHODS
+        from ovseg.methods.runner import REGION_METHODS, needs_sam
 
         regions = dense and config.method in REGION_METHODS  # CorrCLIP: SAM regions
         self.segmenter = segmenter or Segmenter(
-            None if dense and not regions else config.sam,
+            None if dense and not regions and not needs_sam(config.method) else config.sam,
             config.clip,
             device,
             dino=config.dino,
@@ -231,11 +231,16 @@ class Predictor:
             text, owners, config = self.dense
             method = self.segmenter.dense
             regions = self.segmenter.region_map(image) if method.uses_regions else None
+            sam = self.segmenter.proposer if method.uses_sam else None
             probs = method.probabilities(
-                image, text, owners, len(ds.classes), config, regions=regions
+                image, text, owners, len(ds.classes), config, regions=regions, sam=sam
             )
-            pred = predict_labels(probs, config, ds.background_index).cpu().numpy()
-            pred = method.refine_labels(pred, regions)
+            pred = predict_labels(probs, config, ds.background_index)
+            if method.uses_sam:  # the method's own SAM refinement (Trident)
+                import torch
+
+                pred = torch.from_numpy(method.refine(image, probs, pred, config, sam).labels)
+            pred = method.refine_labels(pred.cpu().numpy(), regions)
             return resize_labels(pred.astype(np.int64), label.shape)
         small = resize_short_side(image, cfg.short_side)
         if cfg.scorer == "oracle":

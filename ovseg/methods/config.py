@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 __all__ = ["DATASETS", "METHODS", "MethodConfig", "method_config"]
 
-METHODS = ("sclip", "clearclip", "naclip", "proxyclip", "corrclip")
+METHODS = ("sclip", "clearclip", "naclip", "proxyclip", "corrclip", "trident")
 DATASETS = (
     "voc21",
     "context60",
@@ -45,6 +45,17 @@ ATTENTIONS = {
     "naclip": ("naclip",),
     "proxyclip": ("proxy",),
     "corrclip": ("corrclip",),
+    "trident": ("trident",),
+}
+# Options that only one method reads: given for another method they are an error.
+METHOD_ONLY = {
+    "cos_fac": "trident",
+    "refine_neg_cos": "trident",
+    "coarse_thresh": "trident",
+    "minimal_area": "trident",
+    "sam_iou_thresh": "trident",
+    "sam_mask_coeff": "trident",
+    "sam_halves": "trident",
 }
 
 
@@ -73,6 +84,15 @@ class MethodConfig:
             the method's own (``"csa"``, ``"clearclip"``, ``"naclip"``).
         batch_windows: windows per forward pass (>= 1; memory knob, no effect on numbers).
         beta, gamma: ProxyCLIP's proxy attention ``(S - beta * mean(S)) * gamma`` (finite).
+        cos_fac: Trident's SAM similarity threshold factor (finite; 0 keeps every positive
+            cosine).
+        refine_neg_cos: Trident: a negative threshold stays (True) or becomes 0.6 (False).
+        coarse_thresh: Trident's refinement: minimum probability of a prompting pixel and
+            class, in ``[0, 1]``.
+        minimal_area: Trident: minimum half-resolution area of a prompting region (int >= 0).
+        sam_iou_thresh: Trident: SAM masks with predicted IoU above it refine (finite).
+        sam_mask_coeff: Trident: scale of the dense mask prompt (finite, >= 0).
+        sam_halves: Trident: SAM sees the left and right halves separately (Cityscapes).
     """
 
     method: str
@@ -92,6 +112,13 @@ class MethodConfig:
     batch_windows: int = 16
     beta: float = 1.2
     gamma: float = 3.0
+    cos_fac: float = 1.2
+    refine_neg_cos: bool = True
+    coarse_thresh: float = 0.2
+    minimal_area: int = 225
+    sam_iou_thresh: float = 0.8
+    sam_mask_coeff: float = 0.005
+    sam_halves: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -151,9 +178,18 @@ def _validate(cfg: MethodConfig) -> None:
         raise ValueError(
             f"pamr_dilations must be a non-empty tuple of ints >= 1, got {cfg.pamr_dilations!r}"
         )
-    for name in ("beta", "gamma"):
+    for name in ("beta", "gamma", "cos_fac", "sam_iou_thresh"):
         if not _is_real(getattr(cfg, name)):
             raise ValueError(f"{name} must be a finite float, got {getattr(cfg, name)!r}")
+    if not _is_real(cfg.coarse_thresh) or not 0 <= cfg.coarse_thresh <= 1:
+        raise ValueError(f"coarse_thresh must be a float in [0, 1], got {cfg.coarse_thresh!r}")
+    if not _is_int(cfg.minimal_area) or cfg.minimal_area < 0:
+        raise ValueError(f"minimal_area must be an int >= 0, got {cfg.minimal_area!r}")
+    if not _is_real(cfg.sam_mask_coeff) or cfg.sam_mask_coeff < 0:
+        raise ValueError(f"sam_mask_coeff must be a finite float >= 0, got {cfg.sam_mask_coeff!r}")
+    for name in ("refine_neg_cos", "sam_halves"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
     if not _is_real(cfg.gaussian_std) or cfg.gaussian_std <= 0:
         raise ValueError(f"gaussian_std must be a finite float > 0, got {cfg.gaussian_std!r}")
     if cfg.attention is not None and cfg.attention not in ATTENTIONS[cfg.method]:
@@ -174,6 +210,9 @@ _DEFAULTS: dict[str, dict[str, object]] = {
                       pad_multiple=56, beta=1.2, gamma=3.0, attention="proxy", batch_windows=4),
     "corrclip": dict(short_side=336, slide_crop=336, slide_stride=112, logit_scale=40.0,
                      pad_multiple=56, attention="corrclip", batch_windows=1),
+    "trident": dict(short_side=448, slide_crop=336, slide_stride=224, logit_scale=40.0,
+                    beta=1.2, gamma=3.0, attention="trident", cos_fac=1.2, coarse_thresh=0.2,
+                    minimal_area=225, sam_iou_thresh=0.8, sam_mask_coeff=0.005),
 }  # fmt: skip
 
 _PER_DATASET: dict[str, dict[str, dict[str, object]]] = {
@@ -203,6 +242,18 @@ _PER_DATASET: dict[str, dict[str, dict[str, object]]] = {
         "coco_object": dict(prob_threshold=0.25),
         "cityscapes": dict(short_side=448, slide_crop=224, slide_stride=112),
         "ade20k": dict(short_side=448),
+    },
+    "trident": {
+        "voc21": dict(prob_threshold=0.2, coarse_thresh=0.2),
+        "context60": dict(short_side=576, prob_threshold=0.15, coarse_thresh=0.15),
+        "coco_object": dict(prob_threshold=0.25, coarse_thresh=0.25),
+        "voc20": dict(short_side=336, slide_stride=112, cos_fac=0.0, coarse_thresh=0.2),
+        "context59": dict(short_side=576, coarse_thresh=0.15),
+        "coco_stuff": dict(coarse_thresh=0.05),
+        "cityscapes": dict(
+            short_side=688, cos_fac=3.0, refine_neg_cos=False, coarse_thresh=0.10, sam_halves=True
+        ),
+        "ade20k": dict(short_side=576, refine_neg_cos=False, coarse_thresh=0.05),
     },
     "naclip": {
         "voc21": dict(prob_threshold=0.1, slide_crop=None),
@@ -237,6 +288,11 @@ def method_config(method: str, dataset: str | None = None, **overrides: object) 
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
+    foreign = sorted(n for n in overrides if METHOD_ONLY.get(n, method) != method)
+    if foreign:
+        raise ValueError(
+            f"option(s) {foreign} apply only to {sorted({METHOD_ONLY[n] for n in foreign})}"
+        )
     values: dict[str, object] = dict(_DEFAULTS[method])
     if dataset is not None:
         values.update(_PER_DATASET[method].get(dataset, {}))

@@ -66,7 +66,9 @@ from ovseg.methods.slide import slide_logits
 
 __all__ = [
     "dino_input_from_clip",
+    "dino_window_features",
     "proxy_attention",
+    "proxy_similarity_mean",
     "proxyclip_logits",
     "proxyclip_probabilities",
     "proxyclip_probabilities_from_config",
@@ -124,12 +126,28 @@ def dino_input_from_clip(
     return out
 
 
-def proxy_attention(features: Tensor, beta: float = 1.2, gamma: float = 3.0) -> Tensor:
+def _cosine(features: Tensor) -> Tensor:
+    f = F.normalize(features.float().flatten(2), dim=1)
+    return torch.einsum("bcm,bcn->bmn", f, f)
+
+
+def proxy_similarity_mean(features: Tensor) -> Tensor:
+    """Per crop the mean of the feature cosine matrix ``S``: ``(B, C, gh, gw)`` -> ``(B,)``."""
+    if not isinstance(features, Tensor) or features.ndim != 4:
+        raise ValueError("features must be a (B, C, gh, gw) tensor")
+    return _cosine(features).mean(dim=(1, 2))
+
+
+def proxy_attention(
+    features: Tensor, beta: float = 1.2, gamma: float = 3.0, mean: Tensor | None = None
+) -> Tensor:
     """ProxyCLIP's attention from vision-foundation-model features.
 
     Args:
         features: ``(B, C, gh, gw)`` (any float dtype; computed in float32).
         beta, gamma: ``S = (S - beta * mean(S)) * gamma``.
+        mean: ``mean(S)`` to use instead of each crop's own (Trident: one mean over all the
+            windows of an image, see :func:`proxy_similarity_mean`).
 
     Returns:
         ``(B, N, N)`` float32, ``N = gh * gw`` (row-major): per crop ``S`` the cosine of the
@@ -139,12 +157,24 @@ def proxy_attention(features: Tensor, beta: float = 1.2, gamma: float = 3.0) -> 
     if not isinstance(features, Tensor) or features.ndim != 4:
         raise ValueError("features must be a (B, C, gh, gw) tensor")
     beta, gamma = _finite(beta, "beta"), _finite(gamma, "gamma")
-    f = F.normalize(features.float().flatten(2), dim=1)
-    sim = torch.einsum("bcm,bcn->bmn", f, f)
-    mean = sim.mean(dim=(1, 2), keepdim=True)
+    sim = _cosine(features)
+    if mean is None:
+        mean = sim.mean(dim=(1, 2), keepdim=True)
     sim = (sim - mean * beta) * gamma
     sim = sim.masked_fill(sim < 0.0, float("-inf"))
     return torch.softmax(sim, dim=-1)
+
+
+def dino_window_features(
+    dino: nn.Module,
+    crops: Tensor,
+    clip_mean: Sequence[float] = OPENAI_MEAN,
+    clip_std: Sequence[float] = OPENAI_STD,
+) -> Tensor:
+    """DINO's final-norm feature map ``(B, C, Hd, Wd)`` of CLIP-normalised crops (re-normalised
+    for DINO by :func:`dino_input_from_clip`)."""
+    dino_in = dino_input_from_clip(crops, clip_mean, clip_std).to(dino.pos_embed.dtype)
+    return dino_feature_map(dino, dino_in)
 
 
 def proxyclip_window_features(
@@ -156,6 +186,9 @@ def proxyclip_window_features(
     *,
     clip_mean: Sequence[float] = OPENAI_MEAN,
     clip_std: Sequence[float] = OPENAI_STD,
+    features: Tensor | None = None,
+    sim_mean: Tensor | None = None,
+    project: bool = True,
 ) -> Tensor:
     """ProxyCLIP's projected patch features of a batch of windows, on the DINO grid.
 
@@ -167,10 +200,14 @@ def proxyclip_window_features(
         beta, gamma: proxy-attention parameters (ProxyCLIP: 1.2, 3.0).
         clip_mean, clip_std: the 0-1 scale constants used to undo the CLIP normalisation for
             DINO (ProxyCLIP: always the OpenAI ones).
+        features: DINO's feature map of these crops, ``(B, C, Hd, Wd)``, when already computed.
+        sim_mean: ``mean(S)`` for :func:`proxy_attention` (None: each crop's own).
+        project: False stops after ``out_proj`` (Trident aggregates further before ``ln_post``).
 
     Returns:
         ``(B, D, h // pd, w // pd)`` float32 (``pd`` DINO's patch size, ``D`` CLIP's embedding
-        width), ``ln_post(out_proj(A v)) @ proj``, not normalised.
+        width), ``ln_post(out_proj(A v)) @ proj``, not normalised; with ``project=False``,
+        ``out_proj(A v)`` with ``D`` CLIP's width.
     """
     crops = _check_crops(crops)
     beta, gamma = _finite(beta, "beta"), _finite(gamma, "gamma")
@@ -181,11 +218,11 @@ def proxyclip_window_features(
         _, _, v = last_block_qkv(block, tokens)  # (B, heads, 1 + gh * gw, head_dim)
         b, heads, _, head_dim = v.shape
 
-        dino_in = dino_input_from_clip(crops, clip_mean, clip_std)
-        dino_in = dino_in.to(dino.pos_embed.dtype)
-        feats = dino_feature_map(dino, dino_in)  # (B, C, Hd, Wd)
+        feats = features
+        if feats is None:
+            feats = dino_window_features(dino, crops, clip_mean, clip_std)
         hd, wd = feats.shape[-2:]
-        attn = proxy_attention(feats, beta, gamma).to(v.dtype)  # (B, Nd, Nd)
+        attn = proxy_attention(feats, beta, gamma, sim_mean).to(v.dtype)  # (B, Nd, Nd)
 
         v = v[:, :, 1:].reshape(b * heads, gh, gw, head_dim).permute(0, 3, 1, 2)
         v = F.interpolate(v, size=(hd, wd), mode="bilinear", align_corners=False)
@@ -193,6 +230,8 @@ def proxyclip_window_features(
         out = torch.matmul(attn.unsqueeze(1), v)  # (B, heads, Nd, head_dim)
         out = out.transpose(1, 2).reshape(b, hd * wd, heads * head_dim)
         out = block.attn.out_proj(out)
+        if not project:
+            return out.transpose(1, 2).reshape(b, -1, hd, wd).float()
         feats_out = clip_visual.ln_post(out) @ clip_visual.proj  # (B, Nd, D)
         return feats_out.transpose(1, 2).reshape(b, -1, hd, wd).float()
 

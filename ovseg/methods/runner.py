@@ -11,19 +11,29 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ovseg.constants import OPENAI_MEAN, OPENAI_STD
 
-__all__ = ["DENSE_METHODS", "METHOD_OPTIONS", "REGION_METHODS", "DenseMethod", "needs_dino"]
+__all__ = [
+    "DENSE_METHODS",
+    "METHOD_OPTIONS",
+    "REGION_METHODS",
+    "DenseMethod",
+    "MethodRefinement",
+    "needs_dino",
+    "needs_sam",
+]
 
-DENSE_METHODS = ("sclip", "clearclip", "naclip", "proxyclip", "corrclip")
-_NEEDS_DINO = ("proxyclip", "corrclip")
+DENSE_METHODS = ("sclip", "clearclip", "naclip", "proxyclip", "corrclip", "trident")
+_NEEDS_DINO = ("proxyclip", "corrclip", "trident")
 REGION_METHODS = ("corrclip",)
 """Methods whose map depends on SAM regions (given as an id map, see
 :func:`~ovseg.methods.regions.region_id_map`), before and after the probabilities."""
+_NEEDS_SAM = ("trident",)
 METHOD_OPTIONS = (
     "short_side",
     "slide_crop",
@@ -33,12 +43,44 @@ METHOD_OPTIONS = (
     "area_threshold",
     "pamr_steps",
     "batch_windows",
+    "cos_fac",
+    "refine_neg_cos",
+    "coarse_thresh",
+    "minimal_area",
+    "sam_iou_thresh",
+    "sam_mask_coeff",
+    "sam_halves",
 )
 """Options that override a method's reference settings (see :class:`MethodConfig`)."""
 
 
 def needs_dino(method: str) -> bool:
     return method in _NEEDS_DINO
+
+
+def needs_sam(method: str) -> bool:
+    """Whether the method runs SAM itself (its probabilities or its refinement need it)."""
+    return method in _NEEDS_SAM
+
+
+@dataclass
+class MethodRefinement:
+    """A method's own SAM-based refinement of its map (Trident's prompts).
+
+    Attributes:
+        labels: int64 ``(H, W)``, class indices of the final map (same classes as the
+            probabilities it refines).
+        scores: float32 ``(K, H, W)``, the refined class scores (0 where nothing refined).
+        masks: bool ``(N, H, W)``, the SAM masks the refinement kept.
+        mask_classes: int64 ``(N,)``, the class of each mask.
+        mask_scores: float32 ``(N,)``, SAM's own quality score of each mask.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+    mask_classes: np.ndarray
+    mask_scores: np.ndarray
 
 
 def _config(method: str, dataset: str | None, options: dict):
@@ -51,10 +93,11 @@ class DenseMethod:
     """One dense method with its CLIP (and DINO) model.
 
     Args:
-        name: ``"sclip"``, ``"clearclip"``, ``"naclip"``, ``"proxyclip"`` or ``"corrclip"``.
+        name: ``"sclip"``, ``"clearclip"``, ``"naclip"``, ``"proxyclip"``, ``"corrclip"`` or
+            ``"trident"``.
         clip: an :class:`~ovseg.scoring.backends.OpenClipBackend` with a ViT image tower.
-        dino: a DINO ViT (:func:`~ovseg.methods.dino.build_dino`), needed by ProxyCLIP and
-            CorrCLIP.
+        dino: a DINO ViT (:func:`~ovseg.methods.dino.build_dino`), needed by ProxyCLIP,
+            CorrCLIP and Trident.
         **options: overrides of the reference settings, names in :data:`METHOD_OPTIONS`.
 
     Raises:
@@ -80,6 +123,11 @@ class DenseMethod:
         self.name, self.clip, self.dino = name, clip, dino
         self.options = self.check_options(options)
         self.config()  # validate the values now, not on the first image
+
+    @property
+    def uses_sam(self) -> bool:
+        """True when :meth:`probabilities` and :meth:`refine` need a SAM ``Proposer``."""
+        return needs_sam(self.name)
 
     @staticmethod
     def check_options(options: dict) -> dict:
@@ -148,6 +196,7 @@ class DenseMethod:
         num_classes: int,
         config=None,
         regions: np.ndarray | None = None,
+        sam=None,
     ) -> torch.Tensor:
         """Class probabilities float32 ``(K, H, W)`` at the input size.
 
@@ -158,8 +207,10 @@ class DenseMethod:
             num_classes: ``K``.
             config: a :class:`MethodConfig` (default: :meth:`config`).
             regions: int ``(H, W)`` region id map, required by CorrCLIP (all zeros: none).
+            sam: the SAM :class:`~ovseg.proposals.sam.Proposer` (built with
+                ``keep_block_input=True``) for methods that use SAM (:attr:`uses_sam`).
         """
-        from ovseg.methods.dense import dense_probabilities
+        from ovseg.methods.dense import class_max, dense_probabilities
 
         config = self._fit(image.shape[:2], self.config() if config is None else config)
         mean, std = self._mean_std()
@@ -173,6 +224,15 @@ class DenseMethod:
                 visual, self.dino, image, regions, text, query_class, num_classes, config,
                 mean, std,
             )  # fmt: skip
+        if self.uses_sam:
+            from ovseg.methods.trident import sam_guides, trident_logits
+
+            if sam is None:
+                raise ValueError(f"method {self.name!r} needs a SAM model: Segmenter(sam='vit_b')")
+            guides = sam_guides(sam, image, config, visual)
+            logits = trident_logits(visual, self.dino, guides, image, text, config, mean, std)
+            probs = torch.softmax(logits * config.logit_scale, dim=0)
+            return class_max(probs, [int(k) for k in query_class], num_classes)
         if self.name == "proxyclip":
             from ovseg.methods.proxyclip import proxyclip_probabilities_from_config
 
@@ -181,4 +241,36 @@ class DenseMethod:
             )
         return dense_probabilities(
             self.name, visual, image, text, query_class, num_classes, config, mean, std
+        )
+
+    def refine(
+        self, image: np.ndarray, probs: torch.Tensor, labels: torch.Tensor, config=None, sam=None
+    ) -> MethodRefinement | None:
+        """The method's own refinement of its labels with SAM, or None for methods without one.
+
+        Args:
+            image: RGB uint8 ``(H, W, 3)`` (the image of ``probs``).
+            probs: ``(K, H, W)`` from :meth:`probabilities`.
+            labels: ``(H, W)`` int labels in ``[0, K)`` from
+                :func:`~ovseg.methods.dense.predict_labels`.
+            config: a :class:`MethodConfig` (default: :meth:`config`).
+            sam: the SAM ``Proposer`` that :meth:`probabilities` used.
+        """
+        if not self.uses_sam:
+            return None
+        from ovseg.methods.trident import sam_image
+        from ovseg.methods.trident_refine import trident_refine
+
+        if sam is None:
+            raise ValueError(f"method {self.name!r} needs a SAM model: Segmenter(sam='vit_b')")
+        config = self._fit(image.shape[:2], self.config() if config is None else config)
+        sam.set_image(sam_image(image, self.clip.model.visual))  # cached: no second encoder run
+        return trident_refine(
+            probs,
+            labels,
+            sam.predictor,
+            coarse_thresh=config.coarse_thresh,
+            minimal_area=config.minimal_area,
+            sam_mask_coeff=config.sam_mask_coeff,
+            sam_iou_thresh=config.sam_iou_thresh,
         )

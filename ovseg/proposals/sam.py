@@ -41,9 +41,11 @@ class Proposer:
     Args:
         sam: a ``segment_anything.modeling.Sam``.
         cache_size: how many image embeddings to keep (an LRU keyed by image content).
+        keep_block_input: also keep the input of the encoder's last block with each embedding
+            (:attr:`block_input`; Trident reads SAM's last-block attention from it).
     """
 
-    def __init__(self, sam, cache_size: int = 4):
+    def __init__(self, sam, cache_size: int = 4, keep_block_input: bool = False):
         from segment_anything import SamPredictor
 
         self.predictor = SamPredictor(sam)
@@ -53,6 +55,8 @@ class Proposer:
         self._key: str | None = None
         self.lock = threading.RLock()
         self.encoder_calls = 0
+        self.keep_block_input = keep_block_input
+        self._block_input = None
 
     @property
     def model(self):
@@ -63,6 +67,13 @@ class Proposer:
         if self._key is None:
             raise RuntimeError("no image set: call set_image(image) first")
         return tuple(self.predictor.original_size)
+
+    @property
+    def block_input(self) -> torch.Tensor:
+        """The current image's input to the encoder's last block, ``(1, Hg, Wg, C)``."""
+        if self._key is None or self._block_input is None:
+            raise RuntimeError("no image set with keep_block_input=True: call set_image first")
+        return self._block_input
 
     def clear_cache(self) -> None:
         """Forget every cached embedding (the next ``set_image`` runs the encoder)."""
@@ -78,17 +89,28 @@ class Proposer:
             if key == self._key:
                 return False
             p = self.predictor
-            if key in self._cache:
+            cached = self._cache.get(key)
+            if cached is not None and (cached[3] is not None or not self.keep_block_input):
                 self._cache.move_to_end(key)
-                p.features, p.original_size, p.input_size = self._cache[key]
+                p.features, p.original_size, p.input_size, self._block_input = self._cache[key]
                 p.is_image_set = True
                 self._key = key
                 return False
-            with torch.inference_mode():
-                p.set_image(image, image_format="RGB")
+            captured = []
+            hook = None
+            if self.keep_block_input:
+                last = p.model.image_encoder.blocks[-1]
+                hook = last.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+            try:
+                with torch.inference_mode():
+                    p.set_image(image, image_format="RGB")
+            finally:
+                if hook is not None:
+                    hook.remove()
             self.encoder_calls += 1
             self._key = key
-            self._cache[key] = (p.features, p.original_size, p.input_size)
+            self._block_input = captured[-1] if captured else None
+            self._cache[key] = (p.features, p.original_size, p.input_size, self._block_input)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
             return True

@@ -16,7 +16,9 @@ from ovseg.methods.config import DATASETS
 
 __all__ = ["SEPARATORS", "class_names", "query_list"]
 
-SEPARATORS = {"sclip": ", ", "clearclip": ",", "naclip": ", ", "proxyclip": "; ", "corrclip": "; "}
+SEPARATORS = {"sclip": ", ", "clearclip": ",", "naclip": ", ", "proxyclip": "; ", "corrclip": "; ",
+              "trident": "; "}  # fmt: skip
+_SAME_FILES = {"trident": "proxyclip"}  # Trident's class files are ProxyCLIP's, byte for byte
 
 
 def class_names(method: str, dataset: str) -> list[list[str]]:
@@ -26,7 +28,8 @@ def class_names(method: str, dataset: str) -> list[list[str]]:
         raise ValueError(f"method must be one of {tuple(SEPARATORS)}, got {method!r}")
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    path = resources.files(__name__).joinpath(method, f"{dataset}.txt")
+    folder = _SAME_FILES.get(method, method)
+    path = resources.files(__name__).joinpath(folder, f"{dataset}.txt")
     with path.open("r", encoding="utf-8") as f:
         lines = f.readlines()
     sep = SEPARATORS[method]
