@@ -321,3 +321,19 @@ def test_segmenter_trident(image):
     prompted = seg.segment(img, classes, points=[[50, 50]])
     assert prompted.label_map.shape == (112, 192)
     assert seg.proposer.encoder_calls == 1
+
+
+@pytest.mark.filterwarnings("ignore:ovseg. the tiny random SAM")
+def test_bench_row_pays_sam_encoder_each_image(image):
+    from ovseg.bench.runner import BenchConfig, _run_method, build_methods
+    from ovseg.models.build import build_clip, resolve_device
+
+    cpu = resolve_device("cpu")
+    config = BenchConfig(sam="tiny-random", clip="tiny-random", methods=("trident",))
+    segs, errors = build_methods(config, build_clip("tiny-random", cpu), cpu)
+    assert errors == {} and segs["trident"].has_sam
+    img = np.ascontiguousarray(image[:112, :192])
+    for _ in range(2):
+        run = _run_method(segs["trident"], img, ["a", "b"], dict(OPTS), cpu)
+        assert run["probabilities"] > 0 and run["labels"] > 0
+    assert segs["trident"].proposer.encoder_calls == 2  # not served from the cache
