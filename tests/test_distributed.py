@@ -145,9 +145,14 @@ def test_bad_options_fail_before_ray_starts(tmp_path, capsys):
         segment_dataset(images, CLASSES, tmp_path / "out", workers=0, **TINY)
     with pytest.raises(ValueError, match="format"):
         segment_dataset(images, CLASSES, tmp_path / "out", formats=["png"], **TINY)
+    with pytest.raises(ValueError, match="needs --gpus-per-worker"):
+        segment_dataset(images, CLASSES, tmp_path / "out", device="cuda", **TINY)
     code = main(["segment", str(images), "--classes", "road", "-o", str(tmp_path / "o"),
                  "--workers", "2"])  # fmt: skip
     assert code == 2 and "--workers need --ray" in capsys.readouterr().err
+    code = main(["eval", "--data", str(images), "--out", str(tmp_path / "r.json"), "--ray",
+                 "--device", "cuda:1", "--gpus-per-worker", "1"])  # fmt: skip
+    assert code == 1 and "each worker sees only its own GPU" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
     assert os.environ.get("RAY_ADDRESS") is None
 

@@ -113,7 +113,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         grid = grid_options(args)
-        check_device(args.device)
+        if not args.ray:  # with --ray the device is the workers' (ovseg.distributed.cli)
+            check_device(args.device)
         report = evaluate_with_ray_options(args, evaluate)(
             args.data,
             args.out,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 __all__ = [
     "add_ray_arguments",
+    "check_worker_device",
     "evaluate_with_ray_options",
     "namespace",
     "ray_options",
@@ -95,6 +97,43 @@ def evaluate_with_ray_options(args: argparse.Namespace, evaluate):
     )  # fmt: skip
 
 
+def check_worker_device(device: str | None, gpus_per_worker: float) -> None:
+    """Check ``--device`` for the workers, not for this machine (a cluster's driver often has
+    no GPU): a valid name, and CUDA only with ``--gpus-per-worker`` (the GPUs Ray gives each
+    worker, which it sees as ``cuda:0``...).
+
+    Raises:
+        ValueError: what is wrong, in words.
+    """
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device must be like cpu, cuda or cuda:0, got {device!r}") from e
+    if dev.type == "cuda" and not gpus_per_worker:
+        raise ValueError(
+            f"--device {device} with --ray needs --gpus-per-worker (e.g. 1, or 0.25 to put 4 "
+            "workers on a GPU): Ray gives a worker only the GPUs it reserves"
+        )
+    if dev.type == "cuda" and (dev.index or 0) >= max(1, math.ceil(gpus_per_worker)):
+        raise ValueError(
+            f"--device {device}: each worker sees only its own GPU(s) as cuda:0...; use --device "
+            "cuda"
+        )
+
+
+def prepare_on_driver(args: argparse.Namespace, prepare, collect):
+    """``prepare(args, collect)`` with the device check left to :func:`check_worker_device`."""
+    device, args.device = args.device, None
+    try:
+        return prepare(args, collect)
+    finally:
+        args.device = device
+
+
 def run_segment(args: argparse.Namespace, prepare, error) -> int:
     """``ovseg segment --ray``: the checks of ``prepare`` (``ovseg segment``'s own), then
     :func:`ovseg.distributed.segment.run_ray`; the exit code (1 if an image failed, 130 after
@@ -110,7 +149,8 @@ def run_segment(args: argparse.Namespace, prepare, error) -> int:
         from ovseg.distributed._ray import require_ray
 
         require_ray()
-        out, formats, settings, images, known = prepare(args, list_inputs)
+        check_worker_device(args.device, options.gpus_per_worker)
+        out, formats, settings, images, known = prepare_on_driver(args, prepare, list_inputs)
     except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as e:
         return error(e)
     todo = sum(not is_complete(out, i.name) for i in images)

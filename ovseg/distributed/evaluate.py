@@ -72,10 +72,12 @@ def evaluate_dataset(
     from tqdm import tqdm
 
     from ovseg.distributed._ray import RayOptions, connect, require_ray, worker_error
+    from ovseg.distributed.cli import check_worker_device
     from ovseg.distributed.segment import FAULT_ENV
     from ovseg.eval.runner import finish_evaluation, plan_evaluation
 
     ray_options = RayOptions(address, workers, cpus_per_worker, gpus_per_worker, batch_size)
+    check_worker_device(options.get("device"), gpus_per_worker)
     if options.get("predictions") is not None:
         raise ValueError("--ray runs a model; scoring saved predictions needs no cluster")
     if "segmenter" in options:

@@ -141,6 +141,13 @@ def _write_manifest(out: Path, rows: list[dict]) -> bool:
     return True
 
 
+def _forget_record(out: Path, recorded: bool, todo) -> None:
+    """Remove the record this run wrote if no image got its outputs (as a local run, which
+    records only before its first output): a corrected command then has nothing to match."""
+    if not recorded and not any(_outputs.is_complete(out, i.name) for i in todo):
+        (out / _outputs.RECORD).unlink(missing_ok=True)
+
+
 def run_ray(
     out: Path, formats, settings: dict, images, known, ray_options, *, device=None,
     progress: bool = False,
@@ -185,17 +192,18 @@ def run_ray(
                     summary["interrupted"] = True
                 bar.close()
         except Exception as e:
-            if not recorded and not any(_outputs.is_complete(out, i.name) for i in todo):
-                (out / _outputs.RECORD).unlink(missing_ok=True)
+            _forget_record(out, recorded, todo)
             if type(e).__module__.startswith("ray"):
                 raise RuntimeError(f"the Ray run failed: {worker_error(e)}") from e
             raise
+    _forget_record(out, recorded, todo)
     merged = []
     for image in images:
         row = rows.get(image.name)
         before = old.get(image.name)
         if row is None and not _outputs.is_complete(out, image.name):
-            continue  # interrupted before this image
+            merged += [before] if before else []  # interrupted before this image
+            continue
         if row is None:
             row = before if before is not None else _done_row(out, image, settings["classes"])
         elif before and before["status"] == row["status"] == "failed":
@@ -208,8 +216,9 @@ def run_ray(
     summary["run_files"] = (
         _outputs.write_run_files(out, settings, names, formats) if rewrite else "run files kept"
     )
-    _write_manifest(out, merged)
-    summary["manifest"] = str(out / MANIFEST)
+    if merged:
+        _write_manifest(out, merged)
+    summary["manifest"] = str(out / MANIFEST) if merged else "no manifest (no image done)"
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
 
@@ -247,13 +256,14 @@ def segment_dataset(
     """
     from ovseg.cli.segment import prepare
     from ovseg.distributed._ray import RayOptions
-    from ovseg.distributed.cli import namespace
+    from ovseg.distributed.cli import check_worker_device, namespace, prepare_on_driver
     from ovseg.distributed.inputs import list_inputs
 
     ray_options = RayOptions(address, workers, cpus_per_worker, gpus_per_worker, batch_size)
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     args = namespace(inputs, classes, out, formats, options)
-    out, formats, settings, images, known = prepare(args, list_inputs)
+    check_worker_device(args.device, gpus_per_worker)
+    out, formats, settings, images, known = prepare_on_driver(args, prepare, list_inputs)
     return run_ray(
         out, formats, settings, images, known, ray_options, device=args.device, progress=progress
     )
@@ -268,8 +278,9 @@ def print_summary(summary: dict, out: Path) -> None:
         text += f" ({summary['skipped']} already there)"
     if summary["failed"]:
         text += f", {len(summary['failed'])} failed (listed above and in the manifest)"
+    manifest = summary["manifest"]
+    manifest = manifest if manifest.startswith("no ") else f"manifest {manifest}"
     print(
-        f"ovseg segment: {text} in {summary['seconds']:.1f} s; {summary['run_files']}; "
-        f"manifest {summary['manifest']}",
+        f"ovseg segment: {text} in {summary['seconds']:.1f} s; {summary['run_files']}; {manifest}",
         file=sys.stderr,
     )
