@@ -518,30 +518,39 @@ def default_segmenter(sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None, **options
 
 
 def segment(
-    image, classes: Sequence[str], *, sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None, **options
+    image, classes: Sequence[str], *, quality: str | None = None, device=None, **options
 ) -> SegmentationResult:
     """Segment an image into an open vocabulary.
 
     Args:
         image: a path, a ``PIL.Image``, or a uint8 array (H, W, 3) or (H, W).
         classes: K distinct non-blank names; ``"road; street"`` gives synonyms.
-        sam, clip, device: models (see :class:`Segmenter`); the Segmenter is cached.
-        **options: any :class:`Segmenter` option (``method``, ``dino``, ``refine``, ``scorer``,
-            ``random_weights``, ...), and per-call options: ``points`` (P, 2) ``(x, y)`` pixels,
-            ``point_labels`` (P,) 1/0, ``boxes`` (B, 4) XYXY pixels, ``mask_input`` (H, W) rough
-            mask, ``scribble`` (H, W) strokes, ``background`` names, ``templates``,
+        quality: ``"fast"`` (NACLIP), ``"balanced"`` (Trident) or ``"best"`` (CorrCLIP): a method
+            with the models of its published numbers (:mod:`ovseg.models.presets`). With no
+            ``sam``, ``clip``, ``dino`` or ``method`` given, ``"best"``; models or a method
+            given take precedence (and without ``quality`` the plain defaults fill the rest).
+        device: ``"cpu"``, ``"cuda"``...; the Segmenter is cached per models and options.
+        **options: ``sam``, ``clip``, ``dino``, ``method`` (see :class:`Segmenter`), any other
+            :class:`Segmenter` option (``refine``, ``scorer``, ``random_weights``, ...), and
+            per-call options: ``points`` (P, 2) ``(x, y)`` pixels, ``point_labels`` (P,) 1/0,
+            ``boxes`` (B, 4) XYXY pixels, ``mask_input`` (H, W) rough mask, ``scribble`` (H, W)
+            strokes, ``masks`` (regions of CorrCLIP), ``background`` names, ``templates``,
             ``score_threshold``, grid options and method options.
 
     Returns:
         A :class:`~ovseg.result.SegmentationResult`: ``label_map`` int32 (H, W) with class
         indices or ``ovseg.UNLABELED`` (-1), ``confidence`` float32 (H, W), ``segments``.
     """
+    from ovseg.models.presets import MODEL_KEYS, resolve_models
     from ovseg.scoring.vocabulary import validate_classes
 
     validate_classes(classes)
+    models = resolve_models(quality, {k: options.pop(k) for k in MODEL_KEYS if k in options})
+    sam, clip = models.pop("sam"), models.pop("clip")
     init = {k: options.pop(k) for k in list(options) if k in _INIT_OPTIONS and k != "templates"}
+    init.update(models)
     scorer_keys = {"margin", "fill", "batch_size", "window", "stride"}
-    if init.get("method", DEFAULT_METHOD) == REGION_METHOD:
+    if init["method"] == REGION_METHOD:
         scorer_keys.add("short_side")  # a dense method takes short_side as a method option
     init.update({k: options.pop(k) for k in list(options) if k in scorer_keys})
     seg = default_segmenter(sam, clip, device, **init)

@@ -19,27 +19,54 @@ GRID_FLAGS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "b
 
 
 def add_model_arguments(
-    p: argparse.ArgumentParser, scorers: tuple[str, ...] = ("dense", "crop", "both")
+    p: argparse.ArgumentParser,
+    scorers: tuple[str, ...] = ("dense", "crop", "both"),
+    presets: bool = True,
 ) -> None:
-    """The model options shared by the subcommands that build a Segmenter."""
-    p.add_argument("--sam", default=DEFAULT_SAM, help="SAM: vit_b|vit_l|vit_h|PATH|tiny-random")
+    """The model options shared by the subcommands that build a Segmenter.
+
+    With ``presets``, ``--quality`` picks a method and its published models (see
+    :mod:`ovseg.models.presets`) and the model flags default to None: read the choice with
+    :func:`model_choice`. Without, the flags default to the plain defaults.
+    """
+    from ovseg.models.presets import DEFAULT_QUALITY, PRESETS
+
+    if presets:
+        p.add_argument(
+            "--quality",
+            choices=tuple(PRESETS),
+            default=None,
+            help="a method with its published models: "
+            + "; ".join(f"{k}: {v.method} ({v.published_miou} mIoU)" for k, v in PRESETS.items())
+            + f". Default {DEFAULT_QUALITY} when no --sam/--clip/--dino/--method is given; "
+            "with any of them, the plain defaults fill the rest",
+        )
+    p.add_argument(
+        "--sam",
+        default=None if presets else DEFAULT_SAM,
+        help="SAM: vit_b|vit_l|vit_h|sam2.1_hiera_tiny|...|NAME:PATH|tiny-random "
+        f"(default {DEFAULT_SAM})",
+    )
     p.add_argument(
         "--clip",
-        default=DEFAULT_CLIP,
-        help="CLIP: ARCH/TAG (open_clip), ARCH:PATH, hf:ORG/NAME, or tiny-random",
+        default=None if presets else DEFAULT_CLIP,
+        help="CLIP: ARCH/TAG (open_clip), ARCH:PATH, hf:ORG/NAME, or tiny-random "
+        f"(default {DEFAULT_CLIP})",
     )
     p.add_argument(
         "--method",
         default=None,
         metavar="NAME",
-        help=f"per-pixel method: {DEFAULT_METHOD} (default), sclip, clearclip, proxyclip "
-        f"(needs --dino), or {REGION_METHOD} (SAM's automatic masks, each scored by CLIP)",
+        help=f"per-pixel method: {DEFAULT_METHOD}, sclip, clearclip, proxyclip, trident, "
+        f"corrclip (these three need --dino), or {REGION_METHOD} (SAM's automatic masks, each "
+        f"scored by CLIP); default: the --quality preset's, {DEFAULT_METHOD} when models are given",
     )
     p.add_argument(
         "--dino",
         default=None,
         metavar="NAME",
-        help="DINO model of proxyclip: dino_vitb8, dino_vitb16, NAME:PATH or tiny-random",
+        help="DINO model of proxyclip, trident, corrclip: dino_vitb8, dino_vitb16, NAME:PATH "
+        "or tiny-random",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
     p.add_argument(
@@ -63,6 +90,14 @@ def add_model_arguments(
         default="imagenet",
         help="prompt templates: imagenet (80, default), simple, photo, none",
     )
+
+
+def model_choice(args: argparse.Namespace) -> dict:
+    """``{"method", "sam", "clip", "dino"}`` from ``--quality`` and the model flags."""
+    from ovseg.models.presets import MODEL_KEYS, resolve_models
+
+    given = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k, None) is not None}
+    return resolve_models(getattr(args, "quality", None), given)
 
 
 def add_grid_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ovseg.cli import add_grid_arguments, add_model_arguments, check_device, grid_options
+from ovseg.cli import (
+    add_grid_arguments,
+    add_model_arguments,
+    check_device,
+    grid_options,
+    model_choice,
+)
 
 
 def register(subparsers) -> None:
@@ -58,8 +64,6 @@ def _check_port(host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovseg.constants import DEFAULT_METHOD
-
     if not 0 < args.port < 65536:
         print(f"ovseg app: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
@@ -71,19 +75,20 @@ def run(args: argparse.Namespace) -> int:
         from ovseg.pipeline import Segmenter
         from ovseg.proposals.grid import GridOptions
 
+        models = model_choice(args)
         segmenter = Segmenter(
-            args.sam,
-            args.clip,
+            models["sam"],
+            models["clip"],
             args.device,
-            dino=args.dino,
-            method=args.method or DEFAULT_METHOD,
+            dino=models["dino"],
+            method=models["method"],
             random_weights=args.random_weights,
             templates=args.templates,
             scorer=args.scorer,
             score_threshold=args.score_threshold,
             grid=GridOptions(**grid) if grid else None,
         )
-        app = build_app(segmenter, models={"sam": str(args.sam), "clip": str(args.clip)})
+        app = build_app(segmenter, models={"sam": str(models["sam"]), "clip": str(models["clip"])})
     except (ValueError, TypeError, OSError, ModuleNotFoundError) as e:
         print(f"ovseg app: error: {e}", file=sys.stderr)
         return 2

@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score label PNGs (value i = class i, 255 = unlabeled, STEM.png) "
         "instead of running a model",
     )
-    add_model_arguments(p, SCORERS)
+    add_model_arguments(p, SCORERS, presets=False)
     p.add_argument(
         "--threshold",
         type=float,

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from ovseg.cli import _outputs, add_grid_arguments, add_model_arguments, check_device
+from ovseg.cli import _outputs, add_grid_arguments, add_model_arguments, check_device, model_choice
 from ovseg.cli import grid_options as cli_grid_options
 from ovseg.cli._outputs import FORMATS, IMAGE_SUFFIXES, collect_images
 
@@ -123,7 +123,6 @@ def _error(message: object, code: int = 2) -> int:
 
 def _settings(args: argparse.Namespace) -> dict:
     """Everything besides the images that decides what the run writes (checked on resume)."""
-    from ovseg.constants import DEFAULT_METHOD
     from ovseg.proposals.prompts import make_prompt
     from ovseg.scoring.vocabulary import Vocabulary, parse_classes
 
@@ -138,13 +137,14 @@ def _settings(args: argparse.Namespace) -> dict:
     }
     make_prompt((_BIG, _BIG), **prompts)  # all but the in-image checks, which need the image
     grid = cli_grid_options(args)
-    method = args.method or DEFAULT_METHOD
+    models = model_choice(args)
+    method = models["method"]
     from ovseg.methods.runner import needs_dino
     from ovseg.pipeline import METHODS
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if needs_dino(method) and args.dino is None:
+    if needs_dino(method) and models["dino"] is None:
         raise ValueError(f"--method {method} needs --dino (dino_vitb8, dino_vitb16, NAME:PATH)")
     if grid and any(v is not None for v in prompts.values()):
         raise ValueError(
@@ -169,9 +169,9 @@ def _settings(args: argparse.Namespace) -> dict:
             "templates": args.templates,
             "method": method,
             "refine": args.refine,
-            "sam": args.sam,
-            "clip": args.clip,
-            "dino": args.dino,
+            "sam": models["sam"],
+            "clip": models["clip"],
+            "dino": models["dino"],
             "random_weights": args.random_weights,
             "scorer": args.scorer,
             "score_threshold": args.score_threshold,

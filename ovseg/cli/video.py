@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ovseg.cli import add_grid_arguments, add_model_arguments, check_device
+from ovseg.cli import add_grid_arguments, add_model_arguments, check_device, model_choice
 from ovseg.cli import grid_options as cli_grid_options
 
 DESCRIPTION = """\
@@ -91,7 +91,6 @@ def _error(message: object, code: int = 2) -> int:
 
 
 def _settings(args: argparse.Namespace, source_name: str) -> dict:
-    from ovseg.constants import DEFAULT_METHOD
     from ovseg.methods.runner import needs_dino
     from ovseg.pipeline import METHODS
     from ovseg.scoring.vocabulary import Vocabulary, parse_classes
@@ -103,12 +102,13 @@ def _settings(args: argparse.Namespace, source_name: str) -> dict:
     unknown = [s for s in stuff if s not in vocab.classes]
     if unknown:
         raise ValueError(f"--stuff names {unknown} are not among --classes {vocab.classes}")
-    method = args.method or DEFAULT_METHOD
+    models = model_choice(args)
+    method = models["method"]
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if needs_dino(method) and args.dino is None:
+    if needs_dino(method) and models["dino"] is None:
         raise ValueError(f"--method {method} needs --dino (dino_vitb8, dino_vitb16, NAME:PATH)")
-    if args.sam in (None, "", "none"):
+    if models["sam"] in (None, "", "none"):
         raise ValueError("video needs a SAM model (--sam) to propose and propagate objects")
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
@@ -120,9 +120,9 @@ def _settings(args: argparse.Namespace, source_name: str) -> dict:
         "stuff": stuff,
         "templates": args.templates,
         "method": method,
-        "sam": args.sam,
-        "clip": args.clip,
-        "dino": args.dino,
+        "sam": models["sam"],
+        "clip": models["clip"],
+        "dino": models["dino"],
         "random_weights": args.random_weights,
         "scorer": args.scorer,
         "score_threshold": args.score_threshold,
