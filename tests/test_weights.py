@@ -352,3 +352,18 @@ def test_weights_list_shows_sam_and_dino(tmp_path, monkeypatch, capsys):
     for name in ("vit_b", "vit_h", "dino_vitb8", "dino_vitb16"):
         assert f"  {name} " in out
     assert "dino_vitbase8_pretrain.pth" in out
+
+
+def test_cli_download_a_preset_fetches_each_of_its_models(monkeypatch, capsys):
+    from ovseg.models.presets import PRESETS
+
+    fetched = []
+    monkeypatch.setattr(cli_weights, "_download_one", lambda name, args: fetched.append(name))
+    assert _cli(["weights", "download", "best", "balanced", "vit_b"]) == 0
+    best, balanced = PRESETS["best"], PRESETS["balanced"]
+    assert fetched == [best.sam, best.dino, best.clip, balanced.sam, balanced.dino, balanced.clip]
+
+    monkeypatch.setattr(cli_weights, "_download_one", lambda name, args: fetched.append(name) or 1)
+    fetched.clear()
+    assert _cli(["weights", "download", "fast"]) == 1
+    assert fetched == [PRESETS["fast"].sam]  # stops at the first failure

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from ovseg.models import weights
+from ovseg.models.presets import PRESETS
 
 CLIP_NOTE = (
     "CLIP weights: `ovseg weights download ARCH/TAG` (an open_clip pretrained tag, e.g. "
@@ -39,12 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("download", help="download and verify a checkpoint")
+    p = sub.add_parser("download", help="download and verify checkpoints")
     p.add_argument(
-        "name",
+        "names",
+        nargs="+",
         metavar="NAME",
-        help=f"one of: {', '.join(weights.all_checkpoints())}, or a CLIP spec "
-        "(ARCH/TAG for open_clip, hf:ORG/NAME)",
+        help=f"one or more of: {', '.join(weights.all_checkpoints())}, a CLIP spec "
+        "(ARCH/TAG for open_clip, hf:ORG/NAME), or a quality preset "
+        f"({', '.join(PRESETS)}: every model it uses)",
     )
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.add_argument("--dir", default=None, help="destination folder (default: weights folder)")
@@ -130,12 +133,30 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expand(names: list[str]) -> list[str]:
+    """Names with each quality preset replaced by its models, in order, without repeats."""
+    out: list[str] = []
+    for name in names:
+        preset = PRESETS.get(name)
+        models = [preset.sam, preset.dino, preset.clip] if preset else [name]
+        out += [m for m in models if m is not None and m not in out]
+    return out
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
-    if args.name not in weights.all_checkpoints() and ("/" in args.name or ":" in args.name):
-        return _download_clip(args.name)
+    for name in _expand(args.names):
+        code = _download_one(name, args)
+        if code:
+            return code
+    return 0
+
+
+def _download_one(name: str, args: argparse.Namespace) -> int:
+    if name not in weights.all_checkpoints() and ("/" in name or ":" in name):
+        return _download_clip(name)
     try:
         path = weights.download(
-            args.name, force=args.force, progress=not args.no_progress, dest_dir=args.dir
+            name, force=args.force, progress=not args.no_progress, dest_dir=args.dir
         )
     except (ValueError, OSError) as e:
         return _error(e)
