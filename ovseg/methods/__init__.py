@@ -1,13 +1,16 @@
 """Training-free dense open-vocabulary segmentation methods, reproduced exactly.
 
-SCLIP, ClearCLIP and NACLIP (with PAMR) on an open_clip ViT, following each reference
-repository's mmseg protocol number for number:
+SCLIP, ClearCLIP and NACLIP (with PAMR) on an open_clip ViT, ProxyCLIP and CorrCLIP with DINO
+(CorrCLIP also with SAM regions), following each reference repository's mmseg protocol
+number for number:
 
 - :mod:`~ovseg.methods.geometry`: mmcv resize, normalisation, window placement, padding,
   position-table interpolation (generic, shared with other methods);
 - :mod:`~ovseg.methods.clip_blocks`: each method's last block -> dense patch features;
 - :mod:`~ovseg.methods.slide`: sliding-window / whole-image cosine logits for any encoder;
 - :mod:`~ovseg.methods.pamr`: PAMR refinement;
+- :mod:`~ovseg.methods.proxyclip`, :mod:`~ovseg.methods.corrclip`: the DINO-guided methods;
+- :mod:`~ovseg.methods.regions`: region id maps, CorrCLIP's merging, scope and vote;
 - :mod:`~ovseg.methods.config`: per-method, per-benchmark settings;
 - :mod:`~ovseg.methods.classnames`: each method's class-name files;
 - :mod:`~ovseg.methods.text`: template-averaged query embeddings;
