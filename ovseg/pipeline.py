@@ -157,6 +157,7 @@ class Segmenter:
         self._image: np.ndarray | None = None
         self._dense_scorer = None
         self._probs_cache: tuple | None = None
+        self._regions_cache: tuple | None = None
 
     # -- models -----------------------------------------------------------------------------
     @property
@@ -312,7 +313,11 @@ class Segmenter:
         options = GridOptions(**CORRCLIP_GRID)
         if isinstance(proposer, Sam2Proposer):  # SAM 2's generator, one mask per point
             options = Sam2GridOptions(**CORRCLIP_GRID, multimask_output=False)
-        return region_id_map(automatic_masks(proposer, options).masks, array.shape[:2])
+        key = (image_key(array), options)
+        if self._regions_cache is None or self._regions_cache[0] != key:
+            ids = region_id_map(automatic_masks(proposer, options).masks, array.shape[:2])
+            self._regions_cache = (key, ids)
+        return self._regions_cache[1]
 
     def _dense_probs(
         self, array: np.ndarray, vocab: Vocabulary, options: dict, regions=None

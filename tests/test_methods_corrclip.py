@@ -355,3 +355,23 @@ def test_metaclip_is_a_known_clip(tmp_path, monkeypatch):
         FileNotFoundError, match="ovseg weights download ViT-B-16-quickgelu/metaclip_fullcc"
     ):
         build_clip("ViT-B-16-quickgelu/metaclip_fullcc", "cpu")
+
+
+def test_automatic_regions_from_sam(models):
+    from ovseg import Segmenter
+    from ovseg.methods.corrclip import CORRCLIP_GRID
+
+    clip, dino = models
+    options = dict(short_side=56, slide_crop=112, slide_stride=56)
+    with pytest.warns(UserWarning, match="tiny random SAM"):
+        seg = Segmenter("tiny-random", clip, "cpu", dino=dino, method="corrclip",
+                        method_options=options)  # fmt: skip
+        image, _ = _image_and_regions(4)
+        ids = seg.region_map(image)
+    assert ids.shape == image.shape[:2] and ids.dtype == np.int64
+    grid = seg.propose(image, **CORRCLIP_GRID)  # the same masks, painted by area
+    assert (region_id_map(grid.masks, image.shape[:2]) == ids).all()
+    probs = seg.pixel_probabilities(image, ["a", "b"])
+    result = seg.segment(image, ["a", "b"])
+    assert (result.label_map == region_vote(probs.argmax(0), ids)).all()
+    assert seg.region_map(image) is ids  # computed once per image
