@@ -216,6 +216,9 @@ def test_tracker_add_remove_and_correct(model):
     tracker.remove(99)
     corrected = tracker.add({4: square_mask(3)})
     assert corrected.obj_ids.tolist() == [4]
+    # A mask correction on a tracked frame replaces the object's mask there.
+    fixed = corrected.masks[0]
+    assert (fixed & square_mask(3)).sum() / (fixed | square_mask(3)).sum() > 0.8
     assert tracker.step(frames[4]).masks.shape == (1, H, W)
 
 

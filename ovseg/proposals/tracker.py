@@ -62,7 +62,9 @@ class VideoTracker:
     Call :meth:`step` with each new frame, and :meth:`add` to prompt objects (new ones, or
     corrections of tracked ones) on the frame of the last step. A new object's prompt is its
     conditioning frame, kept for the whole stream; a correction of a tracked object acts
-    through the recent-frame memory, as in Meta's predictor.
+    through the recent-frame memory, as in Meta's predictor. (Meta also feeds a point
+    correction the object's previous logits on that frame; here points start afresh, as in
+    transformers. A mask correction is the same in both.)
 
     Args:
         model: a ``transformers.Sam2VideoModel`` (its device and dtype are used).
