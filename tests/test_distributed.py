@@ -59,8 +59,21 @@ def cluster():
     ray.shutdown()
 
 
+@pytest.fixture
+def two_threads():
+    """torch with 2 CPU threads here, while Ray starts each worker with 1 (its one CPU): CPU
+    sums differ in their last bits between 1 and 2 threads, so equal outputs show that the
+    workers take this process's thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_ray_run_equals_local_run_survives_a_dead_worker_and_resumes(
-    cluster, tmp_path, monkeypatch
+    cluster, tmp_path, monkeypatch, two_threads
 ):
     from ovseg.distributed import segment_dataset
     from ovseg.distributed.segment import FAULT_ENV, MANIFEST

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["RayOptions", "connect", "require_ray", "worker_error"]
+__all__ = ["RayOptions", "connect", "require_ray", "set_threads", "worker_error"]
 
 
 def require_ray():
@@ -40,6 +40,10 @@ class RayOptions:
     of model copies (Ray actors), None for as many as the cluster's CPUs (or GPUs, with
     ``gpus_per_worker``) allow. ``cpus_per_worker``, ``gpus_per_worker``: what each worker
     reserves (a fraction of a GPU shares it). ``batch_size``: images per call of a worker.
+    ``threads_per_worker``: torch's CPU threads in each worker; None for as many as a local
+    run in this process's environment uses (``torch.get_num_threads()`` here), because CPU
+    results depend on the number of threads in their last bits, and with it a label here and
+    there: the same number keeps the outputs byte-identical to a local run's.
     """
 
     address: str | None = None
@@ -47,6 +51,7 @@ class RayOptions:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     batch_size: int = 1
+    threads_per_worker: int | None = None
 
     def __post_init__(self) -> None:
         if self.address is not None and (not isinstance(self.address, str) or not self.address):
@@ -59,6 +64,17 @@ class RayOptions:
             raise ValueError(f"cpus per worker must be > 0, got {self.cpus_per_worker!r}")
         if not self.gpus_per_worker >= 0:
             raise ValueError(f"gpus per worker must be >= 0, got {self.gpus_per_worker!r}")
+        threads = self.threads_per_worker
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads per worker must be a positive integer, got {threads!r}")
+
+    def threads(self) -> int:
+        """torch's CPU threads for each worker (see the class docstring)."""
+        if self.threads_per_worker is not None:
+            return self.threads_per_worker
+        import torch
+
+        return torch.get_num_threads()
 
     def pool_size(self, ray) -> int:
         """The number of workers: as given, or what the cluster's resources allow."""
@@ -113,6 +129,14 @@ def connect(address: str | None, progress: bool = False) -> Iterator:
         logger.setLevel(level)
         if started:
             ray.shutdown()
+
+
+def set_threads(threads: int) -> None:
+    """Set torch's CPU threads in a worker (Ray starts workers with ``OMP_NUM_THREADS`` set
+    to their CPUs, 1 by default)."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def worker_error(error: BaseException) -> str:

@@ -47,6 +47,11 @@ def add_ray_arguments(p: argparse.ArgumentParser, what: str) -> None:
     group.add_argument(
         "--batch-size", type=int, default=1, metavar="B", help="images per worker call (default 1)"
     )
+    group.add_argument(
+        "--threads-per-worker", type=int, default=None, metavar="T",
+        help="torch CPU threads per worker (default: as many as a local run here uses, which "
+        "keeps CPU outputs byte-identical to a local run's)",
+    )  # fmt: skip
 
 
 def ray_options(args: argparse.Namespace):
@@ -63,6 +68,7 @@ def ray_options(args: argparse.Namespace):
         "--gpus-per-worker": args.gpus_per_worker != 0.0,
         "--cpus-per-worker": args.cpus_per_worker != 1.0,
         "--batch-size": args.batch_size != 1,
+        "--threads-per-worker": args.threads_per_worker is not None,
     }
     if not args.ray and any(given.values()):
         flags = ", ".join(k for k, v in given.items() if v)
@@ -70,7 +76,7 @@ def ray_options(args: argparse.Namespace):
     try:
         return RayOptions(
             args.address, args.workers, args.cpus_per_worker, args.gpus_per_worker,
-            args.batch_size,
+            args.batch_size, args.threads_per_worker,
         )  # fmt: skip
     except ValueError as e:
         raise ValueError(f"--ray: {e}") from e
@@ -93,7 +99,7 @@ def evaluate_with_ray_options(args: argparse.Namespace, evaluate):
     return functools.partial(
         evaluate_dataset, address=options.address, workers=options.workers,
         gpus_per_worker=options.gpus_per_worker, cpus_per_worker=options.cpus_per_worker,
-        batch_size=options.batch_size,
+        batch_size=options.batch_size, threads_per_worker=options.threads_per_worker,
     )  # fmt: skip
 
 
@@ -193,6 +199,7 @@ def namespace(inputs, classes, out, formats, options: dict) -> argparse.Namespac
     args.classes, args.inputs = list(classes), [str(i) for i in inputs]
     fixed = {"func", "intermixed", "inputs", "classes", "out", "formats", "no_progress"}
     fixed |= {"ray", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size"}
+    fixed.add("threads_per_worker")
     known = sorted(set(vars(args)) - fixed)
     unknown = sorted(set(options) - set(known))
     if unknown:

@@ -24,7 +24,10 @@ class EvalWorker:
     """The per-worker model of a distributed evaluation, called on batches of ``{"index"}``
     rows; returns one row per batch: the batch's confusion matrix (flattened) and counts."""
 
-    def __init__(self, plan, fault_once: str | None = None):
+    def __init__(self, plan, threads: int = 1, fault_once: str | None = None):
+        from ovseg.distributed._ray import set_threads
+
+        set_threads(threads)
         self.plan, self.fault_once, self.predictor = plan, fault_once, None
 
     def model(self):
@@ -55,14 +58,14 @@ class EvalWorker:
 def evaluate_dataset(
     data, out, *, address: str | None = None, workers: int | None = None,
     gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, batch_size: int = 1,
-    progress: bool = False, **options,
+    threads_per_worker: int | None = None, progress: bool = False, **options,
 ) -> dict:  # fmt: skip
     """Evaluate on the dataset at ``data`` with Ray workers and write the reports of
     :func:`ovseg.eval.evaluate` (same ``options``, same report, the confusion matrices of the
     workers summed).
 
-    ``address``, ``workers``, ``gpus_per_worker``, ``cpus_per_worker``, ``batch_size``: see
-    :class:`~ovseg.distributed._ray.RayOptions`.
+    ``address``, ``workers``, ``gpus_per_worker``, ``cpus_per_worker``, ``batch_size``,
+    ``threads_per_worker``: see :class:`~ovseg.distributed._ray.RayOptions`.
 
     Raises:
         ValueError, TypeError, FileNotFoundError: as :func:`ovseg.eval.evaluate`, before any
@@ -76,7 +79,9 @@ def evaluate_dataset(
     from ovseg.distributed.segment import FAULT_ENV
     from ovseg.eval.runner import finish_evaluation, plan_evaluation
 
-    ray_options = RayOptions(address, workers, cpus_per_worker, gpus_per_worker, batch_size)
+    ray_options = RayOptions(
+        address, workers, cpus_per_worker, gpus_per_worker, batch_size, threads_per_worker
+    )
     check_worker_device(options.get("device"), gpus_per_worker)
     if options.get("predictions") is not None:
         raise ValueError("--ray runs a model; scoring saved predictions needs no cluster")
@@ -92,7 +97,11 @@ def evaluate_dataset(
             rows = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))
             rows = rows.map_batches(
                 EvalWorker,
-                fn_constructor_kwargs={"plan": plan, "fault_once": os.environ.get(FAULT_ENV)},
+                fn_constructor_kwargs={
+                    "plan": plan,
+                    "threads": ray_options.threads(),
+                    "fault_once": os.environ.get(FAULT_ENV),
+                },
                 **ray_options.map_batches_args(ray, len(items)),
             )
             bar = tqdm(total=plan.count, desc=f"eval {plan.dataset.kind}", disable=not progress)

@@ -47,7 +47,13 @@ class SegmentWorker:
     then called on batches of ``{"uri", "name"}`` rows; returns their manifest rows (nested
     values as JSON text)."""
 
-    def __init__(self, settings: dict, out: str, device=None, fault_once: str | None = None):
+    def __init__(
+        self, settings: dict, out: str, device=None, threads: int = 1,
+        fault_once: str | None = None,
+    ):  # fmt: skip
+        from ovseg.distributed._ray import set_threads
+
+        set_threads(threads)
         self.settings, self.out, self.fault_once = settings, Path(out), fault_once
         self.segmenter = _outputs.build_segmenter(settings, device)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -179,7 +185,7 @@ def run_ray(
                     SegmentWorker,
                     fn_constructor_kwargs={
                         "settings": settings, "out": str(out.resolve()), "device": device,
-                        "fault_once": fault,
+                        "threads": ray_options.threads(), "fault_once": fault,
                     },
                     **ray_options.map_batches_args(ray, len(items)),
                 )  # fmt: skip
@@ -226,7 +232,7 @@ def run_ray(
 def segment_dataset(
     inputs, classes, out, *, address: str | None = None, workers: int | None = None,
     gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, batch_size: int = 1,
-    formats=(), progress: bool = False, **options,
+    threads_per_worker: int | None = None, formats=(), progress: bool = False, **options,
 ) -> dict:  # fmt: skip
     """Segment every image of ``inputs`` into ``classes`` on a Ray cluster, writing what
     ``ovseg segment`` writes under ``out`` plus the manifest ``out/ovseg_manifest.jsonl``.
@@ -238,8 +244,8 @@ def segment_dataset(
         classes: class names (``"a; b"`` makes synonyms).
         out: output folder; on a cluster of several machines it must be a folder every worker
             can write (a shared file system).
-        address, workers, gpus_per_worker, cpus_per_worker, batch_size: see
-            :class:`~ovseg.distributed._ray.RayOptions`.
+        address, workers, gpus_per_worker, cpus_per_worker, batch_size, threads_per_worker:
+            see :class:`~ovseg.distributed._ray.RayOptions`.
         formats: extra exports, ``"coco-panoptic"``, ``"yolo"``.
         **options: the options of ``ovseg segment`` by their Python names: ``sam``, ``clip``,
             ``method``, ``dino``, ``device``, ``random_weights``, ``scorer``, ``templates``,
@@ -259,7 +265,9 @@ def segment_dataset(
     from ovseg.distributed.cli import check_worker_device, namespace, prepare_on_driver
     from ovseg.distributed.inputs import list_inputs
 
-    ray_options = RayOptions(address, workers, cpus_per_worker, gpus_per_worker, batch_size)
+    ray_options = RayOptions(
+        address, workers, cpus_per_worker, gpus_per_worker, batch_size, threads_per_worker
+    )
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     args = namespace(inputs, classes, out, formats, options)
     check_worker_device(args.device, gpus_per_worker)
