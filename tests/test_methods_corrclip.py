@@ -172,6 +172,14 @@ def test_window_matches_independent_implementation(models):
         ref = reference_window(clip.model.visual, dino, crop, variant)
         assert ours.shape == ref.shape == (1, 32, 7, 14)
         torch.testing.assert_close(ours, ref, atol=2e-4, rtol=1e-4)
+    # the DBSCAN merging is exercised: two of these regions become one group
+    from ovseg.methods.corrclip import corrclip_dino_features
+    from ovseg.methods.regions import merge_regions, resize_ids
+
+    feats, grid = corrclip_dino_features(dino, crop)
+    cells = resize_ids(torch.from_numpy(ids), grid)
+    merged = merge_regions(cells, feats[0])
+    assert len(torch.unique(merged)) < len(torch.unique(cells)) > 2
 
 
 @torch.inference_mode()

@@ -108,7 +108,7 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor, eps: float = DBSCAN_EP
         means = torch.stack([feats[flat == r].mean(dim=0) for r in range(len(values))])
         means = F.normalize(means, dim=1)[1:]
         sim = means @ means.T
-        dist = (sim.max() - sim).cpu().numpy()
+        dist = (sim.max() - sim).detach().cpu().numpy()
         cluster = DBSCAN(metric="precomputed", eps=eps, min_samples=1).fit_predict(dist)
         group[1:] = torch.from_numpy(cluster).to(group) + 1
     return group[inverse]
