@@ -211,6 +211,7 @@ def _methods_markdown(c: dict, s: dict, m: dict) -> list[str]:
     plain = s["stages"]["end_to_end"]["plain"]
     dino = any(row["method"] == "proxyclip" for row in s["methods"].values())
     sam = any(row["method"] == "trident" for row in s["methods"].values())
+    tiny = "tiny-random" if c["sam"] == "tiny-random" else None
     lines = [
         "## Dense methods"
         + (" (Trident with its SAM encoder and refinement)" if sam else " (no SAM)"),
@@ -219,6 +220,7 @@ def _methods_markdown(c: dict, s: dict, m: dict) -> list[str]:
         "Segmenter's probability cache cleared), then its labels and result "
         f"(`Segmenter.segment`). Models: CLIP {c['clip']}"
         + (f" and DINO {c['dino']} (ProxyCLIP)" if dino else "")
+        + (f", DINO {tiny or 'dino_vitb16'} and SAM {c['sam']} (Trident)" if sam else "")
         + (", tiny random test models" if c["sam"] == "tiny-random" else ", random weights")
         + "; the CLIP model object above; the same frames and repeats. Ratios: the "
         f"plain pipeline's end to end ({_fmt(plain)} s) and ovseg's SAM + CLIP end to end over "

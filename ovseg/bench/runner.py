@@ -16,7 +16,9 @@ Fairness, as reported in every result:
   its labels and result, timed in the same repeats on the same frames, with the same CLIP
   model object, against the plain pipeline's end to end. ``corrclip`` (``--methods corrclip``)
   takes the fixed mask set as its regions (its SAM 2 regions are a proposal stage, like the
-  grid), so its row is its dense stage and its vote.
+  grid), so its row is its dense stage and its vote. ``trident`` (``--methods trident``) runs
+  the bench's SAM itself: its row includes SAM's encoder (embedding cache cleared per image)
+  and its SAM refinement.
 
 The plain pipeline lives in :mod:`ovseg.bench.plain`; reports in :mod:`ovseg.bench.report`.
 """
