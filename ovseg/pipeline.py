@@ -61,12 +61,13 @@ class Segmenter:
         clip: an open_clip ``"ARCH/TAG"``, ``"ARCH:PATH"`` (also an OpenAI-format state dict),
             ``"hf:ORG/NAME"``, a built model, or ``"tiny-random"`` / ``"hf-tiny-random"``.
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
-        dino: DINO for ProxyCLIP and CorrCLIP: ``"dino_vitb8"``, ``"dino_vitb16"``,
+        dino: DINO for ProxyCLIP, CorrCLIP and Trident: ``"dino_vitb8"``, ``"dino_vitb16"``,
             ``"NAME:/path.pth"``, a built module, or ``"tiny-random"``.
         method: the per-pixel method: ``"naclip"`` (default), ``"sclip"``, ``"clearclip"``,
             ``"proxyclip"``, ``"corrclip"`` (each computed exactly as its reference code; CorrCLIP
             uses SAM regions: ``masks=`` per call, else SAM's automatic masks with its settings
-            ``CORRCLIP_GRID``), or ``"sam-clip"``
+            ``CORRCLIP_GRID``), ``"trident"`` (SAM ViT-B's encoder shapes its map and its own SAM
+            prompts refine it; needs ``sam``, one encoder pass per image), or ``"sam-clip"``
             (SAM's automatic masks scored by the CLIP region ``scorer``; pixels no mask covers
             stay unlabeled).
         refine: ``None`` (the method's own map) or ``"masks"``: in automatic mode SAM's grid
@@ -350,9 +351,10 @@ class Segmenter:
 
         ``softmax(logit_scale * cosine)`` over every query (each synonym of each class, and the
         ``background`` names), then per class the max over its synonyms; NACLIP's PAMR is
-        included; CorrCLIP's map is the one before its vote, with the regions of ``masks`` (bool
-        (N, H, W) or an int id map, 0 = unsegmented) or SAM's automatic ones. ``options``
-        override the method's settings (see ``method_options``).
+        included; Trident's map is the one before its SAM refinement; CorrCLIP's the one before
+        its vote, with the regions of ``masks`` (bool (N, H, W) or an int id map, 0 =
+        unsegmented) or SAM's automatic ones. ``options`` override the method's settings (see
+        ``method_options``).
         """
         vocab = self.vocabulary(classes, background, templates)
         DenseMethod.check_options(options)
