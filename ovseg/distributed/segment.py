@@ -162,59 +162,19 @@ def run_ray(
     write the outputs, the manifest and the run files; the summary (see
     :func:`segment_dataset`; ``"interrupted": True`` after Ctrl-C). A failure of Ray itself
     (no cluster, workers that cannot build the models) raises ``RuntimeError`` naming it."""
-    from tqdm import tqdm
-
-    from ovseg.distributed._ray import connect, worker_error
-
     start = time.perf_counter()
     names = [*known, *(i.name for i in images)]
-    old = read_manifest(out)
     todo = [i for i in images if not _outputs.is_complete(out, i.name)]
-    rows: dict[str, dict] = {}
     summary = {"images": len(images), "written": 0, "skipped": len(images) - len(todo)}
     recorded = (out / _outputs.RECORD).is_file()
+    rows: dict[str, dict] = {}
     if todo:
         _outputs.write_record(out, settings, names)  # before any worker writes an output
-        fault = os.environ.get(FAULT_ENV) or None
-        items = [{"uri": str(i.path), "name": i.name} for i in todo]
         try:
-            with connect(ray_options.address) as ray:
-                blocks = -(-len(items) // ray_options.batch_size)  # one block per batch: one task
-                data = ray.data.from_items(items, override_num_blocks=blocks)
-                data = data.map_batches(
-                    SegmentWorker,
-                    fn_constructor_kwargs={
-                        "settings": settings, "out": str(out.resolve()), "device": device,
-                        "threads": ray_options.threads(), "fault_once": fault,
-                    },
-                    **ray_options.map_batches_args(ray, len(items)),
-                )  # fmt: skip
-                bar = tqdm(total=len(todo), desc="segment", unit="img", disable=not progress)
-                try:
-                    for raw in data.iter_rows():
-                        rows[raw["image"]] = _row(raw)
-                        bar.update(1)
-                except KeyboardInterrupt:
-                    summary["interrupted"] = True
-                bar.close()
-        except Exception as e:
+            rows = _stream(out, settings, todo, ray_options, device, progress, summary)
+        finally:
             _forget_record(out, recorded, todo)
-            if type(e).__module__.startswith("ray"):
-                raise RuntimeError(f"the Ray run failed: {worker_error(e)}") from e
-            raise
-    _forget_record(out, recorded, todo)
-    merged = []
-    for image in images:
-        row = rows.get(image.name)
-        before = old.get(image.name)
-        if row is None and not _outputs.is_complete(out, image.name):
-            merged += [before] if before else []  # interrupted before this image
-            continue
-        if row is None:
-            row = before if before is not None else _done_row(out, image, settings["classes"])
-        elif before and before["status"] == row["status"] == "failed":
-            row = before if before["error"] == row["error"] else row
-        merged.append(row)
+    merged = _merge_rows(out, images, rows, read_manifest(out), settings["classes"])
     failed = [r for r in merged if r["status"] == "failed"]
     summary["written"] = sum(r["status"] == "ok" for r in rows.values())
     summary["failed"] = [{"image": r["image"], "error": r["error"]} for r in failed]
@@ -227,6 +187,58 @@ def run_ray(
     summary["manifest"] = str(out / MANIFEST) if merged else "no manifest (no image done)"
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
+
+
+def _stream(out: Path, settings, todo, ray_options, device, progress, summary) -> dict:
+    """Run the workers over ``todo``; their manifest rows by image name, as they arrive."""
+    from tqdm import tqdm
+
+    from ovseg.distributed._ray import connect, worker_error
+
+    rows = {}
+    items = [{"uri": str(i.path), "name": i.name} for i in todo]
+    kwargs = {
+        "settings": settings, "out": str(out.resolve()), "device": device,
+        "threads": ray_options.threads(), "fault_once": os.environ.get(FAULT_ENV) or None,
+    }  # fmt: skip
+    try:
+        with connect(ray_options.address) as ray:
+            blocks = -(-len(items) // ray_options.batch_size)  # one block per batch: one task
+            data = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+                SegmentWorker,
+                fn_constructor_kwargs=kwargs,
+                **ray_options.map_batches_args(ray, len(items)),
+            )
+            bar = tqdm(total=len(items), desc="segment", unit="img", disable=not progress)
+            try:
+                for raw in data.iter_rows():
+                    rows[raw["image"]] = _row(raw)
+                    bar.update(1)
+            except KeyboardInterrupt:
+                summary["interrupted"] = True
+            bar.close()
+    except Exception as e:
+        if type(e).__module__.startswith("ray"):
+            raise RuntimeError(f"the Ray run failed: {worker_error(e)}") from e
+        raise
+    return rows
+
+
+def _merge_rows(out: Path, images, rows: dict, old: dict, classes) -> list[dict]:
+    """The manifest: this run's rows, the earlier manifest's for the other images (and for an
+    image that failed again with the same error), ``done`` rows for outputs without one."""
+    merged = []
+    for image in images:
+        row, before = rows.get(image.name), old.get(image.name)
+        if row is None and not _outputs.is_complete(out, image.name):
+            merged += [before] if before else []  # interrupted before this image
+        elif row is None:
+            merged.append(before if before is not None else _done_row(out, image, classes))
+        elif before and before["status"] == row["status"] == "failed":
+            merged.append(before if before["error"] == row["error"] else row)
+        else:
+            merged.append(row)
+    return merged
 
 
 def segment_dataset(
