@@ -344,8 +344,8 @@ def segment_video(
     """
     from ovseg.video.io import open_frames
 
-    stream = VideoStream(segmenter, classes, **options)
     source = open_frames(frames, start=start, end=end, stride=stride, max_frames=max_frames)
+    stream = VideoStream(segmenter, classes, **options)
 
     def results() -> Iterator[SegmentationResult]:
         for index, frame in source:
