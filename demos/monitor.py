@@ -12,6 +12,7 @@ entering a zone it never occupied during the baseline (a person on the tracks) r
 alert per entry: the frame is saved with the zones and the objects drawn
 (``OUT/alert_NNNNNN.png``) and the alert is added to ``OUT/alerts.json`` (frame, time, zone,
 class, fraction of the zone, object ids), both written atomically as they happen.
+``OUT/zones.png`` shows the zones drawn on the first frame.
 
 Smoke run with the tiny random models (their labels are meaningless, so are the alerts):
 
@@ -177,6 +178,10 @@ def main(argv=None) -> int:
             masks = zone_masks(zones, result.shape)
             baseline = max(1, round(args.baseline_seconds * fps))
             monitor = ZoneMonitor(masks, stream.classes, baseline, args.min_fraction, fps)
+            first = Image.fromarray(result.image)  # the zones on the first frame, to check them
+            for points in zones.values():
+                ImageDraw.Draw(first).polygon([tuple(p) for p in points], outline=(255, 255, 0))
+            first.save(args.out / "zones.png")
         alerts = monitor.update(index, result)
         if alerts:
             path = args.out / f"alert_{index:06d}.png"

@@ -73,4 +73,5 @@ def test_command_runs_on_frames(tmp_path, capsys):
     assert code == 0
     assert "baseline: {'road':" in capsys.readouterr().out
     log = json.loads((tmp_path / "out" / "alerts.json").read_text())
+    assert Image.open(tmp_path / "out" / "zones.png").size == (96, 64)
     assert all((tmp_path / "out" / a["image"]).is_file() for a in log)
