@@ -32,6 +32,7 @@ examples:
   ovseg segment street.jpg --classes "road; street, red truck" --points "[[410, 220]]" -o out/
   ovseg segment photos/ --classes road car --method sam-clip --points-per-side 16 -o out/
   ovseg segment photos/ --classes road car --format yolo --format coco-panoptic -o out/
+  ovseg segment 'photos/**/*.jpg' --classes road car -o out/ --ray --workers 4
 
 --classes takes one or more names (quote names with spaces: "red truck"); commas and
 newlines also split, ";" joins synonyms. End the class list with -- when images follow it."""
