@@ -306,6 +306,7 @@ def test_segmenter_with_sam2(image):
     assert isinstance(seg.proposer, Sam2Proposer)
     auto = seg.propose(image, points_per_side=4, box_nms_thresh=1.0, multimask_output=False)
     assert len(auto) == 16 and auto.masks.shape[1:] == image.shape[:2]
+    assert len(seg.propose(image, points_per_side=2, use_m2m=True, box_nms_thresh=1.0)) == 12
     result = seg.segment(image, ["road", "car"], points_per_side=4)
     assert result.label_map.shape == image.shape[:2]
     clicked = seg.segment(image, ["road", "car"], points=[[30, 60]])
@@ -315,3 +316,25 @@ def test_segmenter_with_sam2(image):
         sam1.propose(image, use_m2m=True)
     with pytest.raises(ValueError, match="need a SAM 2 model"):
         Segmenter("tiny-random", "tiny-random", device="cpu", grid=Sam2GridOptions())
+
+
+def test_bench_plain_side_is_meta_on_the_same_weights(image):
+    """ovseg bench --sam sam2-...: Meta's generator (plain) and ovseg's give the same masks."""
+    pytest.importorskip("sam2.build_sam", reason="Meta's sam2 package is not installed")
+    from ovseg.bench.plain_sam2 import PlainSam2Pipeline, build_pair, meta_config
+    from ovseg.models.tiny import tiny_clip
+    from ovseg.proposals.sam2_grid import Sam2GridOptions, automatic_masks_sam2
+
+    assert meta_config("sam2.1_hiera_base_plus") == ("configs/sam2.1/sam2.1_hiera_b+.yaml", [])
+    assert meta_config("sam2_hiera_large")[0] == "configs/sam2/sam2_hiera_l.yaml"
+    meta_model, ours = build_pair(SAM2_TINY, "cpu", random_weights=False)
+    grid = dict(points_per_side=4, **OFF)
+    plain = PlainSam2Pipeline(meta_model, tiny_clip(), 64, (0.5,) * 3, (0.5,) * 3, grid=grid)
+    masks, _, _ = plain.proposals(image)
+    proposer = Sam2Proposer(ours)
+    proposer.set_image(image)
+    np.testing.assert_array_equal(
+        automatic_masks_sam2(proposer, Sam2GridOptions(**grid)).masks, masks
+    )
+    plain.predictor.set_image(image)
+    assert plain.click((40.0, 50.0), image, torch.eye(32)[:2]).dtype == bool

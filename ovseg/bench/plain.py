@@ -125,14 +125,19 @@ class PlainPipeline:
 
     def __post_init__(self):
         import open_clip
-        from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
-        self.generator = SamAutomaticMaskGenerator(self.sam, output_mode="binary_mask", **self.grid)
-        self.predictor = SamPredictor(self.sam)
+        self.generator, self.predictor = self._sam_tools()
         self.preprocess = open_clip.image_transform(
             self.image_size, is_train=False, mean=self.mean, std=self.std
         )
         self.device = next(self.clip_model.parameters()).device
+
+    def _sam_tools(self):
+        """(automatic generator, predictor) of the plain side: segment_anything's."""
+        from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+
+        generator = SamAutomaticMaskGenerator(self.sam, output_mode="binary_mask", **self.grid)
+        return generator, SamPredictor(self.sam)
 
     @torch.no_grad()
     def proposals(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -212,7 +217,7 @@ class PlainPipeline:
             point_labels=np.array([1]),
             multimask_output=True,
         )
-        mask = masks[int(np.argmax(scores))]
+        mask = masks[int(np.argmax(scores))].astype(bool)  # SAM 2's predictor gives 0./1.
         self.score(image, mask[None], text)
         return mask
 

@@ -135,6 +135,19 @@ def to_markdown(results: dict) -> str:
     """A markdown report: setup, fairness notes, and the table of medians and ratios."""
     c, m, s = results["config"], results["machine"], results["summary"]
     kinds = c["scorers"]
+    sam2 = c["sam"].startswith("sam2")
+    plain_generator = (
+        "Meta's `SAM2AutomaticMaskGenerator` (its sam2 package) on the same weights; ovseg = "
+        "transformers' Sam2Model, decoded in batches, the IoU filter before upsampling"
+        if sam2
+        else "`SamAutomaticMaskGenerator`; ovseg = batched low-resolution decode, filters at low "
+        "resolution, survivors upsampled"
+    )
+    filters = (
+        "pred IoU 0.8, stability 0.95, NMS 0.7"
+        if sam2
+        else "pred IoU 0.88, stability 0.95, NMS 0.7"
+    )
     where = m.get("gpu") or f"CPU, {m['cpu_count']} cores ({m['torch_threads']} torch threads)"
     lines = [
         f"# ovseg bench: SAM {c['sam']} + CLIP {c['clip']} on {m['device']}",
@@ -145,19 +158,22 @@ def to_markdown(results: dict) -> str:
         "- Weights: "
         + (
             "tiny random test models"
-            if c["sam"] == "tiny-random"
+            if c["sam"] in ("tiny-random", "sam2-tiny-random")
             else "random (timing only; same architectures as the released checkpoints)"
         )
-        + "; both sides share the same model objects.",
+        + (
+            "; both sides hold the same weights."
+            if sam2
+            else "; both sides share the same model objects."
+        ),
         f"- Proposals: {c['points_per_side']}x{c['points_per_side']} grid on both sides, "
         + (
-            "SAM's default quality filters (pred IoU 0.88, stability 0.95, NMS 0.7)"
+            f"SAM's default quality filters ({filters})"
             if c["filters"]
             else "quality filters off (NMS 0.7)"
         )
-        + ". Plain = `SamAutomaticMaskGenerator`; ovseg = batched low-resolution decode, "
-        "filters at low resolution, survivors upsampled"
-        + (", fused SDPA attention in the encoder." if c["fused"] else "."),
+        + f". Plain = {plain_generator}"
+        + (", fused SDPA attention in the encoder." if c["fused"] and not sam2 else "."),
         f"- Scoring: both sides score the same {_fmt(s['masks']['scored'], 0)} masks per image "
         f"(median): connected components >= {c['min_area']} px of the ground-truth label map. "
         "Plain = one CLIP pass per mask (PIL crop of the mask box, outside greyed, open_clip "
@@ -165,7 +181,9 @@ def to_markdown(results: dict) -> str:
         "dense = one CLIP pass per image, features pooled in each mask.",
         "- End to end = encoder + proposals + scoring + fusion (text embeddings computed once "
         "per vocabulary on both sides, not timed). Click = one point after `set_image`: "
-        "SAM's best mask + its scoring + fusion, vs `SamPredictor.predict` + one plain crop.",
+        "SAM's best mask + its scoring + fusion, vs "
+        + ("`SAM2ImagePredictor.predict`" if sam2 else "`SamPredictor.predict`")
+        + " + one plain crop.",
         "",
         "| stage | plain (s) | "
         + " | ".join(f"ovseg {k} (s) | plain/ovseg {k}" for k in kinds)

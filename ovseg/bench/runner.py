@@ -37,6 +37,7 @@ import torch
 from ovseg.bench.plain import PlainPipeline, label_components, synthetic_scene
 from ovseg.bench.report import machine_info, summarize
 from ovseg.constants import DEFAULT_SAM
+from ovseg.proposals.sam2_grid import Sam2GridOptions
 
 CAMVID = Path("../shared/data/camvid-val")
 CAMVID_IGNORE = (11,)
@@ -221,20 +222,29 @@ def build(config: BenchConfig):
     import warnings
 
     from ovseg.models.build import build_clip, build_sam, resolve_device
+    from ovseg.models.sam2_weights import is_sam2_spec
     from ovseg.pipeline import Segmenter
     from ovseg.proposals.grid import GridOptions
 
     device = resolve_device(config.device)
     if config.half and device.type != "cuda":
         raise ValueError("--half needs a CUDA device (float16 is slow or unsupported on CPU)")
+    sam2 = is_sam2_spec(config.sam)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights: timing only, stated below
-        sam = build_sam(config.sam, device, random_weights=not config.tiny)
+        if sam2:  # the plain side is Meta's SAM 2 on the same weights
+            from ovseg.bench.plain_sam2 import PlainSam2Pipeline, build_pair
+
+            plain_sam, sam = build_pair(config.sam, device, random_weights=not config.tiny)
+        else:
+            plain_sam = sam = build_sam(config.sam, device, random_weights=not config.tiny)
         clip = build_clip(config.clip, device, random_weights=not config.tiny)
     filters = {} if config.filters else dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    grid = GridOptions(points_per_side=config.points_per_side, **filters)
-    plain = PlainPipeline(
-        sam,
+    grid = (Sam2GridOptions if sam2 else GridOptions)(
+        points_per_side=config.points_per_side, **filters
+    )
+    plain = (PlainSam2Pipeline if sam2 else PlainPipeline)(
+        plain_sam,
         clip.model,
         clip.image_size,
         clip.mean,
@@ -392,7 +402,7 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
             progress(f"[{name} {r + 1}/{config.repeats}] ovseg ...")
             run, ours = _run_ovseg(config, seg, scorers, image, fixed, classes, device, autocast)
             rec["ovseg"].append(run)
-            if config.adaptive:
+            if config.adaptive and not isinstance(seg.grid, Sam2GridOptions):
                 with autocast:
                     adaptive, t_ad = _timed(lambda: seg.propose(adaptive=True), device)
                 rec["adaptive"].append(

@@ -22,7 +22,12 @@ def register(subparsers) -> None:
         action="store_true",
         help="tiny random test models (quick run; sets --sam/--clip tiny-random)",
     )
-    p.add_argument("--sam", default="vit_b", help="vit_b|vit_l|vit_h (random weights)")
+    p.add_argument(
+        "--sam",
+        default="vit_b",
+        help="vit_b|vit_l|vit_h, or SAM 2: sam2.1_hiera_tiny|small|base_plus|large (random "
+        "weights; the plain side is then Meta's sam2 package), sam2-tiny-random",
+    )
     p.add_argument("--clip", default="ViT-B-16", help="open_clip architecture (random weights)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
     p.add_argument("--images", type=int, default=None, help="number of frames (default 1)")

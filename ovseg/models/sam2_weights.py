@@ -37,6 +37,7 @@ __all__ = [
     "Sam2Arch",
     "build_sam2",
     "convert_meta_state_dict",
+    "from_meta_state_dict",
     "is_sam2_model",
     "is_sam2_spec",
     "sam2_config",
@@ -292,14 +293,14 @@ def build_sam2(spec, device=None, *, video: bool = False, random_weights: bool =
             file = Path(path).expanduser()
             if not file.is_file():
                 raise FileNotFoundError(f"SAM 2 checkpoint not found: {file}")
-            return _from_meta(name, weights.load_state_dict(file), file, video).to(device)
+            return from_meta_state_dict(name, weights.load_state_dict(file), file, video).to(device)
         if name == SAM2_TINY:
             return _random(name, video, seed=0).to(device)
         if random_weights:
             warnings.warn(_RANDOM_WARNING.format(what=f"SAM 2 {name}"), UserWarning, stacklevel=2)
             return _random(name, video, seed=None).to(device)
         file = weights.ensure_checkpoint(name)
-        return _from_meta(name, weights.load_state_dict(file), file, video).to(device)
+        return from_meta_state_dict(name, weights.load_state_dict(file), file, video).to(device)
     if _is_hub_id(spec):
         return _from_hub(spec, video).to(device)
     known = ", ".join(SAM2_ARCHS)
@@ -323,7 +324,10 @@ def _random(name: str, video: bool, seed: int | None):
     return model.eval()
 
 
-def _from_meta(name: str, state: dict, source: Path, video: bool):
+def from_meta_state_dict(name: str, state: dict, source="state dict", video: bool = False):
+    """A ``Sam2Model`` (``Sam2VideoModel`` with ``video``) of architecture ``name`` holding the
+    weights of a Meta-format state dict; ValueError naming the missing, unexpected and
+    mis-shaped keys when they do not fit (``source`` names the weights in messages)."""
     if not any(k.startswith(("image_encoder.trunk.", "sam_mask_decoder.")) for k in state):
         raise ValueError(
             f"{source} is not a Meta SAM 2 checkpoint (no image_encoder.trunk.* or "
