@@ -113,6 +113,11 @@ class Segmenter:
             raise ValueError(f"refine must be one of {REFINES}, got {refine!r}")
         if sam is None and (method == REGION_METHOD or refine or needs_sam(method)):
             raise ValueError(f"method={method!r} with refine={refine!r} needs a SAM model")
+        if needs_sam(method) and is_sam2_spec(sam):
+            raise ValueError(
+                f"method {method!r} reads SAM 1's ViT encoder: use sam='vit_b' (or vit_l, vit_h), "
+                "not a SAM 2 model"
+            )
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if grid is not None and not isinstance(grid, GridOptions):

@@ -314,6 +314,11 @@ def test_segmenter_with_sam2(image):
     sam1 = Segmenter("tiny-random", "tiny-random", device="cpu", method="naclip")
     with pytest.raises(ValueError, match="SAM 2's grid"):
         sam1.propose(image, use_m2m=True)
+    with pytest.raises(ValueError, match="SAM 1's ViT encoder"):
+        Segmenter(SAM2_TINY, "tiny-random", device="cpu", method="trident", dino="tiny-random")
+    from ovseg.app.ui import describe_models
+
+    assert "Sam2Model" in describe_models(seg)
     with pytest.raises(ValueError, match="need a SAM 2 model"):
         Segmenter("tiny-random", "tiny-random", device="cpu", grid=Sam2GridOptions())
 

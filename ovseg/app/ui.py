@@ -31,7 +31,8 @@ def describe_models(segmenter, models: dict[str, str] | None = None) -> str:
     from ovseg.models.weights import SAM_CHECKPOINTS
 
     models = dict(models or {})
-    sam = models.get("sam") or type(segmenter.proposer.model.image_encoder).__name__
+    model = segmenter.proposer.model  # SAM 1: name its encoder; SAM 2: its transformers class
+    sam = models.get("sam") or type(getattr(model, "image_encoder", model)).__name__
     clip = models.get("clip") or segmenter.clip.name
     scorer = type(segmenter.scorer).__name__
     return (
