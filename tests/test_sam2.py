@@ -343,3 +343,12 @@ def test_bench_plain_side_is_meta_on_the_same_weights(image):
     )
     plain.predictor.set_image(image)
     assert plain.click((40.0, 50.0), image, torch.eye(32)[:2]).dtype == bool
+
+
+def test_eval_oracle_proposals_with_sam2(image):
+    from ovseg.eval.predict import _SamOnly
+
+    sam_only = _SamOnly(SAM2_TINY, "cpu", random_weights=False)
+    assert isinstance(sam_only.proposer, Sam2Proposer)
+    masks = sam_only.propose(image, points_per_side=2, box_nms_thresh=1.0, **OFF)
+    assert len(masks) == 12 and masks.masks.shape[1:] == image.shape[:2]

@@ -134,16 +134,24 @@ class _SamOnly:
         from ovseg.models.build import build_sam, resolve_device
         from ovseg.proposals.grid import fused_attention
         from ovseg.proposals.sam import Proposer
+        from ovseg.proposals.sam2 import Sam2Proposer, is_sam2_model
 
         model = build_sam(sam, resolve_device(device), random_weights=random_weights)
-        fused_attention(model)
-        self.proposer = Proposer(model)
+        if is_sam2_model(model):
+            self.proposer = Sam2Proposer(model)
+        else:
+            fused_attention(model)
+            self.proposer = Proposer(model)
 
     def propose(self, image: np.ndarray, **grid):
+        """The automatic masks of ``image`` (SAM 2: Meta's generator defaults under ``grid``)."""
         from ovseg.proposals.grid import GridOptions, automatic_masks
+        from ovseg.proposals.sam2 import Sam2Proposer
+        from ovseg.proposals.sam2_grid import Sam2GridOptions
 
         self.proposer.set_image(image)
-        return automatic_masks(self.proposer, GridOptions(**grid))
+        sam2 = isinstance(self.proposer, Sam2Proposer)
+        return automatic_masks(self.proposer, (Sam2GridOptions if sam2 else GridOptions)(**grid))
 
 
 # ovseg's benchmark kinds -> the dense methods' dataset names (their class files and configs).
