@@ -337,3 +337,42 @@ def test_bench_row_pays_sam_encoder_each_image(image):
         run = _run_method(segs["trident"], img, ["a", "b"], dict(OPTS), cpu)
         assert run["probabilities"] > 0 and run["labels"] > 0
     assert segs["trident"].proposer.encoder_calls == 2  # not served from the cache
+
+
+@pytest.mark.filterwarnings("ignore:ovseg. the tiny random SAM")
+def test_eval_method_trident_is_the_refined_map(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from ovseg.eval.datasets import open_dataset
+    from ovseg.eval.runner import evaluate
+    from ovseg.methods.classnames import class_names, query_list
+    from ovseg.methods.dense import predict_labels
+    from ovseg.methods.text import query_embeddings
+    from ovseg.pipeline import Segmenter
+    from ovseg.result import read_label_png
+
+    base = tmp_path / "voc" / "VOC2012"
+    (base / "JPEGImages").mkdir(parents=True)
+    (base / "SegmentationClass").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(
+        base / "JPEGImages" / "im0.png"
+    )
+    Image.fromarray(np.zeros((64, 96), np.uint8)).save(base / "SegmentationClass" / "im0.png")
+    seg = Segmenter("tiny-random", "tiny-random", "cpu", dino="tiny-random", method="trident")
+    opts = dict(coarse_thresh=0.0, minimal_area=4, sam_iou_thresh=-1e9, **OPTS)
+    out = tmp_path / "trident.json"
+    evaluate(tmp_path / "voc", out, kind="voc21", segmenter=seg, progress=False,
+             method_options=opts)  # fmt: skip
+    queries, owners = query_list(class_names("trident", "voc21"))
+    text = query_embeddings(seg.clip.model, seg.clip.tokenizer, queries)
+    config = seg.dense.config("voc21", **opts)
+    sample = open_dataset(tmp_path / "voc", "voc21")[0]
+    probs = seg.dense.probabilities(sample.image, text, owners, 21, config, sam=seg.proposer)
+    coarse = predict_labels(probs, config, 0)
+    refined = seg.dense.refine(sample.image, probs, coarse, config, seg.proposer)
+    assert len(refined.masks) > 0  # the refinement ran
+    cache = json.loads(out.read_text())["cache"]
+    np.testing.assert_array_equal(read_label_png(f"{cache}/im0.png"), refined.labels)
