@@ -59,7 +59,7 @@ def masks(synthetic_image) -> np.ndarray:
 
 
 def _embed(seg, image, masks) -> torch.Tensor:
-    return seg.scorer.embed(image, Masks.from_masks(masks))
+    return seg.region_scorer.embed(image, Masks.from_masks(masks))
 
 
 def _cosines(seg, image, masks, names) -> np.ndarray:
@@ -334,9 +334,10 @@ def test_nothing_found_is_an_empty_result_not_an_error(tiny_segmenter, synthetic
         points_per_side=2,
     )
     assert not r.found and r.mask is None and r.candidates == [] and r.point is None
-    both = tiny_segmenter.ground(
+    both = ground(
         synthetic_image,
         ["car", "sky"],
+        segmenter=tiny_segmenter,
         pred_iou_thresh=1.0,
         stability_score_thresh=1.0,
         points_per_side=2,
@@ -344,11 +345,13 @@ def test_nothing_found_is_an_empty_result_not_an_error(tiny_segmenter, synthetic
     assert [x.found for x in both] == [False, False]
 
 
-def test_segmenter_methods_equal_the_module_functions(tiny_segmenter, synthetic_image, masks):
+def test_the_public_fronts_are_the_module_functions(tiny_segmenter, synthetic_image, masks):
+    import ovseg
+
     a = ground(synthetic_image, "car", candidates=masks, segmenter=tiny_segmenter)
-    b = tiny_segmenter.ground(synthetic_image, "car", candidates=masks)
+    b = ovseg.ground(synthetic_image, "car", candidates=masks, segmenter=tiny_segmenter)
     assert a.score == b.score and np.array_equal(a.mask, b.mask)
-    h1 = tiny_segmenter.heatmap(synthetic_image, "car")
+    h1 = ovseg.heatmap(synthetic_image, "car", segmenter=tiny_segmenter)
     h2 = heatmap(synthetic_image, "car", segmenter=tiny_segmenter)
     np.testing.assert_array_equal(h1, h2)
 

@@ -28,7 +28,6 @@ from ovseg.methods.proxyclip import (
     proxy_attention,
     proxyclip_logits,
     proxyclip_probabilities,
-    proxyclip_probabilities_from_config,
     proxyclip_window_features,
 )
 
@@ -314,32 +313,23 @@ def test_logits_and_whole_image(clip_visual, dino, queries):
     assert torch.allclose(probs[0], full[:3].max(dim=0).values, atol=1e-6)
 
 
-def test_probabilities_from_config(clip_visual, dino, queries):
-    from dataclasses import dataclass
+def test_the_method_runs_its_front_with_its_settings(clip_visual, dino, queries):
+    """ProxyClip.query_probabilities is proxyclip_probabilities with its config's settings."""
+    from types import SimpleNamespace
+
+    from ovseg.methods.proxyclip import ProxyClip
 
     text, query_class = queries
     img = np.random.default_rng(7).integers(0, 256, (90, 130, 3), dtype=np.uint8)
     cfg = method_config("proxyclip", "voc21", short_side=112, slide_crop=112, slide_stride=56)
     direct = proxyclip_probabilities(clip_visual, dino, img, text, query_class, 5, 112, 112, 56)
-    got = proxyclip_probabilities_from_config(clip_visual, dino, img, text, query_class, 5, cfg)
+    clip = SimpleNamespace(model=SimpleNamespace(visual=clip_visual), mean=None, std=None)
+    method = ProxyClip()
+    method.clip_visual = lambda models: clip_visual  # the bare tower (no backend here)
+    method.mean_std = lambda models: (None, None)
+    models = SimpleNamespace(clip=clip, dino=dino)
+    got = method.query_probabilities(img, text, list(query_class), 5, models, cfg)
     assert torch.equal(got, direct)
-
-    @dataclass
-    class Settings:  # attribute access, as a MethodConfig gives
-        short_side: int = 112
-        slide_crop: int = 112
-        slide_stride: int = 56
-        logit_scale: float = 40.0
-        pad_multiple: int = 56
-        long_cap: int = 2048
-
-    got = proxyclip_probabilities_from_config(
-        clip_visual, dino, img, text, query_class, 5, Settings()
-    )
-    assert torch.equal(got, direct)
-    for bad in ({}, object()):  # attributes are read; a mapping is not a config
-        with pytest.raises(TypeError, match="short_side"):
-            proxyclip_probabilities_from_config(clip_visual, dino, img, text, query_class, 5, bad)
 
 
 def test_configs_and_class_names():

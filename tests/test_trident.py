@@ -325,7 +325,8 @@ def test_segmenter_trident(image):
 
 @pytest.mark.filterwarnings("ignore:ovseg. the tiny random SAM")
 def test_bench_row_pays_sam_encoder_each_image(image):
-    from ovseg.bench.runner import BenchConfig, _run_method, build_methods
+    from ovseg.bench.methods import build_methods, run_method
+    from ovseg.bench.runner import BenchConfig
     from ovseg.models.build import build_clip, resolve_device
 
     cpu = resolve_device("cpu")
@@ -334,7 +335,7 @@ def test_bench_row_pays_sam_encoder_each_image(image):
     assert errors == {} and segs["trident"].has_sam
     img = np.ascontiguousarray(image[:112, :192])
     for _ in range(2):
-        run = _run_method(segs["trident"], img, ["a", "b"], dict(OPTS), cpu)
+        run = run_method(segs["trident"], img, ["a", "b"], dict(OPTS), cpu)
         assert run["probabilities"] > 0 and run["labels"] > 0
     assert segs["trident"].proposer.encoder_calls == 2  # not served from the cache
 

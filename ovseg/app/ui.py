@@ -27,16 +27,16 @@ HELP = (
 
 
 def describe_models(segmenter, models: dict[str, str] | None = None) -> str:
-    """A Markdown line naming the models (fixed at launch), scorer and device."""
+    """A Markdown line naming the models (fixed at launch), the method and the device."""
     from ovseg.models.weights import SAM_CHECKPOINTS
 
     models = dict(models or {})
     model = segmenter.proposer.model  # SAM 1: name its encoder; SAM 2: its transformers class
     sam = models.get("sam") or type(getattr(model, "image_encoder", model)).__name__
     clip = models.get("clip") or segmenter.clip.name
-    scorer = type(segmenter.scorer).__name__
     return (
-        f"**Models** (fixed at launch): SAM `{sam}`, CLIP `{clip}`, scorer `{scorer}`, "
+        f"**Models** (fixed at launch): SAM `{sam}`, CLIP `{clip}`, method "
+        f"`{segmenter.method.name}`, "
         f"device `{segmenter.device}`. Restart with `ovseg app --sam "
         f"{{{','.join(SAM_CHECKPOINTS)}}} --clip ARCH/TAG` to change them."
     )
@@ -128,7 +128,7 @@ def build_app(
                     threshold = gr.Slider(
                         0.0,
                         1.0,
-                        value=segmenter.score_threshold,
+                        value=segmenter.config().score_threshold,
                         step=0.01,
                         label="Score threshold (min class probability)",
                     )

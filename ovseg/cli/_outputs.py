@@ -130,23 +130,17 @@ def check_collisions(out: Path, names: Iterable[str], formats: Sequence[str]) ->
 def build_segmenter(settings: dict, device=None):
     """The :class:`~ovseg.pipeline.Segmenter` that a run of ``settings`` uses (models are
     loaded on first use). Raises what the Segmenter raises for bad model names."""
-    from ovseg.pipeline import Segmenter
+    from ovseg.cli._args import build_segmenter as build
 
-    s = settings
-    return Segmenter(
-        s["sam"], s["clip"], device, dino=s["dino"], method=s["method"], refine=s.get("refine"),
-        random_weights=s["random_weights"], templates=s["templates"], scorer=s["scorer"],
-        score_threshold=s["score_threshold"],
-    )  # fmt: skip
+    return build(settings, device)
 
 
 def segment_image(segmenter, settings: dict, image):
     """Segment ``image`` (anything :func:`ovseg.image.load_image` takes) as ``settings`` say."""
     prompts = {k: settings[k] for k in ("points", "point_labels", "boxes")}
     return segmenter.segment(
-        image, settings["classes"], background=settings["background"], **prompts,
-        **settings["grid"],
-    )  # fmt: skip
+        image, settings["classes"], background=settings["background"], **prompts
+    )
 
 
 def save_outputs(result, out: Path, name: str) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ovseg.cli import (
+from ovseg.cli._args import (
     add_grid_arguments,
+    add_method_arguments,
     add_model_arguments,
-    check_device,
-    grid_options,
-    model_choice,
+    build_segmenter,
+    method_settings,
 )
 
 
@@ -24,12 +24,7 @@ def register(subparsers) -> None:
         "stay in their own session.",
     )
     add_model_arguments(p)
-    p.add_argument(
-        "--score-threshold",
-        type=float,
-        default=0.0,
-        help="initial score threshold in [0, 1] (adjustable in the page)",
-    )
+    add_method_arguments(p)
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -68,27 +63,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"ovseg app: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
-        grid = grid_options(args)
-        check_device(args.device)
+        settings = method_settings(args, grid_used=True)
         _check_port(args.host, args.port)  # before the models load
         from ovseg.app import build_app
-        from ovseg.pipeline import Segmenter
-        from ovseg.proposals.grid import GridOptions
 
-        models = model_choice(args)
-        segmenter = Segmenter(
-            models["sam"],
-            models["clip"],
-            args.device,
-            dino=models["dino"],
-            method=models["method"],
-            random_weights=args.random_weights,
-            templates=args.templates,
-            scorer=args.scorer,
-            score_threshold=args.score_threshold,
-            grid=GridOptions(**grid) if grid else None,
+        segmenter = build_segmenter(settings, args.device)
+        app = build_app(
+            segmenter, models={"sam": str(settings["sam"]), "clip": str(settings["clip"])}
         )
-        app = build_app(segmenter, models={"sam": str(models["sam"]), "clip": str(models["clip"])})
     except (ValueError, TypeError, OSError, ModuleNotFoundError) as e:
         print(f"ovseg app: error: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ earlier run that kept no manifest row), ``classes`` (the class names its label m
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -158,7 +159,7 @@ def run_ray(
     out: Path, formats, settings: dict, images, known, ray_options, *, device=None,
     progress: bool = False,
 ) -> dict:  # fmt: skip
-    """Segment ``images`` (already checked by :func:`ovseg.cli.segment.prepare`) on Ray and
+    """Segment ``images`` (already checked by :func:`ovseg.cli._plan.prepare`) on Ray and
     write the outputs, the manifest and the run files; the summary (see
     :func:`segment_dataset`; ``"interrupted": True`` after Ctrl-C). A failure of Ray itself
     (no cluster, workers that cannot build the models) raises ``RuntimeError`` naming it."""
@@ -272,9 +273,9 @@ def segment_dataset(
         ValueError, TypeError, FileNotFoundError: bad options or inputs, before any work.
         RuntimeError: Ray failed (no cluster at ``address``, models that do not build).
     """
-    from ovseg.cli.segment import prepare
+    from ovseg.cli._args import check_worker_device
+    from ovseg.cli._plan import prepare
     from ovseg.distributed._ray import RayOptions
-    from ovseg.distributed.cli import check_worker_device, namespace, prepare_on_driver
     from ovseg.distributed.inputs import list_inputs
 
     ray_options = RayOptions(
@@ -304,3 +305,53 @@ def print_summary(summary: dict, out: Path) -> None:
         f"ovseg segment: {text} in {summary['seconds']:.1f} s; {summary['run_files']}; {manifest}",
         file=sys.stderr,
     )
+
+
+def prepare_on_driver(args: argparse.Namespace, prepare, collect):
+    """``prepare(args, collect)`` with the device check left to :func:`check_worker_device`."""
+    device, args.device = args.device, None
+    try:
+        return prepare(args, collect)
+    finally:
+        args.device = device
+
+
+def namespace(inputs, classes, out, formats, options: dict) -> argparse.Namespace:
+    """The ``ovseg segment`` command line that :func:`~ovseg.distributed.segment_dataset`'s
+    arguments stand for, so that both go through the same checks.
+
+    Raises:
+        ValueError: an unknown option name (the known ones listed).
+    """
+    import json
+
+    from ovseg.cli import _plan
+
+    parser = argparse.ArgumentParser(prog="ovseg segment")
+    _plan.add_arguments(parser)
+    args = parser.parse_args(["--classes", "_", "-o", str(out)])
+    if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+        raise TypeError("classes must be a list of strings")
+    args.classes, args.inputs = list(classes), [str(i) for i in inputs]
+    fixed = {"func", "intermixed", "inputs", "classes", "out", "formats", "no_progress"}
+    fixed |= {"ray", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size"}
+    fixed.add("threads_per_worker")
+    known = sorted(set(vars(args)) - fixed)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    for key, value in options.items():
+        if key in ("points", "point_labels", "boxes") and value is not None:
+            value = json.dumps(value if not hasattr(value, "tolist") else value.tolist())
+        if key == "background":
+            value = [value] if isinstance(value, str) else list(value)
+        setattr(args, key, value)
+    from ovseg.cli._outputs import FORMATS
+
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown format(s) {bad}; choose from {', '.join(FORMATS)}")
+    args.formats = [[f] for f in formats]
+    args.ray, args.no_progress = True, True
+    return args

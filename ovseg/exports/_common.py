@@ -8,11 +8,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ovseg.result import SegmentationResult
+if TYPE_CHECKING:
+    from ovseg.result import SegmentationResult
 
 
 def check_classes(classes: Any) -> list[str]:
@@ -32,7 +33,7 @@ def check_classes(classes: Any) -> list[str]:
 
 def check_result(result: Any, classes: list[str] | None = None) -> SegmentationResult:
     """Return ``result`` if it is a :class:`SegmentationResult` whose classes equal ``classes``."""
-    if not isinstance(result, SegmentationResult):
+    if not all(hasattr(result, a) for a in ("label_map", "segments", "segment_map", "classes")):
         raise TypeError(f"expected an ovseg SegmentationResult; got {type(result).__name__}")
     if classes is not None and list(result.classes) != list(classes):
         raise ValueError(

@@ -56,7 +56,8 @@ from ovseg.methods.clip_blocks import embed_tokens, run_block
 from ovseg.methods.dense import class_max
 from ovseg.methods.dino import check_dino, dino_grid, dino_last_qkv
 from ovseg.methods.geometry import imrescale_size, normalize_image, resize_image
-from ovseg.methods.proxyclip import dino_input_from_clip
+from ovseg.methods.protocol import Finished
+from ovseg.methods.proxy_attention import dino_input_from_clip
 from ovseg.methods.regions import (
     DBSCAN_EPS,
     merge_regions,
@@ -65,9 +66,11 @@ from ovseg.methods.regions import (
     scope_mask,
 )
 from ovseg.methods.slide import slide_logits
+from ovseg.methods.training_free import ClipMethod
 
 __all__ = [
     "CORRCLIP_GRID",
+    "CorrClip",
     "corrclip_dino_features",
     "corrclip_logits",
     "corrclip_probabilities",
@@ -288,3 +291,69 @@ def corrclip_probabilities(
     with torch.inference_mode():
         probs = torch.softmax(logits * config.logit_scale, dim=0)
         return class_max(probs, qc, num_classes).float()
+
+
+class CorrClip(ClipMethod):
+    """CorrCLIP v1 (51.0 mIoU over eight benchmarks): needs CLIP, DINO ViT-B/8 and regions
+    (``masks=`` per call, else SAM's automatic masks with :data:`CORRCLIP_GRID`, so a SAM
+    model). Its map is the one before the vote; :meth:`finish` gives every region its
+    majority class, and the regions are the instances."""
+
+    name = "corrclip"
+    needs = frozenset({"clip", "dino", "regions"})
+    hints = {**ClipMethod.hints, "clip": "ViT-B-16-quickgelu/metaclip_fullcc"}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._regions: tuple | None = None  # (key, id map) of the last image
+
+    def clear_cache(self) -> None:
+        self._regions = None
+
+    def region_map(self, image: np.ndarray, models, regions=None) -> np.ndarray:
+        """The int64 id map ``(H, W)`` of ``regions`` (bool ``(N, H, W)`` or an id map), else
+        of SAM's automatic masks with CorrCLIP's settings (computed once per image)."""
+        from ovseg.methods.regions import region_id_map
+
+        if regions is not None:
+            return region_id_map(regions, image.shape[:2])
+        if not models.has_sam:
+            raise ValueError(
+                "method 'corrclip' needs regions: pass masks= (bool (N, H, W) or an int id map, "
+                "0 = unsegmented) or build the Segmenter with a SAM model"
+            )
+        from ovseg.proposals.grid import GridOptions, automatic_masks
+        from ovseg.proposals.sam2 import Sam2Proposer
+        from ovseg.proposals.sam2_grid import Sam2GridOptions
+        from ovseg.structures import image_key
+
+        proposer = models.proposer
+        options = GridOptions(**CORRCLIP_GRID)
+        if isinstance(proposer, Sam2Proposer):  # SAM 2's generator, one mask per point
+            options = Sam2GridOptions(**CORRCLIP_GRID, multimask_output=False)
+        key = (image_key(image), options, id(proposer))
+        if self._regions is None or self._regions[0] != key:
+            proposer.set_image(image)
+            ids = region_id_map(automatic_masks(proposer, options).masks, image.shape[:2])
+            self._regions = (key, ids)
+        return self._regions[1]
+
+    def query_probabilities(self, image, text, owners, entries, models, config, regions=None):
+        ids = self.region_map(image, models, regions)
+        mean, std = self.mean_std(models)
+        visual = self.clip_visual(models)
+        return corrclip_probabilities(
+            visual, models.dino, image, ids, text, owners, entries, config, mean, std
+        )
+
+    def finish(self, image, probs, labels, models, config, regions=None) -> Finished:
+        from ovseg.methods.regions import region_vote
+
+        ids = self.region_map(image, models, regions)
+        voted = region_vote(labels, ids)
+        values, inverse = np.unique(ids, return_inverse=True)
+        inverse = inverse.reshape(ids.shape)
+        masks = np.stack([inverse == r for r in range(1, len(values))]) if len(values) > 1 \
+            else np.zeros((0, *ids.shape), bool)  # fmt: skip
+        classes = np.array([voted[m].flat[0] for m in masks], np.int64)
+        return Finished(voted, masks, classes, np.ones(len(masks), np.float32))

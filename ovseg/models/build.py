@@ -26,24 +26,12 @@ from pathlib import Path
 import torch
 
 from ovseg.constants import HF_TINY, TINY
+from ovseg.models._device import RANDOM_WARNING as _RANDOM_WARNING
+from ovseg.models._device import resolve_device
 from ovseg.models.sam2_weights import SAM2_ARCHS, build_sam2, check_sam2_spec, is_sam2_spec
 from ovseg.scoring.backends import ClipBackend, HFClipBackend, OpenClipBackend
 
 _SAM_WIDTH_TO_ARCH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
-_RANDOM_WARNING = (
-    "ovseg: building {what} with RANDOM weights (random_weights=True). Its masks and labels are "
-    "meaningless; use this only to measure speed."
-)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` picks CUDA when available, else CPU; other values go to ``torch.device``."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be like 'cpu', 'cuda' or 'cuda:0', got {device!r}") from e
 
 
 def sam_names() -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, SAM2_TINY, TINY
 
 
 @dataclass(frozen=True)
@@ -43,20 +43,41 @@ DEFAULT_QUALITY = "best"
 MODEL_KEYS = ("method", "clip", "sam", "dino")
 
 
-def resolve_models(quality: str | None, given: dict) -> dict:
+def tiny_models(models: dict) -> dict:
+    """``models`` with each model replaced by its tiny random stand-in of the same kind (SAM 2
+    for a SAM 2 name, SAM 1 otherwise; CLIP; DINO): the method that would run with real weights
+    runs, in seconds, with meaningless labels."""
+    from ovseg.models.sam2_weights import is_sam2_spec
+
+    out = dict(models)
+    if out.get("sam") is not None:
+        out["sam"] = SAM2_TINY if is_sam2_spec(out["sam"]) else TINY
+    out["clip"] = TINY
+    if out.get("dino") is not None:
+        out["dino"] = TINY
+    return out
+
+
+def resolve_models(quality: str | None, given: dict, tiny: bool = False) -> dict:
     """The method and models to build: ``{"method", "clip", "sam", "dino"}``.
 
     ``given`` holds what the caller passed (keys of :data:`MODEL_KEYS`; ``sam=None`` means no
     SAM). With a ``quality``, its preset fills what is not given. Without one, nothing given
     means :data:`DEFAULT_QUALITY`; anything given means the plain defaults for the rest
     (``DEFAULT_SAM``, ``DEFAULT_CLIP``, ``DEFAULT_METHOD``, no DINO), so an explicit model set
-    is never mixed with a preset's models silently.
+    is never mixed with a preset's models silently. ``tiny``: the same method, every model
+    replaced by its tiny random stand-in (:func:`tiny_models`); models given are refused.
     """
     unknown = set(given) - set(MODEL_KEYS)
     if unknown:
         raise TypeError(f"unknown model option(s) {sorted(unknown)}; expected {MODEL_KEYS}")
     if quality is not None and quality not in PRESETS:
         raise ValueError(f"quality must be one of {QUALITIES}, got {quality!r}")
+    if tiny:
+        models = sorted(k for k in given if k != "method")
+        if models:
+            raise ValueError(f"tiny replaces every model: do not give {models} with it")
+        return tiny_models(resolve_models(quality, given))
     if quality is None and not given:
         quality = DEFAULT_QUALITY
     if quality is None:

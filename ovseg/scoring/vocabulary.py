@@ -133,6 +133,23 @@ class Vocabulary:
                     owners.append(i)
         self.owners = np.asarray(owners)
 
+    @classmethod
+    def from_entries(
+        cls, entries: Sequence[Sequence[str]], templates: str | Sequence[str] = "imagenet"
+    ) -> Vocabulary:
+        """A vocabulary of classes given as lists of synonyms, each name used verbatim (not
+        stripped or split): a method's class-name file, as its reference code reads it."""
+        entries = [list(e) for e in entries]
+        if not entries or not all(e and all(isinstance(n, str) and n for n in e) for e in entries):
+            raise ValueError("entries must be a non-empty list of non-empty lists of names")
+        vocab = cls.__new__(cls)
+        vocab.classes = ["; ".join(e) for e in entries]
+        vocab.background = []
+        vocab.templates = resolve_templates(templates)
+        vocab.names = [n for e in entries for n in e]
+        vocab.owners = np.asarray([i for i, e in enumerate(entries) for _ in e])
+        return vocab
+
     def __len__(self) -> int:
         return len(self.classes)
 

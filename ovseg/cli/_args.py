@@ -1,0 +1,402 @@
+"""The options shared by the subcommands that build a Segmenter (models, method options,
+automatic grid, device) and their checks; every check that does not depend on an image runs
+before any model is loaded."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+import sys
+
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_METHOD
+
+GRID_FLAGS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
+
+
+def add_model_arguments(
+    p: argparse.ArgumentParser,
+    scorers: tuple[str, ...] = ("dense", "crop", "both"),
+    presets: bool = True,
+) -> None:
+    """The model options shared by the subcommands that build a Segmenter.
+
+    With ``presets``, ``--quality`` picks a method and its published models (see
+    :mod:`ovseg.models.presets`) and the model flags default to None: read the choice with
+    :func:`model_choice`. Without, the flags default to the plain defaults.
+    """
+    from ovseg.models.presets import DEFAULT_QUALITY, PRESETS
+
+    if presets:
+        p.add_argument(
+            "--quality",
+            choices=tuple(PRESETS),
+            default=None,
+            help="a method with its published models: "
+            + "; ".join(f"{k}: {v.method} ({v.published_miou} mIoU)" for k, v in PRESETS.items())
+            + f". Default {DEFAULT_QUALITY} when no --sam/--clip/--dino/--method is given; "
+            "with any of them, the plain defaults fill the rest",
+        )
+    p.add_argument(
+        "--sam",
+        default=None if presets else DEFAULT_SAM,
+        help="SAM: vit_b|vit_l|vit_h|sam2.1_hiera_tiny|...|NAME:PATH|tiny-random "
+        f"(default {DEFAULT_SAM})",
+    )
+    p.add_argument(
+        "--clip",
+        default=None if presets else DEFAULT_CLIP,
+        help="CLIP: ARCH/TAG (open_clip), ARCH:PATH, hf:ORG/NAME, or tiny-random "
+        f"(default {DEFAULT_CLIP})",
+    )
+    p.add_argument(
+        "--method",
+        default=None,
+        metavar="NAME",
+        help=f"the method: {DEFAULT_METHOD}, sclip, clearclip, proxyclip, trident, corrclip "
+        f"(these three need --dino), or {REGION_METHOD} (SAM's automatic masks, each scored by "
+        f"CLIP); default: the --quality preset's, {DEFAULT_METHOD} when models are given",
+    )
+    p.add_argument(
+        "--dino",
+        default=None,
+        metavar="NAME",
+        help="DINO model of proxyclip, trident, corrclip: dino_vitb8, dino_vitb16, NAME:PATH "
+        "or tiny-random",
+    )
+    if presets:
+        p.add_argument(
+            "--tiny",
+            action="store_true",
+            help="tiny random stand-ins of the method's models (SAM, CLIP, DINO): the same "
+            "method runs on a CPU in seconds, offline, with meaningless labels (a first run, "
+            "a smoke test)",
+        )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random weights for registered architectures (timing only; meaningless labels)",
+    )
+    p.add_argument(
+        "--scorer",
+        default=None if "oracle" not in scorers else "dense",
+        choices=scorers,
+        help=f"CLIP region scorer of {REGION_METHOD} (default dense: one CLIP pass per image)"
+        + (
+            "; oracle: each proposal gets its majority ground-truth class"
+            if "oracle" in scorers
+            else ""
+        ),
+    )
+    p.add_argument(
+        "--templates",
+        default="imagenet",
+        help="prompt templates: imagenet (80, default), simple, photo, none",
+    )
+
+
+def model_choice(args: argparse.Namespace) -> dict:
+    """``{"method", "sam", "clip", "dino"}`` from ``--quality`` and the model flags."""
+    from ovseg.models.presets import MODEL_KEYS, resolve_models
+
+    given = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k, None) is not None}
+    tiny = bool(getattr(args, "tiny", False))
+    quality = getattr(args, "quality", None)
+    models = resolve_models(quality, given, tiny=tiny)
+    if hasattr(args, "quality") and quality is None and given and "method" not in given:
+        from ovseg.models.presets import DEFAULT_QUALITY, PRESETS
+
+        flags = ", ".join(f"--{k}" for k in given)
+        print(
+            f"ovseg: method {models['method']}: {flags} given without --method or --quality "
+            f"takes the plain defaults (the default, --quality {DEFAULT_QUALITY}, runs "
+            f"{PRESETS[DEFAULT_QUALITY].method}; --tiny runs it with tiny random models)",
+            file=sys.stderr,
+        )
+    return models
+
+
+def add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    """SAM's automatic-grid options (``--points-per-side`` ...), shared by segment, eval, app."""
+    grid = p.add_argument_group(
+        "automatic grid (SAM's automatic masks; defaults as SamAutomaticMaskGenerator)"
+    )
+    grid.add_argument(
+        "--points-per-side", type=int, default=None, metavar="N", help="grid points per side (32)"
+    )
+    grid.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=None,
+        metavar="T",
+        help="keep masks with predicted IoU >= T (0.88)",
+    )
+    grid.add_argument(
+        "--stability-score-thresh",
+        type=float,
+        default=None,
+        metavar="T",
+        help="keep masks with stability >= T (0.95)",
+    )
+    grid.add_argument(
+        "--box-nms-thresh",
+        type=float,
+        default=None,
+        metavar="T",
+        help="box NMS IoU threshold, 1 disables (0.7)",
+    )
+    grid.add_argument(
+        "--no-quality-filters",
+        action="store_true",
+        help="keep every grid mask (--pred-iou-thresh 0 --stability-score-thresh 0)",
+    )
+
+
+def grid_options(args: argparse.Namespace) -> dict:
+    """The grid options given on the command line (only those), validated by ``GridOptions``.
+
+    Raises:
+        ValueError: a value out of range (e.g. ``--pred-iou-thresh 2``).
+    """
+    from ovseg.proposals.grid import GridOptions
+
+    options = {k: getattr(args, k) for k in GRID_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "no_quality_filters", False):
+        options.setdefault("pred_iou_thresh", 0.0)
+        options.setdefault("stability_score_thresh", 0.0)
+    GridOptions(**options)  # the library's own checks, once, before any model loads
+    return options
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device that cannot work here before any model loads: a bad name, or CUDA
+    asked for where there is none. ``None`` (automatic) always passes."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device must be like cpu, cuda or cuda:0, got {device!r}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {device}: CUDA is not available here (no NVIDIA GPU or driver, or a "
+                "CPU-only PyTorch build); use --device cpu or leave --device out"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+
+
+def add_method_arguments(p: argparse.ArgumentParser) -> None:
+    """The method's options: ``--score-threshold``, ``--refine`` and ``--option NAME=VALUE``
+    for any other (the names of the method's config, as in the Python API)."""
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="minimum class probability for a mask (a prompt, a refining mask, an object) to "
+        "label pixels (the method's default: 0)",
+    )
+    p.add_argument(
+        "--refine",
+        choices=("masks",),
+        default=None,
+        help="masks: SAM's automatic masks are painted over the method's map, each taking its "
+        "most probable class (grid flags apply)",
+    )
+    add_option_argument(p)
+
+
+def add_option_argument(p: argparse.ArgumentParser) -> None:
+    """``--option NAME=VALUE`` (repeatable): any option of the method by its name."""
+    p.add_argument(
+        "--option",
+        dest="method_options",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_option,
+        help="any option of the method by its name, e.g. --option short_side=448 --option "
+        "prob_threshold=0.2 (repeatable; values are Python literals or plain words)",
+    )
+
+
+def _option(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, e.g. short_side=448; got {text!r}")
+    try:
+        parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        parsed = value.strip()
+    return name.strip(), parsed
+
+
+def method_options(args: argparse.Namespace) -> dict:
+    """The method options given on the command line: ``--option``s, then the named flags."""
+    options = dict(getattr(args, "method_options", None) or [])
+    for name in ("score_threshold", "refine", "scorer"):
+        value = getattr(args, name, None)
+        if value is not None and not (name == "scorer" and value == "oracle"):
+            options[name] = value
+    return options
+
+
+def method_settings(args: argparse.Namespace, grid_used: bool = False) -> dict:
+    """The models, method and options a command line asks for, checked as the Segmenter
+    checks them (names, options, values, models the method needs), before anything loads:
+    ``{"method", "sam", "clip", "dino", "random_weights", "templates", "options", "grid"}``.
+    ``grid_used``: the command runs SAM's grid whatever the method (video keyframes).
+
+    Raises:
+        ValueError, TypeError: what is wrong, in words.
+    """
+    from ovseg.methods.registry import method_class
+    from ovseg.models.build import check_sam_spec
+    from ovseg.models.sam2_weights import is_sam2_spec
+
+    models = model_choice(args)
+    try:
+        cls = method_class(models["method"])
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
+    threshold = getattr(args, "score_threshold", None)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--score-threshold must be in [0, 1], got {threshold}")
+    options = method_options(args)
+    config = cls.configure(None, **options)
+    sam = models["sam"]
+    check_sam_spec(sam)
+    family = None if sam is None else ("sam2" if is_sam2_spec(sam) else "sam1")
+    cls.check_specs({**models, "sam_family": family}, flags=True)
+    grid = grid_options(args)
+    if grid and not config.refine and not grid_used:
+        flags = ", ".join("--" + k.replace("_", "-") for k in grid)
+        raise ValueError(
+            f"grid options ({flags}) set SAM's automatic masks, which method "
+            f"{models['method']!r} does not use: add --refine masks (or --method sam-clip)"
+        )
+    check_device(getattr(args, "device", None))
+    return {
+        "method": models["method"],
+        "sam": sam,
+        "clip": models["clip"],
+        "dino": models["dino"],
+        "random_weights": bool(getattr(args, "random_weights", False)),
+        "templates": args.templates,
+        "options": options,
+        "grid": grid,
+    }
+
+
+def build_segmenter(settings: dict, device=None):
+    """The :class:`~ovseg.pipeline.Segmenter` of ``settings`` (from :func:`method_settings`;
+    models load on first use)."""
+    from ovseg.pipeline import Segmenter
+
+    s = settings
+    return Segmenter(
+        s["sam"], s["clip"], device, dino=s["dino"], method=s["method"],
+        random_weights=s["random_weights"], templates=s["templates"], **s["options"],
+        **s["grid"],
+    )  # fmt: skip
+
+
+def add_ray_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--ray [--address A] [--workers N] [--gpus-per-worker G] [--batch-size B]``."""
+    group = p.add_argument_group(
+        "Ray (a local Ray here, or a cluster; needs pip install 'ovseg[ray]')"
+    )
+    group.add_argument(
+        "--ray",
+        action="store_true",
+        help=f"process the {what} with Ray Data: a pool of workers, each holding the models",
+    )
+    group.add_argument(
+        "--address",
+        default=None,
+        metavar="A",
+        help="the Ray cluster: auto (this machine's cluster) or ray://HOST:10001 "
+        "(default: start a local Ray here)",
+    )
+    group.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="model copies (default: as many as the cluster's CPUs, or GPUs, allow)",
+    )  # fmt: skip
+    group.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, metavar="G",
+        help="GPUs each worker reserves (e.g. 1, or 0.5 to share one; default 0: CPU)",
+    )  # fmt: skip
+    group.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, metavar="C",
+        help="CPUs each worker reserves (default 1)",
+    )  # fmt: skip
+    group.add_argument(
+        "--batch-size", type=int, default=1, metavar="B", help="images per worker call (default 1)"
+    )
+    group.add_argument(
+        "--threads-per-worker", type=int, default=None, metavar="T",
+        help="torch CPU threads per worker (default: as many as a local run here uses, which "
+        "keeps CPU outputs byte-identical to a local run's)",
+    )  # fmt: skip
+
+
+def ray_options(args: argparse.Namespace):
+    """The :class:`~ovseg.distributed._ray.RayOptions` of the command line.
+
+    Raises:
+        ValueError: a Ray option without ``--ray``, or a bad value.
+    """
+    from ovseg.distributed._ray import RayOptions
+
+    given = {
+        "--address": args.address is not None,
+        "--workers": args.workers is not None,
+        "--gpus-per-worker": args.gpus_per_worker != 0.0,
+        "--cpus-per-worker": args.cpus_per_worker != 1.0,
+        "--batch-size": args.batch_size != 1,
+        "--threads-per-worker": args.threads_per_worker is not None,
+    }
+    if not args.ray and any(given.values()):
+        flags = ", ".join(k for k, v in given.items() if v)
+        raise ValueError(f"{flags} need --ray")
+    try:
+        return RayOptions(
+            args.address, args.workers, args.cpus_per_worker, args.gpus_per_worker,
+            args.batch_size, args.threads_per_worker,
+        )  # fmt: skip
+    except ValueError as e:
+        raise ValueError(f"--ray: {e}") from e
+
+
+def check_worker_device(device: str | None, gpus_per_worker: float) -> None:
+    """Check ``--device`` for the workers, not for this machine (a cluster's driver often has
+    no GPU): a valid name, and CUDA only with ``--gpus-per-worker`` (the GPUs Ray gives each
+    worker, which it sees as ``cuda:0``...).
+
+    Raises:
+        ValueError: what is wrong, in words.
+    """
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device must be like cpu, cuda or cuda:0, got {device!r}") from e
+    if dev.type == "cuda" and not gpus_per_worker:
+        raise ValueError(
+            f"--device {device} with --ray needs --gpus-per-worker (e.g. 1, or 0.25 to put 4 "
+            "workers on a GPU): Ray gives a worker only the GPUs it reserves"
+        )
+    if dev.type == "cuda" and (dev.index or 0) >= max(1, math.ceil(gpus_per_worker)):
+        raise ValueError(
+            f"--device {device}: each worker sees only its own GPU(s) as cuda:0...; use --device "
+            "cuda"
+        )
