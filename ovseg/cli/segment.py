@@ -185,7 +185,9 @@ def _settings(args: argparse.Namespace) -> dict:
 def prepare(args: argparse.Namespace, collect=collect_images):
     """Every check of a run before any model loads: ``(out, formats, settings, images,
     known)``, ``known`` being the images an earlier run into ``out`` recorded besides these.
-    ``collect(inputs, out) -> (root, images)`` lists the inputs.
+    ``collect(inputs, out) -> (root, images)`` lists the inputs. An image whose output name
+    would leave ``out`` comes back with ``refused`` set (see :func:`_outputs.name_problem`):
+    the run reports it as failed and goes on with the others.
 
     Raises:
         ValueError, TypeError, FileNotFoundError: what is wrong, in words.
@@ -198,11 +200,13 @@ def prepare(args: argparse.Namespace, collect=collect_images):
     if not args.inputs:
         raise ValueError(_no_inputs_message(args.classes))
     root, images = collect(args.inputs, out)
+    images = _outputs.screened(images)  # a name that would leave OUT fails alone, later
     settings["root"] = str(root)
     record = _outputs.read_record(out)
-    names = [i.name for i in images]
+    names = [i.name for i in images if i.refused is None]
     current = set(names)
-    known = [] if record is None else [n for n in record["images"] if n not in current]
+    recorded = [] if record is None else record["images"]
+    known = [n for n in recorded if n not in current and _outputs.name_problem(n) is None]
     _outputs.check_collisions(out, [*known, *names], formats)
     _outputs.check_existing(out, record, settings, names, formats)
     return out, formats, settings, images, known
@@ -238,7 +242,8 @@ class _Run:
 
     def __init__(self, args, out: Path, formats: list[str], settings: dict, images, known):
         self.args, self.out, self.formats, self.settings = args, out, formats, settings
-        self.images, self.names = images, [*known, *(i.name for i in images)]
+        self.images = images
+        self.names = [*known, *(i.name for i in images if i.refused is None)]
         self.classes = settings["classes"]
         self.segmenter = None
         self.written, self.skipped, self.failed = 0, 0, []
@@ -247,7 +252,7 @@ class _Run:
     def run(self) -> int:
         from tqdm import tqdm
 
-        todo = [i for i in self.images if not _outputs.is_complete(self.out, i.name)]
+        todo = [i for i in self.images if i.refused or not _outputs.is_complete(self.out, i.name)]
         self.skipped = len(self.images) - len(todo)
         if self.skipped:
             print(
@@ -297,6 +302,11 @@ class _Run:
     def _one(self, image, bar) -> None:
         from tqdm import tqdm
 
+        if image.refused:
+            self.failed.append(image.path)
+            message = f"ovseg segment: skipped {image.path}: refused: {image.refused}"
+            tqdm.write(message, file=sys.stderr)
+            return
         self.segmenter = self.segmenter or self._build()
         try:
             result = _outputs.segment_image(self.segmenter, self.settings, image.path)
