@@ -113,6 +113,11 @@ def app_url(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    # SIGTERM stops the app as Ctrl-C does: its temporary folders (Gradio's uploads included)
+    # are gone with it
+    import tempfile
+
+    assert not list(Path(tempfile.gettempdir()).glob(f"ovseg-*-{proc.pid}-*"))
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +221,16 @@ def test_empty_class_list_shows_a_message(page, frame):
     page.click("#ovseg-run")
     page.wait_for_selector("#ovseg-legend ul.ovseg-classes")
     assert "road" in page.locator("#ovseg-legend").inner_text()
+
+
+def test_a_file_that_is_not_an_image_gets_ovsegs_message(page, tmp_path):
+    garbage = tmp_path / "holiday.png"
+    garbage.write_bytes(b"this is not an image" * 100)
+    page.locator("#ovseg-input input[type=file]").set_input_files(str(garbage))
+    page.wait_for_function(
+        "document.querySelector('#ovseg-status').innerText.includes('Could not read this image')"
+    )
+    status = page.locator("#ovseg-status").inner_text()
+    assert "holiday.png): not an image file" in status and "Upload a PNG, JPEG" in status
+    assert "/tmp" not in page.locator("body").inner_text()  # no server path shown
+    page.screenshot(path=str(ARTIFACTS / "app_not_an_image.png"), full_page=True)

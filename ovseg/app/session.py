@@ -8,8 +8,6 @@ Coordinates: points are ``(x, y)`` image pixels; boxes ``(x0, y0, x1, y1)`` pixe
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ovseg.app.tempfiles import make_folder, remove_folder
 from ovseg.result import SegmentationResult
 from ovseg.structures import Masks
 
@@ -94,15 +93,16 @@ class Session:
         return self
 
     def folder(self) -> Path:
-        """This session's own temporary folder for downloads (created on first use)."""
+        """This session's own temporary folder for downloads (created on first use; see
+        :mod:`ovseg.app.tempfiles` for when it goes)."""
         if self.workdir is None or not self.workdir.is_dir():
-            self.workdir = Path(tempfile.mkdtemp(prefix="ovseg-app-"))
+            self.workdir = make_folder("app")
         return self.workdir
 
     def close(self) -> None:
         """Delete the session's temporary folder."""
         if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            remove_folder(self.workdir)
             self.workdir = None
 
     def _snapshot(self) -> None:

@@ -117,7 +117,9 @@ def _settings(args: argparse.Namespace) -> dict:
 def prepare(args: argparse.Namespace, collect=collect_images):
     """Every check of a run before any model loads: ``(out, formats, settings, images,
     known)``, ``known`` being the images an earlier run into ``out`` recorded besides these.
-    ``collect(inputs, out) -> (root, images)`` lists the inputs.
+    ``collect(inputs, out) -> (root, images)`` lists the inputs. An image whose output name
+    would leave ``out`` comes back with ``refused`` set (see :func:`_outputs.name_problem`):
+    the run reports it as failed and goes on with the others.
 
     Raises:
         ValueError, TypeError, FileNotFoundError: what is wrong, in words.
@@ -130,11 +132,13 @@ def prepare(args: argparse.Namespace, collect=collect_images):
     if not args.inputs:
         raise ValueError(_no_inputs_message(args.classes))
     root, images = collect(args.inputs, out)
+    images = _outputs.screened(images)  # a name that would leave OUT fails alone, later
     settings["root"] = str(root)
     record = _outputs.read_record(out)
-    names = [i.name for i in images]
+    names = [i.name for i in images if i.refused is None]
     current = set(names)
-    known = [] if record is None else [n for n in record["images"] if n not in current]
+    recorded = [] if record is None else record["images"]
+    known = [n for n in recorded if n not in current and _outputs.name_problem(n) is None]
     _outputs.check_collisions(out, [*known, *names], formats)
     _outputs.check_existing(out, record, settings, names, formats)
     return out, formats, settings, images, known

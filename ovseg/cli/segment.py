@@ -69,7 +69,8 @@ class _Run:
 
     def __init__(self, args, out: Path, formats: list[str], settings: dict, images, known):
         self.args, self.out, self.formats, self.settings = args, out, formats, settings
-        self.images, self.names = images, [*known, *(i.name for i in images)]
+        self.images = images
+        self.names = [*known, *(i.name for i in images if i.refused is None)]
         self.classes = settings["classes"]
         self.segmenter = None
         self.written, self.skipped, self.failed = 0, 0, []
@@ -78,7 +79,7 @@ class _Run:
     def run(self) -> int:
         from tqdm import tqdm
 
-        todo = [i for i in self.images if not _outputs.is_complete(self.out, i.name)]
+        todo = [i for i in self.images if i.refused or not _outputs.is_complete(self.out, i.name)]
         self.skipped = len(self.images) - len(todo)
         if self.skipped:
             print(
@@ -128,6 +129,11 @@ class _Run:
     def _one(self, image, bar) -> None:
         from tqdm import tqdm
 
+        if image.refused:
+            self.failed.append(image.path)
+            message = f"ovseg segment: skipped {image.path}: refused: {image.refused}"
+            tqdm.write(message, file=sys.stderr)
+            return
         self.segmenter = self.segmenter or self._build()
         try:
             result = _outputs.segment_image(self.segmenter, self.settings, image.path)

@@ -50,10 +50,10 @@ def run_segment(args: argparse.Namespace, prepare, error) -> int:
         out, formats, settings, images, known = prepare_on_driver(args, prepare, list_inputs)
     except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as e:
         return error(e)
-    todo = sum(not is_complete(out, i.name) for i in images)
-    if todo < len(images):
+    done = sum(i.refused is None and is_complete(out, i.name) for i in images)
+    if done:
         print(
-            f"ovseg segment: resuming: {len(images) - todo} of {len(images)} image(s) already "
+            f"ovseg segment: resuming: {done} of {len(images)} image(s) already "
             f"have their outputs in {out}; skipped",
             file=sys.stderr,
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -110,8 +109,10 @@ def regions(result: SegmentationResult, stuff: bool = False) -> list[Region]:
     return out
 
 
-def ovseg_version() -> str | None:
-    return getattr(sys.modules.get("ovseg"), "__version__", None)
+def ovseg_version() -> str:
+    from ovseg import __version__
+
+    return __version__
 
 
 class RunWriter(ABC):

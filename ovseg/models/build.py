@@ -186,11 +186,17 @@ def _open_clip(spec: str, device, random_weights: bool) -> ClipBackend:
     elif tag not in tags:
         raise ValueError(f"unknown pretrained tag {tag!r} for {arch}; known: {tags}")
     if sep == ":":
-        try:
-            file = str(Path(tag).expanduser())
+        from ovseg.models.weights import reason
+
+        file = str(Path(tag).expanduser())
+        try:  # open_clip reads with weights_only=True (or safetensors): no pickled code runs
             model = open_clip.create_model(arch, pretrained=file, device=device)
-        except (OSError, RuntimeError, ValueError, KeyError) as e:
-            raise ValueError(f"CLIP checkpoint {tag} does not load into {arch}: {e}") from e
+        except Exception as e:  # the loaders raise many types on a wrong file; all mean "wrong"
+            raise ValueError(
+                f"CLIP checkpoint {file} does not load into {arch} ({reason(e)}); expected an "
+                "open_clip state dict of that architecture: .pt/.pth/.bin saved by torch.save, "
+                ".safetensors, or big_vision .npz for SigLIP"
+            ) from e
     else:
         model = open_clip_pretrained(arch, tag, device)  # from the cache only, never online
     return OpenClipBackend(model, open_clip.get_tokenizer(arch), name=spec)
