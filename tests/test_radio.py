@@ -284,8 +284,11 @@ def hubconf():
         sys.path.pop(0)
 
 
-def _reference_checkpoint(hubconf, path, model, kwargs, max_size, teachers, seed, **extra):
-    """Write a RADIO training checkpoint of RADIO's own model ``model`` with random weights."""
+def _reference_checkpoint(
+    hubconf, path, model, kwargs, max_size, teachers, seed, normalizer=False, **extra
+):
+    """Write a RADIO training checkpoint of RADIO's own model ``model`` with random weights
+    (and a random output standardisation with ``normalizer``)."""
     from radio.radio_model import create_model_from_args
 
     args = argparse.Namespace(
@@ -308,6 +311,10 @@ def _reference_checkpoint(hubconf, path, model, kwargs, max_size, teachers, seed
         state["base_model." + k] = v
     state["input_conditioner.norm_mean"] = torch.tensor([0.4, 0.5, 0.45]).view(3, 1, 1)
     state["input_conditioner.norm_std"] = torch.tensor([0.25, 0.3, 0.2]).view(3, 1, 1)
+    if normalizer:
+        dim = state["base_model.patch_generator.embedder.weight"].shape[0]
+        state["_feature_normalizer.mean"] = torch.randn(dim) * 0.3
+        state["_feature_normalizer.tx"] = torch.randn(dim, dim) / math.sqrt(dim)
     state = {k: v.half() for k, v in state.items()}  # as the published "_half" files
     torch.save({"args": args, "state_dict": state}, path)
     return path
@@ -347,14 +354,18 @@ def test_tiny_matches_radio_hubconf(hubconf, tmp_path):
 
 
 def test_tiny_v25_style_matches_radio_hubconf(hubconf, tmp_path):
-    """RADIOv2.5's model class (plain timm ViT, registers from register_multiple)."""
+    """RADIOv2.5's model class (plain timm ViT, registers from register_multiple), with the
+    output standardisation of radio_v2.5-h-norm."""
     path = _reference_checkpoint(
         hubconf, tmp_path / "v25.pth.tar", "vit_base_patch16_224",
-        dict(embed_dim=32, depth=2, num_heads=2), 256, TEACHERS[:3], seed=4, register_multiple=8,
+        dict(embed_dim=32, depth=2, num_heads=2), 256, TEACHERS[:3], seed=4, normalizer=True,
+        register_multiple=8,
     )  # fmt: skip
     ref = hubconf.radio_model(version=str(path)).eval()
+    assert type(ref.feature_normalizer).__name__ == "FeatureNormalizer"
     ours = build_radio(f"{RADIO_TINY}:{path}", "cpu")
     assert not ours.arch.layer_scale and ours.arch.num_registers == 5
+    assert ours.arch.feature_normalizer
     print(f"tiny v2.5-style: {_compare(ref, ours, [(64, 96), (160, 32)]):.2e}")
 
 
