@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import argparse
 import ast
-import math
 import sys
 
-from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_METHOD
+from ovseg.constants import (
+    DEFAULT_CLIP,
+    DEFAULT_METHOD,
+    DEFAULT_SAM,
+    HF_TINY,
+    REGION_METHOD,
+    SAM2_TINY,
+    TINY,
+)
 
 GRID_FLAGS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
 
@@ -104,10 +111,17 @@ def model_choice(args: argparse.Namespace) -> dict:
     tiny = bool(getattr(args, "tiny", False))
     quality = getattr(args, "quality", None)
     models = resolve_models(quality, given, tiny=tiny)
-    if hasattr(args, "quality") and quality is None and given and "method" not in given:
+    tiny_specs = {TINY, SAM2_TINY, HF_TINY}
+    models_given = {k: v for k, v in given.items() if k != "method"}
+    if (
+        quality is None
+        and "method" not in given
+        and models_given
+        and all(v in tiny_specs for v in models_given.values())
+    ):  # tiny models never change the method silently
         from ovseg.models.presets import DEFAULT_QUALITY, PRESETS
 
-        flags = ", ".join(f"--{k}" for k in given)
+        flags = ", ".join(f"--{k}" for k in models_given)
         print(
             f"ovseg: method {models['method']}: {flags} given without --method or --quality "
             f"takes the plain defaults (the default, --quality {DEFAULT_QUALITY}, runs "
@@ -305,98 +319,3 @@ def build_segmenter(settings: dict, device=None):
         random_weights=s["random_weights"], templates=s["templates"], **s["options"],
         **s["grid"],
     )  # fmt: skip
-
-
-def add_ray_arguments(p: argparse.ArgumentParser, what: str) -> None:
-    """Add ``--ray [--address A] [--workers N] [--gpus-per-worker G] [--batch-size B]``."""
-    group = p.add_argument_group(
-        "Ray (a local Ray here, or a cluster; needs pip install 'ovseg[ray]')"
-    )
-    group.add_argument(
-        "--ray",
-        action="store_true",
-        help=f"process the {what} with Ray Data: a pool of workers, each holding the models",
-    )
-    group.add_argument(
-        "--address",
-        default=None,
-        metavar="A",
-        help="the Ray cluster: auto (this machine's cluster) or ray://HOST:10001 "
-        "(default: start a local Ray here)",
-    )
-    group.add_argument(
-        "--workers", type=int, default=None, metavar="N",
-        help="model copies (default: as many as the cluster's CPUs, or GPUs, allow)",
-    )  # fmt: skip
-    group.add_argument(
-        "--gpus-per-worker", type=float, default=0.0, metavar="G",
-        help="GPUs each worker reserves (e.g. 1, or 0.5 to share one; default 0: CPU)",
-    )  # fmt: skip
-    group.add_argument(
-        "--cpus-per-worker", type=float, default=1.0, metavar="C",
-        help="CPUs each worker reserves (default 1)",
-    )  # fmt: skip
-    group.add_argument(
-        "--batch-size", type=int, default=1, metavar="B", help="images per worker call (default 1)"
-    )
-    group.add_argument(
-        "--threads-per-worker", type=int, default=None, metavar="T",
-        help="torch CPU threads per worker (default: as many as a local run here uses, which "
-        "keeps CPU outputs byte-identical to a local run's)",
-    )  # fmt: skip
-
-
-def ray_options(args: argparse.Namespace):
-    """The :class:`~ovseg.distributed._ray.RayOptions` of the command line.
-
-    Raises:
-        ValueError: a Ray option without ``--ray``, or a bad value.
-    """
-    from ovseg.distributed._ray import RayOptions
-
-    given = {
-        "--address": args.address is not None,
-        "--workers": args.workers is not None,
-        "--gpus-per-worker": args.gpus_per_worker != 0.0,
-        "--cpus-per-worker": args.cpus_per_worker != 1.0,
-        "--batch-size": args.batch_size != 1,
-        "--threads-per-worker": args.threads_per_worker is not None,
-    }
-    if not args.ray and any(given.values()):
-        flags = ", ".join(k for k, v in given.items() if v)
-        raise ValueError(f"{flags} need --ray")
-    try:
-        return RayOptions(
-            args.address, args.workers, args.cpus_per_worker, args.gpus_per_worker,
-            args.batch_size, args.threads_per_worker,
-        )  # fmt: skip
-    except ValueError as e:
-        raise ValueError(f"--ray: {e}") from e
-
-
-def check_worker_device(device: str | None, gpus_per_worker: float) -> None:
-    """Check ``--device`` for the workers, not for this machine (a cluster's driver often has
-    no GPU): a valid name, and CUDA only with ``--gpus-per-worker`` (the GPUs Ray gives each
-    worker, which it sees as ``cuda:0``...).
-
-    Raises:
-        ValueError: what is wrong, in words.
-    """
-    if device is None:
-        return
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"--device must be like cpu, cuda or cuda:0, got {device!r}") from e
-    if dev.type == "cuda" and not gpus_per_worker:
-        raise ValueError(
-            f"--device {device} with --ray needs --gpus-per-worker (e.g. 1, or 0.25 to put 4 "
-            "workers on a GPU): Ray gives a worker only the GPUs it reserves"
-        )
-    if dev.type == "cuda" and (dev.index or 0) >= max(1, math.ceil(gpus_per_worker)):
-        raise ValueError(
-            f"--device {device}: each worker sees only its own GPU(s) as cuda:0...; use --device "
-            "cuda"
-        )

@@ -14,11 +14,11 @@ from ovseg.cli._args import (
     add_grid_arguments,
     add_method_arguments,
     add_model_arguments,
-    add_ray_arguments,
     grid_options,
     method_settings,
 )
 from ovseg.cli._outputs import FORMATS, IMAGE_SUFFIXES, collect_images
+from ovseg.cli._ray_args import add_ray_arguments
 
 __all__ = ["add_arguments", "prepare"]
 

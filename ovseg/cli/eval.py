@@ -12,10 +12,10 @@ from ovseg.cli._args import (
     add_grid_arguments,
     add_model_arguments,
     add_option_argument,
-    add_ray_arguments,
     check_device,
     grid_options,
 )
+from ovseg.cli._ray_args import add_ray_arguments
 from ovseg.eval.datasets import KINDS
 from ovseg.eval.runner import PROTOCOL_DEFAULTS, SCORERS
 

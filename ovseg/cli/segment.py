@@ -51,7 +51,7 @@ def _error(message: object, code: int = 2) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovseg.cli._args import ray_options
+    from ovseg.cli._ray_args import ray_options
     from ovseg.distributed.cli import run_segment
 
     if args.ray:

@@ -116,7 +116,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     folder = weights.weights_dir()
-    print(f"SAM, SAM 2 and DINO checkpoints in {folder} (override with {weights.ENV_VAR}):")
+    print(f"SAM, SAM 2, DINO and RADIO checkpoints in {folder} (override with {weights.ENV_VAR}):")
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
         print("  " + "  ".join([*cells, row[4]]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ovseg.cli._args import check_worker_device, ray_options
+from ovseg.cli._ray_args import check_worker_device, ray_options
 
 __all__ = ["evaluate_with_ray_options", "run_segment"]
 
@@ -39,7 +39,8 @@ def run_segment(args: argparse.Namespace, prepare, error) -> int:
 
     from ovseg.cli._outputs import is_complete
     from ovseg.distributed.inputs import list_inputs
-    from ovseg.distributed.segment import prepare_on_driver, print_summary, run_ray
+    from ovseg.distributed.plan import prepare_on_driver
+    from ovseg.distributed.segment import print_summary, run_ray
 
     try:
         options = ray_options(args)

@@ -31,7 +31,6 @@ An image whose output name would leave ``OUT`` (``..``, an absolute path: see
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -345,10 +344,11 @@ def segment_dataset(
         ValueError, TypeError, FileNotFoundError: bad options or inputs, before any work.
         RuntimeError: Ray failed (no cluster at ``address``, models that do not build).
     """
-    from ovseg.cli._args import check_worker_device
     from ovseg.cli._plan import prepare
+    from ovseg.cli._ray_args import check_worker_device
     from ovseg.distributed._ray import RayOptions
     from ovseg.distributed.inputs import list_inputs
+    from ovseg.distributed.plan import namespace, prepare_on_driver
 
     ray_options = RayOptions(
         address, workers, cpus_per_worker, gpus_per_worker, batch_size, threads_per_worker
@@ -377,53 +377,3 @@ def print_summary(summary: dict, out: Path) -> None:
         f"ovseg segment: {text} in {summary['seconds']:.1f} s; {summary['run_files']}; {manifest}",
         file=sys.stderr,
     )
-
-
-def prepare_on_driver(args: argparse.Namespace, prepare, collect):
-    """``prepare(args, collect)`` with the device check left to :func:`check_worker_device`."""
-    device, args.device = args.device, None
-    try:
-        return prepare(args, collect)
-    finally:
-        args.device = device
-
-
-def namespace(inputs, classes, out, formats, options: dict) -> argparse.Namespace:
-    """The ``ovseg segment`` command line that :func:`~ovseg.distributed.segment_dataset`'s
-    arguments stand for, so that both go through the same checks.
-
-    Raises:
-        ValueError: an unknown option name (the known ones listed).
-    """
-    import json
-
-    from ovseg.cli import _plan
-
-    parser = argparse.ArgumentParser(prog="ovseg segment")
-    _plan.add_arguments(parser)
-    args = parser.parse_args(["--classes", "_", "-o", str(out)])
-    if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
-        raise TypeError("classes must be a list of strings")
-    args.classes, args.inputs = list(classes), [str(i) for i in inputs]
-    fixed = {"func", "intermixed", "inputs", "classes", "out", "formats", "no_progress"}
-    fixed |= {"ray", "address", "workers", "gpus_per_worker", "cpus_per_worker", "batch_size"}
-    fixed.add("threads_per_worker")
-    known = sorted(set(vars(args)) - fixed)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    for key, value in options.items():
-        if key in ("points", "point_labels", "boxes") and value is not None:
-            value = json.dumps(value if not hasattr(value, "tolist") else value.tolist())
-        if key == "background":
-            value = [value] if isinstance(value, str) else list(value)
-        setattr(args, key, value)
-    from ovseg.cli._outputs import FORMATS
-
-    formats = [formats] if isinstance(formats, str) else list(formats)
-    bad = [f for f in formats if f not in FORMATS]
-    if bad:
-        raise ValueError(f"unknown format(s) {bad}; choose from {', '.join(FORMATS)}")
-    args.formats = [[f] for f in formats]
-    args.ray, args.no_progress = True, True
-    return args

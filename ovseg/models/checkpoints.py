@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ovseg.constants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
+from ovseg.constants import OPENAI_MEAN, OPENAI_STD, SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
 __all__ = [
     "CLIP_FILES",
     "DINO_CHECKPOINTS",
+    "RADIO_CHECKPOINTS",
     "SAM2_CHECKPOINTS",
     "SAM_CHECKPOINTS",
     "Checkpoint",
@@ -213,3 +214,44 @@ CLIP_FILES: dict[tuple[str, str], Checkpoint] = {
         ),
     )
 }  # fmt: skip
+
+
+def _radio(name: str, repo: str, filename: str, size: int | None, sha256: str | None, side: int):
+    url = f"https://huggingface.co/nvidia/{repo}/resolve/main/{filename}"
+    mean = tuple(round(255 * m, 6) for m in OPENAI_MEAN)  # the input conditioner's defaults
+    std = tuple(round(255 * s, 6) for s in OPENAI_STD)
+    source = (
+        f"{_HF}/nvidia/RADIO/commit/5409f826 (Git LFS pointers)" if size is not None else NOT_FOUND
+    )
+    return Checkpoint(name, name, url, filename, size, sha256, side, mean, std, source)
+
+
+# The torch.hub files of NVlabs/RADIO's radio/common.py (fp16 "_half" training checkpoints,
+# read without pickled code by ovseg.models.radio_weights); input_size = RADIO's preferred
+# resolution. RADIOv2.5 sizes and SHA-256: the Git LFS pointers of huggingface.co/nvidia/RADIO
+# commit 5409f826 ("Release RADIOv2.5 ViT-B/L models (#9)"). No digest of the C-RADIOv3 files
+# was found published, so those checks are skipped; the weights are checked key by key and
+# shape by shape when they are loaded.
+RADIO_CHECKPOINTS: dict[str, Checkpoint] = {
+    c.name: c
+    for c in (
+        _radio(
+            "radio_v2.5-b",
+            "RADIO",
+            "radio-v2.5-b_half.pth.tar",
+            649_011_254,
+            "6bff4bd732d815136652d454598e8fe6c6f4e658716d5e6a697f0e6b60bd8a98",
+            768,
+        ),
+        _radio(
+            "radio_v2.5-l",
+            "RADIO",
+            "radio-v2.5-l_half.pth.tar",
+            1_104_806_006,
+            "50324e8cb086885126a896ad9ecbac46355cf0e4c1d8363763b01693a4618ff1",
+            768,
+        ),
+        _radio("c-radio_v3-b", "C-RADIOv3-B", "c-radio_v3-b_half.pth.tar", None, None, 512),
+        _radio("c-radio_v3-l", "C-RADIOv3-L", "c-radio-v3_l_half.pth.tar", None, None, 512),
+    )
+}

@@ -30,6 +30,7 @@ from typing import IO, Any
 from ovseg.models.checkpoints import (
     CLIP_FILES,
     DINO_CHECKPOINTS,
+    RADIO_CHECKPOINTS,
     SAM2_CHECKPOINTS,
     SAM_CHECKPOINTS,
     Checkpoint,
@@ -39,6 +40,7 @@ __all__ = [
     "CLIP_FILES",
     "ENV_VAR",
     "DINO_CHECKPOINTS",
+    "RADIO_CHECKPOINTS",
     "SAM2_CHECKPOINTS",
     "SAM_CHECKPOINTS",
     "Checkpoint",
@@ -61,8 +63,8 @@ _log = logging.getLogger(__name__)
 
 
 def all_checkpoints() -> dict[str, Checkpoint]:
-    """Every registered checkpoint: SAM, SAM 2, then DINO."""
-    return {**SAM_CHECKPOINTS, **SAM2_CHECKPOINTS, **DINO_CHECKPOINTS}
+    """Every registered checkpoint: SAM, SAM 2, DINO, then RADIO."""
+    return {**SAM_CHECKPOINTS, **SAM2_CHECKPOINTS, **DINO_CHECKPOINTS, **RADIO_CHECKPOINTS}
 
 
 # (path, size, mtime_ns) of files verified in this process, so repeated use skips rehashing.
