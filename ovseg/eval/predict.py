@@ -215,9 +215,11 @@ class Predictor:
             self.fg = np.array([i for i in range(k) if i != bg], np.int64)
             used = {s.strip().lower() for i in self.fg for s in dataset.prompts[i].split(";")}
             words = [] if bg is None else dataset.prompts[bg].split(";")
-            background = [s.strip() for s in words if s.strip() and s.strip().lower() not in used]
+            self.background = [
+                s.strip() for s in words if s.strip() and s.strip().lower() not in used
+            ]
             prompts = [dataset.prompts[i] for i in self.fg]
-            self.vocab = Vocabulary(prompts, config.templates, background)
+            self.vocab = Vocabulary(prompts, config.templates, self.background)
         self.method_config = seg.config(name, **dict(config.method_options))
         self.grid = seg.models.grid_options(**dict(config.grid))
 
