@@ -258,14 +258,28 @@ def build(spec: dict, ref: Path, work: Path):
     )
 
 
+class _Sample:
+    """The parts of an mmseg ``SegDataSample`` the segmentor reads and writes."""
+
+    def __init__(self, path: str):
+        import cv2
+
+        self.img_path = path
+        h, w = cv2.imread(path).shape[:2]
+        self.metainfo = {"img_path": path, "ori_shape": (h, w)}
+        self.data = {}
+
+    def set_data(self, d):
+        self.data.update(d)
+
+
 def segment(spec: dict):
     """CorrCLIPSegmentation.predict on each image; saves its class probabilities
     (``seg_logit``) and final map (``pred_sem_seg``) per image."""
+    import corrclip_segmentor as seg_mod
     import cv2
     import mmcv
     from mmengine.structures import PixelData  # noqa: F401  (the real one, used by the code)
-
-    import corrclip_segmentor as seg_mod
 
     seg = seg_mod.CorrCLIPSegmentation(
         clip_type="metaclip_fullcc",
@@ -297,17 +311,7 @@ def segment(spec: dict):
         x = torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))[[2, 1, 0]].float()
         x = ((x - mean) / std)[None]  # SegDataPreProcessor: bgr_to_rgb, normalise
 
-        class Sample:
-            def __init__(self):
-                self.img_path = path
-                h, w = cv2.imread(path).shape[:2]
-                self.metainfo = {"img_path": path, "ori_shape": (h, w)}
-                self.data = {}
-
-            def set_data(self, d):
-                self.data.update(d)
-
-        sample = Sample()
+        sample = _Sample(path)
         with torch.inference_mode():
             seg.predict(x, [sample])
         stem = Path(path).stem
