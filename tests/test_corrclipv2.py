@@ -55,7 +55,7 @@ def independent_window(visual, crop, feats, ids):
     for i in range(len(cells)):
         for j in range(len(cells)):
             same = cells[i] == cells[j] and not loose[i]
-            scope[i, j] = same or ((loose[i] or loose[j]) and bool(sim[i, j] > mean))
+            scope[i, j] = bool(same or ((loose[i] or loose[j]) and sim[i, j] > mean))
     attn = torch.softmax(4 * sim.masked_fill(~scope, float("-inf")), -1)
 
     from ovseg.methods.clip_blocks import embed_tokens
