@@ -66,8 +66,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clips = {
-            s: build_clip(s, "cpu", random_weights=True)
-            for s in ("ViT-B-16-quickgelu", "ViT-B-16")
+            s: build_clip(s, "cpu", random_weights=True) for s in ("ViT-B-16-quickgelu", "ViT-B-16")
         }
         dino = build_dino("dino_vitb8", "cpu", random_weights=True)
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel

@@ -51,7 +51,7 @@ def _build(models, images, out, **kw):
 
     return build_bank(
         images, out, clips=models.clips, vfm=models.vfm, dino=models.dino, name="mine",
-        mask_fn=_mask_fn, progress=False, short_side=56, slide_crop=56, **kw,
+        mask_fn=_mask_fn, progress=False, short_side=56, slide_crop=112, **kw,
     )  # fmt: skip
 
 
@@ -206,7 +206,7 @@ def test_refusals(models, tmp_path):
     other = {**models.clips, "main": tiny_clip_backend(7, "main", 32)}
     with pytest.raises(BankMismatchError, match="another 'main' model"):
         build_bank(images, out, clips=other, vfm=models.vfm, dino=models.dino, name="mine",
-                   mask_fn=_mask_fn, progress=False, short_side=56, slide_crop=56)  # fmt: skip
+                   mask_fn=_mask_fn, progress=False, short_side=56, slide_crop=112)  # fmt: skip
     with pytest.raises(ValueError, match="bank name"):
         _build_named(models, images, out, "a b")
     with pytest.raises(FileNotFoundError, match="no images"):
@@ -244,7 +244,7 @@ def test_cli_bank_build_and_info(tmp_path, capsys):
             masks / f"{p.stem}.npz", instance_mask=_mask_fn(np.array(Image.open(p)))
         )
     args = ["bank", "build", str(images), "-o", str(out), *tiny, "--masks", str(masks),
-            "--short-side", "56", "--crop", "56", "--no-progress", "-n", "try"]  # fmt: skip
+            "--short-side", "56", "--crop", "112", "--no-progress", "-n", "try"]  # fmt: skip
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "try: 2 images" in text and "CLIP store tiny-random" in text
