@@ -188,7 +188,8 @@ def test_ivfpq_index_as_the_reference(tmp_path):
 
 def test_refusals(models, tmp_path):
     from ovseg.bank import build_bank
-    from ovseg.methods.bank import BankMismatchError, MemoryBank
+    from ovseg.methods.bank import BankMismatchError, MemoryBank, open_for_run
+    from ovseg.methods.vfm import tiny_dinov2_vfm
 
     out = tmp_path / "bank"
     images = _images(tmp_path / "imgs", 2)
@@ -199,6 +200,12 @@ def test_refusals(models, tmp_path):
         MemoryBank.open(out, vfm="vfm", clips=["metaclip_b"])
     with pytest.raises(BankMismatchError, match="another 'main' model"):
         MemoryBank.open(out, vfm="vfm", clips=["main"], fingerprints={"main": "0" * 16})
+    bank = open_for_run(out, models.clips["main"], models.vfm, aux_clip=models.clips["aux"])
+    assert list(bank.stores) == ["main", "aux"] and bank.aux_clip is models.clips["aux"]
+    with pytest.raises(BankMismatchError, match="another 'main' model"):
+        open_for_run(out, tiny_clip_backend(7, "main", 32), models.vfm)
+    with pytest.raises(BankMismatchError, match="another 'vfm' model"):
+        open_for_run(out, models.clips["main"], tiny_dinov2_vfm(seed=9, dim=32, name="vfm"))
     with pytest.raises(FileNotFoundError, match="no bank named"):
         MemoryBank.open(out, vfm="vfm", clips=["main"], name="other")
     with pytest.raises(FileNotFoundError, match="not a memory bank"):

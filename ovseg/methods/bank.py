@@ -54,6 +54,7 @@ __all__ = [
     "clip_store_key",
     "fingerprint",
     "import_faiss",
+    "open_for_run",
 ]
 
 FAISS_M = 32
@@ -302,6 +303,29 @@ class MemoryBank:
             valid = torch.as_tensor(r[r != -1], dtype=torch.long)
             out.append(store[valid].float().mean(0))
         return torch.nn.functional.normalize(torch.stack(out), dim=-1)
+
+
+def open_for_run(path, clip, vfm, aux_clip=None, name: str | None = None) -> MemoryBank:
+    """Open a bank for a run's models, refusing one built with others.
+
+    Args:
+        path: the bank folder. clip: the main CLIP backend (``.name``, ``.model``).
+        vfm: the VFM (``.name``, ``.dim``). aux_clip: the auxiliary CLIP backend (DMCE) or
+        None. name: the bank's name (None: the only one in the folder).
+
+    Raises:
+        FileNotFoundError, BankMismatchError: see :meth:`MemoryBank.open`.
+    """
+    backends = [clip] if aux_clip is None else [clip, aux_clip]
+    keys = [clip_store_key(b.name) for b in backends]
+    prints = {k: fingerprint(b.model) for k, b in zip(keys, backends, strict=True)}
+    if isinstance(vfm, nn.Module):
+        prints[vfm.name] = fingerprint(vfm)
+    bank = MemoryBank.open(path, vfm=vfm.name, clips=keys, name=name, fingerprints=prints)
+    dims = {k: int(b.model.visual.output_dim) for k, b in zip(keys, backends, strict=True)}
+    bank.check_dims(int(vfm.dim), dims)
+    bank.aux_clip = aux_clip
+    return bank
 
 
 def _maybe_gpu(faiss, index):
