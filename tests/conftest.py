@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID = REPO.parent / "shared" / "data" / "camvid-val"
+CAMVID = Path(os.environ.get("OVSEG_CAMVID", REPO.parent / "shared" / "data" / "camvid-val"))
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ LAYERS = {
     "distributed": 4,
     "app": 4,
     "cli": 4,
+    "bank": 4,
     "__main__": 4,
 }
 NEVER = {("proposals", "scoring"), ("scoring", "proposals")}

@@ -1,4 +1,4 @@
-"""The ``ovseg`` command line: ``ovseg segment | eval | weights | app | bench | video``.
+"""The ``ovseg`` command line: ``ovseg segment | eval | weights | app | bench | video | bank``.
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; the options shared
 by several subcommands and their checks are in :mod:`ovseg.cli._args`.
@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("segment", "eval", "weights", "app", "bench", "video")
+SUBCOMMANDS = ("segment", "eval", "weights", "app", "bench", "video", "bank")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,9 @@ number for number:
 - :mod:`~ovseg.methods.pamr`: PAMR refinement;
 - :mod:`~ovseg.methods.proxyclip`, :mod:`~ovseg.methods.corrclip`: the DINO-guided methods;
 - :mod:`~ovseg.methods.regions`: region id maps, CorrCLIP's merging, scope and vote;
+- :mod:`~ovseg.methods.corrclipv2`: CorrCLIPv2 (a VFM's correlations, retrieval from a memory
+  bank, DMCE), with :mod:`~ovseg.methods.bank` (reading banks, FAISS) and
+  :mod:`~ovseg.methods.vfm` (the VFM interface);
 - :mod:`~ovseg.methods.config`: per-method, per-benchmark settings;
 - :mod:`~ovseg.methods.classnames`: each method's class-name files;
 - :mod:`~ovseg.methods.text`: template-averaged query embeddings;

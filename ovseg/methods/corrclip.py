@@ -74,6 +74,7 @@ __all__ = [
     "corrclip_dino_features",
     "corrclip_logits",
     "corrclip_probabilities",
+    "corrclip_window_core",
     "corrclip_window_features",
     "spatial_blocks",
 ]
@@ -124,8 +125,33 @@ def _semantic_mask(token_region: Tensor, regions: int, dtype: torch.dtype) -> Te
 
 
 def _one_window(clip_visual, dino, crop, ids, clip_mean, clip_std, eps) -> Tensor:
-    feats, (fh, fw) = corrclip_dino_features(dino, crop, clip_mean, clip_std)
-    feats = feats[0]
+    feats, grid = corrclip_dino_features(dino, crop, clip_mean, clip_std)
+    return corrclip_window_core(clip_visual, crop, feats[0], grid, ids, eps)
+
+
+def corrclip_window_core(
+    clip_visual: nn.Module,
+    crop: Tensor,
+    feats: Tensor,
+    grid: tuple[int, int],
+    ids: Tensor,
+    eps: float | None = DBSCAN_EPS,
+) -> Tensor:
+    """CorrCLIP's last block on one window, given the correlation features (steps 2-7).
+
+    Args:
+        clip_visual: open_clip ViT image tower.
+        crop: ``(1, 3, h, w)`` CLIP-normalised window.
+        feats: ``(fh * fw, C)`` unit-norm features on the grid ``(fh, fw)`` (row-major):
+            DINO's ``q + k`` (CorrCLIP) or a VFM's features (CorrCLIPv2).
+        grid: ``(fh, fw)``.
+        ids: ``(h, w)`` region ids of the window (the smallest is its unsegmented region).
+        eps: DBSCAN radius of the region merging; ``None``: no merging (CorrCLIPv2).
+
+    Returns:
+        ``(1, D, fh, fw)`` float32 projected features, not normalised.
+    """
+    fh, fw = grid
     sim = feats @ feats.T
     groups = merge_regions(resize_ids(ids, (fh, fw)), feats, eps)
     scope = scope_mask(groups.reshape(-1), sim)
@@ -173,7 +199,7 @@ def corrclip_window_features(
     *,
     clip_mean: Sequence[float] = OPENAI_MEAN,
     clip_std: Sequence[float] = OPENAI_STD,
-    eps: float = DBSCAN_EPS,
+    eps: float | None = DBSCAN_EPS,
 ) -> Tensor:
     """CorrCLIP's projected patch features of windows, on the DINO grid.
 
@@ -184,7 +210,8 @@ def corrclip_window_features(
         ids: ``(B, 1, h, w)`` region ids of the windows (float or int; the smallest per window
             is its unsegmented region).
         clip_mean, clip_std: 0-1 constants undone before DINO's own normalisation.
-        eps: DBSCAN radius of the region merging.
+        eps: DBSCAN radius of the region merging; ``None``: no merging (CorrCLIPv2's bank
+            builder).
 
     Returns:
         ``(B, D, h // pd, w // pd)`` float32 (``pd`` DINO's patch size), not normalised. Windows
