@@ -15,7 +15,7 @@ __all__ = ["default_segmenter", "segment"]
 
 _DEFAULTS: dict[tuple, Segmenter] = {}
 _DEFAULTS_LOCK = threading.Lock()
-_INIT_OPTIONS = ("dino", "method", "random_weights", "templates", "grid", "fused_attention")
+_INIT_OPTIONS = ("random_weights", "templates", "grid", "fused_attention", "bank")
 
 
 def default_segmenter(sam=DEFAULT_SAM, clip=DEFAULT_CLIP, device=None, **options) -> Segmenter:
@@ -68,7 +68,7 @@ def segment(
 
     validate_classes(classes)
     given = {k: options.pop(k) for k in MODEL_KEYS if k in options}
-    models = resolve_models(quality, given, tiny=tiny)
+    models = resolve_models(quality, given, tiny=tiny, bank=options.get("bank") is not None)
     sam, clip = models.pop("sam"), models.pop("clip")
     init = {k: options.pop(k) for k in list(options) if k in _INIT_OPTIONS and k != "templates"}
     init.update(models)

@@ -58,10 +58,11 @@ class Segmenter:
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
         dino: DINO for ProxyCLIP, Trident and CorrCLIP: ``"dino_vitb8"``, ``"dino_vitb16"``,
             ``"NAME:/path.pth"``, a built module, or ``"tiny-random"``.
-        method: a registered method name (:func:`ovseg.methods.registry.method_names`:
-            ``"naclip"`` (default), ``"sclip"``, ``"clearclip"``, ``"proxyclip"``,
-            ``"trident"``, ``"corrclip"``, ``"sam-clip"``) or a built
-            :class:`~ovseg.methods.protocol.Method`.
+        vfm, bank, aux_clip: CorrCLIPv2's vision foundation model (``"radiov3"``...: see
+            :func:`ovseg.models.vfm.build_vfm`), memory bank folder (``ovseg bank build``) and
+            the auxiliary CLIP of the bank's second store (``"ViT-B-16/dfn2b"``).
+        method: a registered method name (:func:`ovseg.methods.registry.method_names`;
+            ``"naclip"`` by default) or a built :class:`~ovseg.methods.protocol.Method`.
         random_weights: build registered architectures with random weights (timing only; warns).
         templates: prompt-template set name or list (see :mod:`ovseg.scoring.vocabulary`).
         grid: automatic-grid options (:class:`~ovseg.proposals.grid.GridOptions`, or
@@ -80,6 +81,9 @@ class Segmenter:
         device=None,
         *,
         dino=None,
+        vfm=None,
+        bank=None,
+        aux_clip=None,
         method: str | Method = DEFAULT_METHOD,
         random_weights: bool = False,
         templates: str | Sequence[str] = "imagenet",
@@ -102,6 +106,9 @@ class Segmenter:
             sam=sam,
             clip=clip,
             dino=dino,
+            vfm=vfm,
+            bank=bank,
+            aux_clip=aux_clip,
             device=device,
             random_weights=random_weights,
             grid=grid,
@@ -111,7 +118,7 @@ class Segmenter:
         if self.method.config().refine and not self.models.has_sam:
             raise ValueError(f"refine={self.method.config().refine!r} needs a SAM model")
         self.models.grid = self.models.grid_options(**grid_options)
-        for kind in sorted(self.method.needs & {"clip", "dino"}):
+        for kind in sorted(self.method.needs & {"clip", "dino", "vfm"}):
             getattr(self.models, kind)  # a missing checkpoint fails now, not on the first image
         self._image: np.ndarray | None = None
         self._probs_cache: tuple | None = None
@@ -284,10 +291,7 @@ class Segmenter:
         ``options``: the method's options.
         """
         vocab = self.vocabulary(classes, background, templates)
-        config, _ = self.options({k: v for k, v in options.items() if k not in GRID_OPTIONS})
-        if set(options) & set(GRID_OPTIONS):
-            raise ValueError(f"grid options {sorted(set(options) & set(GRID_OPTIONS))} do not "
-                             "change per-pixel probabilities")  # fmt: skip
+        config = self.config(**options)  # the method's options only
         with self.lock:
             array = self._use(image, sam=False)
             probs = self.probabilities(array, vocab, config, masks)

@@ -262,3 +262,36 @@ def test_cli_bank_build_and_info(tmp_path, capsys):
     assert info["banks"]["try"]["record"]["models"]["vfm"] == "tiny-random"
     assert main(["bank", "info", str(tmp_path / "nope")]) == 1
     assert "bank folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:ovseg")
+def test_cli_builds_a_bank_then_segments_with_it(tmp_path, capsys):
+    """The issue's run on tiny models: `ovseg bank build IMAGES -o BANK`, then `ovseg segment
+    IMG --method corrclipv2 --bank BANK` (and the preset route, --tiny --bank), with a bank
+    built with other models refused in one line."""
+    from ovseg.cli import main
+
+    images = _images(tmp_path / "imgs", 3)
+    bank = tmp_path / "bank"
+    tiny = ["--sam", "tiny-random", "--clip", "tiny-random"]
+    build = ["bank", "build", str(images), "-o", str(bank), *tiny, "--dino", "tiny-random"]
+    assert main([*build, "--vfm", "tiny-random", "--no-progress"]) == 0, capsys.readouterr().err
+    image = str(images / "img00.png")
+    seg = ["segment", image, "--classes", "road", "car", "sky", "--bank", str(bank)]
+    out = tmp_path / "out"
+    code = main([*seg, *tiny, "--vfm", "tiny-random", "--method", "corrclipv2", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    labels = np.array(Image.open(out / "img00.png_labels.png"))
+    assert labels.shape == (40, 56) and set(np.unique(labels)) <= {0, 1, 2, 255}
+    record = json.loads((out / "ovseg_run.json").read_text())["settings"]
+    assert record["method"] == "corrclipv2" and record["bank"] == str(bank.resolve())
+    preset = tmp_path / "preset"
+    assert main([*seg, "--tiny", "-o", str(preset)]) == 0, capsys.readouterr().err
+    assert json.loads((preset / "ovseg_run.json").read_text())["settings"]["method"] == (
+        "corrclipv2"
+    )
+    other = tmp_path / "other"
+    code = main([*seg, *tiny, "--vfm", "dinov3-tiny-random", "--method", "corrclipv2", "-o",
+                 str(other)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and "dinov3-tiny-random" in err and "Traceback" not in err

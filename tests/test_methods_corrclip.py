@@ -283,7 +283,7 @@ def test_segmenter_contract(models):
 
     clip, dino = models
     options = dict(short_side=56, slide_crop=112, slide_stride=56)
-    seg = Segmenter(None, clip, "cpu", dino=dino, method="corrclip", method_options=options)
+    seg = Segmenter(None, clip, "cpu", dino=dino, method="corrclip", **options)
     image, ids = _image_and_regions(2)
     classes = ["cat", "dog; puppy", "road"]
     probs = seg.pixel_probabilities(image, classes, masks=ids)
@@ -372,14 +372,13 @@ def test_automatic_regions_from_sam(models):
     clip, dino = models
     options = dict(short_side=56, slide_crop=112, slide_stride=56)
     with pytest.warns(UserWarning, match="tiny random SAM"):
-        seg = Segmenter("tiny-random", clip, "cpu", dino=dino, method="corrclip",
-                        method_options=options)  # fmt: skip
+        seg = Segmenter("tiny-random", clip, "cpu", dino=dino, method="corrclip", **options)
         image, _ = _image_and_regions(4)
-        ids = seg.region_map(image)
+        ids = seg.method.region_map(image, seg.models)
     assert ids.shape == image.shape[:2] and ids.dtype == np.int64
     grid = seg.propose(image, **CORRCLIP_GRID)  # the same masks, painted by area
     assert (region_id_map(grid.masks, image.shape[:2]) == ids).all()
     probs = seg.pixel_probabilities(image, ["a", "b"])
     result = seg.segment(image, ["a", "b"])
     assert (result.label_map == region_vote(probs.argmax(0), ids)).all()
-    assert seg.region_map(image) is ids  # computed once per image
+    assert seg.method.region_map(image, seg.models) is ids  # computed once per image

@@ -307,7 +307,7 @@ def test_segmenter_trident(image):
     with pytest.raises(ValueError, match="DINO"):
         Segmenter("tiny-random", "tiny-random", method="trident")
     seg = Segmenter("tiny-random", "tiny-random", dino="tiny-random", method="trident",
-                    method_options=dict(sam_iou_thresh=-1e9, minimal_area=4, **OPTS))  # fmt: skip
+                    sam_iou_thresh=-1e9, minimal_area=4, **OPTS)  # fmt: skip
     img = np.ascontiguousarray(image[:112, :192])  # sides multiples of 16: one SAM pass
     classes = ["cat", "dog", "sky"]
     probs = seg.pixel_probabilities(img, classes)
@@ -369,11 +369,13 @@ def test_eval_method_trident_is_the_refined_map(tmp_path):
              method_options=opts)  # fmt: skip
     queries, owners = query_list(class_names("trident", "voc21"))
     text = query_embeddings(seg.clip.model, seg.clip.tokenizer, queries)
-    config = seg.dense.config("voc21", **opts)
+    config = seg.config("voc21", **opts)
     sample = open_dataset(tmp_path / "voc", "voc21")[0]
-    probs = seg.dense.probabilities(sample.image, text, owners, 21, config, sam=seg.proposer)
-    coarse = predict_labels(probs, config, 0)
-    refined = seg.dense.refine(sample.image, probs, coarse, config, seg.proposer)
+    probs = seg.method.query_probabilities(
+        sample.image, text, owners, 21, seg.models, seg.method.fit((64, 96), config, seg.models)
+    )
+    coarse = predict_labels(probs, config, 0).numpy()
+    refined = seg.method.finish(sample.image, probs, coarse, seg.models, config)
     assert len(refined.masks) > 0  # the refinement ran
     cache = json.loads(out.read_text())["cache"]
     np.testing.assert_array_equal(read_label_png(f"{cache}/im0.png"), refined.labels)

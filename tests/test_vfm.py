@@ -7,21 +7,32 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovseg.models.vfm import VFM_ALIASES, VFM_TINY, VisionFoundationModel, build_vfm
+from ovseg.models.vfm import VFM_ALIASES, VFM_TINY, build_vfm
 
 
 @pytest.fixture(scope="module", params=VFM_TINY)
-def vfm(request) -> VisionFoundationModel:
+def vfm(request):
     return build_vfm(request.param, "cpu")
 
 
-def test_interface(vfm):
+def test_interface(vfm, synthetic_image):
+    """Every VFM: ``vfm(vfm.preprocess(image))`` -> (1, h, w, D); ``dense_features`` the same
+    map as (1, D, h, w); the key of its bank files in ``name``."""
     p = vfm.patch_size
-    assert vfm.dim == 32 and p in (14, 16)
-    x = torch.rand(2, 3, 3 * p, 5 * p, generator=torch.Generator().manual_seed(0))
-    out = vfm(x)
-    assert out.shape == (2, 3, 5, 32) and out.dtype == torch.float32
-    torch.testing.assert_close(vfm(x[1:]), out[1:], rtol=1e-5, atol=1e-5)  # per image
+    assert vfm.dim == 32 and p in (14, 16) and vfm.name in VFM_TINY
+    x = vfm.preprocess(synthetic_image)
+    assert x.shape[-2:] == tuple(max(round(s / p) * p, p) for s in synthetic_image.shape[:2])
+    out = vfm(torch.cat([x, x]))
+    assert out.shape == (2, x.shape[-2] // p, x.shape[-1] // p, 32)
+    torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)  # per image
+    dense = vfm.dense_features(synthetic_image)
+    torch.testing.assert_close(dense, out[:1].permute(0, 3, 1, 2).float(), rtol=1e-5, atol=1e-5)
+    assert float(dense.std()) > 0.01  # not a constant map
+
+
+def test_radio_checks_its_input():
+    vfm = build_vfm("radio-tiny-random", "cpu")
+    p = vfm.patch_size
     with pytest.raises(ValueError, match=f"multiple of the patch size {p}"):
         vfm(torch.rand(1, 3, p + 1, p))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
@@ -30,9 +41,10 @@ def test_interface(vfm):
         vfm(torch.zeros(1, 3, p, p, dtype=torch.uint8))
 
 
-def test_dense_features_follow_the_reference_steps(vfm, synthetic_image):
+def test_radio_dense_features_follow_the_reference_steps(synthetic_image):
     """pil_to_tensor / 255, bilinear resize (align_corners=False) to the nearest multiples of
-    the patch, then the model; the map is (1, D, h, w)."""
+    the patch, then RADIO; the map is (1, D, h, w). (DINO's steps: tests/test_corrclipv2.py.)"""
+    vfm = build_vfm("radio-tiny-random", "cpu")
     h, w = synthetic_image.shape[:2]  # 120 x 160
     size = vfm.input_size(h, w)
     p = vfm.patch_size
@@ -43,15 +55,7 @@ def test_dense_features_follow_the_reference_steps(vfm, synthetic_image):
     got = vfm.dense_features(synthetic_image)
     assert got.shape == (1, 32, size[0] // p, size[1] // p)
     with torch.no_grad():
-        if vfm.kind == "radio":
-            want = vfm.backbone(x, feature_fmt="NCHW").features
-        else:  # the last layer's output through the final norm, prefix tokens dropped
-            mean = torch.tensor(vfm.mean).view(1, 3, 1, 1)
-            std = torch.tensor(vfm.std).view(1, 3, 1, 1)
-            out = vfm.backbone(pixel_values=(x - mean) / std, output_hidden_states=True)
-            norm = vfm.backbone.norm if vfm.kind == "dinov3" else vfm.backbone.layernorm
-            tokens = norm(out.hidden_states[-1])[:, 5:]  # CLS + 4 registers
-            want = tokens.reshape(1, size[0] // p, size[1] // p, -1).permute(0, 3, 1, 2)
+        want = vfm.backbone(x, feature_fmt="NCHW").features
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert float(got.std()) > 0.1  # not a constant map
 
@@ -71,6 +75,7 @@ def test_specs_and_errors(tmp_path, monkeypatch):
         build_vfm("radiov3", "cpu")
     with pytest.raises(FileNotFoundError, match="hf download facebook/dinov2-with-registers-large"):
         build_vfm("dinov2", "cpu")
+    assert build_vfm("tiny-random", "cpu").name == "dinov2-tiny"  # the bank tests' VFM
     with pytest.raises(ValueError, match="unknown VFM 'dino'.*radiov3"):
         build_vfm("dino", "cpu")
     with pytest.raises(TypeError, match="vfm must be"):

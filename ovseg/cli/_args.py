@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+from pathlib import Path
 
 from ovseg.constants import (
     DEFAULT_CLIP,
@@ -71,6 +72,26 @@ def add_model_arguments(
         help="DINO model of proxyclip, trident, corrclip: dino_vitb8, dino_vitb16, NAME:PATH "
         "or tiny-random",
     )
+    p.add_argument(
+        "--bank",
+        default=None,
+        metavar="BANK",
+        help="a memory bank folder (ovseg bank build): turns the best preset into corrclipv2 "
+        "(--quality bank), which retrieves from it",
+    )
+    p.add_argument(
+        "--vfm",
+        default=None,
+        metavar="NAME",
+        help="vision foundation model of corrclipv2 and its bank: radiov3 (default), radiov2.5, "
+        "dinov2, dinov3, hf:ORG/NAME, NAME:PATH, tiny-random",
+    )
+    p.add_argument(
+        "--aux-clip",
+        default=None,
+        metavar="CLIP",
+        help="corrclipv2's auxiliary CLIP for the bank's second store (ViT-B-16/dfn2b)",
+    )
     if presets:
         p.add_argument(
             "--tiny",
@@ -110,7 +131,8 @@ def model_choice(args: argparse.Namespace) -> dict:
     given = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k, None) is not None}
     tiny = bool(getattr(args, "tiny", False))
     quality = getattr(args, "quality", None)
-    models = resolve_models(quality, given, tiny=tiny)
+    bank = getattr(args, "bank", None) is not None
+    models = resolve_models(quality, given, tiny=tiny, bank=bank)
     tiny_specs = {TINY, SAM2_TINY, HF_TINY}
     models_given = {k: v for k, v in given.items() if k != "method"}
     if (
@@ -296,11 +318,18 @@ def method_settings(args: argparse.Namespace, grid_used: bool = False) -> dict:
             f"{models['method']!r} does not use: add --refine masks (or --method sam-clip)"
         )
     check_device(getattr(args, "device", None))
+    bank = getattr(args, "bank", None)
+    if bank is not None:
+        if not Path(bank).is_dir():
+            raise FileNotFoundError(f"--bank {bank}: no such folder (ovseg bank build makes one)")
     return {
         "method": models["method"],
         "sam": sam,
         "clip": models["clip"],
         "dino": models["dino"],
+        "vfm": models["vfm"],
+        "aux_clip": models["aux_clip"],
+        "bank": None if bank is None else str(Path(bank).resolve()),
         "random_weights": bool(getattr(args, "random_weights", False)),
         "templates": args.templates,
         "options": options,
@@ -314,8 +343,9 @@ def build_segmenter(settings: dict, device=None):
     from ovseg.pipeline import Segmenter
 
     s = settings
+    models = {k: s.get(k) for k in ("dino", "vfm", "bank", "aux_clip")}
     return Segmenter(
-        s["sam"], s["clip"], device, dino=s["dino"], method=s["method"],
+        s["sam"], s["clip"], device, **models, method=s["method"],
         random_weights=s["random_weights"], templates=s["templates"], **s["options"],
         **s["grid"],
     )  # fmt: skip

@@ -81,7 +81,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         return _fail("--vfm is required (e.g. hf:facebook/dinov2-with-registers-large)")
     try:
         list_images(args.images)  # before any model loads
-        from ovseg.cli import check_device
+        from ovseg.cli._args import check_device
 
         check_device(args.device)
     except (FileNotFoundError, ValueError) as e:

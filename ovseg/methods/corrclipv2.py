@@ -46,42 +46,21 @@ Context60 0.15, COCO-Object 0.25, else 0.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ovseg.constants import OPENAI_MEAN, OPENAI_STD
-from ovseg.methods.corrclip import PAD_ID, corrclip_window_core
+from ovseg.methods.config import MethodConfig, preset
+from ovseg.methods.corrclip import PAD_ID, CorrClip, corrclip_window_core
 from ovseg.methods.dense import class_max
 from ovseg.methods.geometry import imrescale_size, normalize_image, resize_image
-from ovseg.methods.regions import rank_ids, region_id_map, region_vote, resize_ids
+from ovseg.methods.regions import rank_ids, resize_ids
 from ovseg.methods.slide import slide_logits
 from ovseg.methods.vfm import vfm_dense
-
-try:  # the protocol base, once it is on main
-    from ovseg.methods.protocol import Finished, Method  # type: ignore[import-not-found]
-except ImportError:  # until then, the same names here
-
-    class Method:  # type: ignore[no-redef]
-        """Stand-in for ``ovseg.methods.protocol.Method``."""
-
-    @dataclass
-    class Finished:  # type: ignore[no-redef]
-        """Stand-in for ``ovseg.methods.protocol.Finished``."""
-
-        labels: np.ndarray
-        masks: np.ndarray | None = None
-        mask_classes: np.ndarray | None = None
-        mask_scores: np.ndarray | None = None
-        confidence: np.ndarray | None = None
-
 
 __all__ = [
     "ALPHA",
@@ -111,11 +90,10 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass(frozen=True)
-class CorrCLIPv2Config:
-    """All of CorrCLIPv2's options (sizes in pixels).
+class CorrCLIPv2Config(MethodConfig):
+    """All of CorrCLIPv2's options (sizes in pixels), besides :class:`MethodConfig`'s.
 
     Attributes:
-        dataset: the preset's benchmark, or None.
         short_side, long_cap: the mmcv ``imrescale`` target ``(long_cap, short_side)``.
         slide_crop, slide_stride: window and stride; ``slide_crop=None``: one pass.
         pad_multiple: windows padded (centred) to a multiple of it (56).
@@ -129,7 +107,6 @@ class CorrCLIPv2Config:
             shared window loop).
     """
 
-    dataset: str | None = None
     short_side: int = 336
     long_cap: int = 2048
     slide_crop: int | None = 336
@@ -144,6 +121,7 @@ class CorrCLIPv2Config:
     batch_windows: int = 1
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("short_side", "long_cap", "slide_stride", "pad_multiple", "num_support"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -167,18 +145,6 @@ class CorrCLIPv2Config:
             raise ValueError("use_bank must be a bool and use_aux None or a bool")
         if self.batch_windows != 1:
             raise ValueError("batch_windows must be 1 (each window has its own regions)")
-        if self.dataset is not None and self.dataset not in PRESETS:
-            raise ValueError(f"dataset must be one of {sorted(PRESETS)} or None")
-
-    @classmethod
-    def preset(cls, dataset: str | None = None, **overrides) -> CorrCLIPv2Config:
-        """The reference's settings for ``dataset`` (None: its defaults), then ``overrides``."""
-        if dataset is not None and dataset not in PRESETS:
-            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(PRESETS)}")
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown CorrCLIPv2 option(s) {sorted(unknown)}")
-        return cls(**{"dataset": dataset, **PRESETS.get(dataset or "", {}), **overrides})
 
 
 def _clip_patch(clip_visual: nn.Module) -> int:
@@ -301,86 +267,62 @@ def _use_aux(config: CorrCLIPv2Config, bank, aux_text) -> bool:
     return has if config.use_aux is None else bool(config.use_aux)
 
 
-def _image_key(image: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()
+class CorrCLIPv2(CorrClip):
+    """``method="corrclipv2"`` (58.5 mIoU over eight benchmarks with ViT-B/16 and the COCO
+    bank): see the module docstring. Needs the main CLIP, a VFM (``Segmenter(vfm="radiov3")``)
+    and regions (``masks=`` per call, else SAM 2's automatic masks, so a SAM model); with
+    ``use_bank`` (the default) a memory bank (``Segmenter(bank="BANK/")``), whose auxiliary
+    store needs the auxiliary CLIP (``Segmenter(aux_clip="ViT-B-16/dfn2b")``) for DMCE. Its
+    regions and its last step (every region takes its majority) are CorrCLIP's."""
 
+    name = "corrclipv2"
+    needs = frozenset({"clip", "regions", "vfm", "bank"})
+    Config = CorrCLIPv2Config
+    per_dataset = PRESETS
+    hints = {
+        **CorrClip.hints,
+        "vfm": "radiov3",
+        "bank": "path/to/bank",
+    }
 
-class CorrCLIPv2(Method):
-    """``method="corrclipv2"``: see the module docstring. ``models`` provides ``clip`` (the
-    main CLIP backend), ``vfm``, ``bank`` (a :class:`~ovseg.methods.bank.MemoryBank` whose
-    ``aux_clip`` is the auxiliary CLIP backend, or None), and ``proposer`` (SAM 2, for regions
-    when none are given)."""
+    @classmethod
+    def configure(cls, dataset: str | None = None, **options) -> CorrCLIPv2Config:
+        return preset(cls.Config, cls.name, dataset, {}, PRESETS, **options)
 
-    name: ClassVar[str] = "corrclipv2"
-    needs: ClassVar[frozenset[str]] = frozenset({"clip", "sam", "regions", "vfm", "bank"})
-    Config: ClassVar[type] = CorrCLIPv2Config
+    @classmethod
+    def class_file(cls, dataset: str) -> list[list[str]] | None:
+        from ovseg.methods.classnames import class_names
+        from ovseg.methods.config import DATASETS
 
-    def __init__(self):
-        self._regions: tuple[str, np.ndarray] | None = None
+        return class_names("corrclip", dataset) if dataset in DATASETS else None
 
-    def regions(self, image: np.ndarray, models, regions=None) -> np.ndarray:
-        """The region id map: ``regions`` (bool ``(N, H, W)`` or an int map), else SAM 2's
-        automatic masks with CorrCLIP's settings (8 x 8 points, thresholds 0.4, one mask per
-        point), painted by area ascending; cached for the last image."""
-        if regions is not None:
-            return region_id_map(regions, image.shape[:2])
-        key = _image_key(image)
-        if self._regions is None or self._regions[0] != key:
-            from ovseg.methods.corrclip import CORRCLIP_GRID
-            from ovseg.proposals.grid import GridOptions, automatic_masks
-            from ovseg.proposals.sam2 import Sam2Proposer
-            from ovseg.proposals.sam2_grid import Sam2GridOptions
-
-            proposer = getattr(models, "proposer", None)
-            if proposer is None:
-                raise ValueError("corrclipv2 needs regions: pass masks= or give a SAM model")
-            proposer.set_image(image)
-            options = GridOptions(**CORRCLIP_GRID)
-            if isinstance(proposer, Sam2Proposer):
-                options = Sam2GridOptions(**CORRCLIP_GRID, multimask_output=False)
-            masks = automatic_masks(proposer, options).masks
-            self._regions = (key, region_id_map(masks, image.shape[:2]))
-        return self._regions[1]
+    @classmethod
+    def check_specs(cls, specs, flags: bool = False) -> None:
+        """As every method, except that the bank is checked when a run asks for it (a run
+        with ``use_bank=False`` needs none)."""
+        super().check_specs({**specs, "bank": specs.get("bank") or "later"}, flags)
 
     def probabilities(self, image, vocab, models, config, regions=None) -> Tensor:
         """``(E, H, W)`` float32: entries of ``vocab`` (classes then background names)."""
-        ids = self.regions(image, models, regions)
+        ids = self.region_map(image, models, regions)
         clip = models.clip
         text = vocab.text_embeddings(clip)
-        bank = models.bank if config.use_bank else None
-        if config.use_bank and bank is None:
-            raise ValueError("corrclipv2 needs a memory bank (bank=...), or use_bank=False")
+        bank = None
+        if config.use_bank:
+            if models.specs.get("bank") is None:
+                raise ValueError(
+                    "method 'corrclipv2' needs a memory bank: Segmenter(bank='BANK/') (build "
+                    "one with `ovseg bank build IMAGES -o BANK/`), or use_bank=False"
+                )
+            bank = models.bank
         aux_clip = getattr(bank, "aux_clip", None) if bank is not None else None
         aux_text = vocab.text_embeddings(aux_clip) if aux_clip is not None else None
-        mean, std = tuple(clip.mean), tuple(clip.std)
-        if np.allclose(mean, OPENAI_MEAN) and np.allclose(std, OPENAI_STD):
-            mean, std = None, None
+        mean, std = self.mean_std(models)
         logits = corrclipv2_logits(
-            clip.model.visual, models.vfm, image, ids, text, config, bank, aux_text, mean, std
-        )
+            self.clip_visual(models), models.vfm, image, ids, text, config, bank, aux_text,
+            mean, std,
+        )  # fmt: skip
         with torch.inference_mode():
             probs = torch.softmax(logits * config.logit_scale, dim=0)
             n = len(vocab.classes) + len(vocab.background)
             return class_max(probs, [int(o) for o in vocab.owners], n).float()
-
-    def predict(self, probs, config, background: int | None) -> np.ndarray:
-        """Argmax (first on ties); below ``prob_threshold`` -> ``background``."""
-        probs = torch.as_tensor(probs)
-        labels = probs.argmax(dim=0)
-        if config.prob_threshold > 0:
-            if background is None:
-                raise ValueError("prob_threshold needs a background class")
-            labels[probs.max(dim=0).values < config.prob_threshold] = background
-        return labels.cpu().numpy().astype(np.int64)
-
-    def finish(self, image, probs, labels, models, config, regions=None) -> Finished:
-        """CorrCLIP's map correction: each region but the smallest id takes its majority."""
-        ids = self.regions(image, models, regions)
-        return Finished(labels=region_vote(np.asarray(labels), ids).astype(np.int64))
-
-    def mask_scores(self, image, masks, probs, vocab, models, config) -> np.ndarray:
-        """``(N, K)`` the mean class probability inside each mask."""
-        p = torch.as_tensor(probs)[: len(vocab.classes)].float()
-        m = torch.as_tensor(np.asarray(masks, dtype=bool))
-        area = m.flatten(1).sum(1).clamp_min(1).float()
-        return ((m.flatten(1).float() @ p.flatten(1).T) / area[:, None]).numpy()

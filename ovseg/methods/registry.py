@@ -17,6 +17,7 @@ METHODS: dict[str, str] = {
     "proxyclip": "ovseg.methods.proxyclip:ProxyClip",
     "trident": "ovseg.methods.trident:Trident",
     "corrclip": "ovseg.methods.corrclip:CorrClip",
+    "corrclipv2": "ovseg.methods.corrclipv2:CorrCLIPv2",
     "sam-clip": "ovseg.methods.samclip:SamClip",
 }
 

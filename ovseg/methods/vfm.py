@@ -90,6 +90,15 @@ class TransformersVfm(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def patch_size(self) -> int:
+        return self.patch
+
+    @torch.inference_mode()
+    def dense_features(self, image: np.ndarray) -> Tensor:
+        """``(1, D, h, w)`` float32 features of an RGB uint8 image (:func:`vfm_dense`)."""
+        return vfm_dense(self, image)
+
     def preprocess(self, image: np.ndarray) -> Tensor:
         """``(H, W, 3)`` uint8 -> ``(1, 3, h, w)`` float32, ImageNet-normalised, sides rounded
         to multiples of the patch (``round`` as Python's, ties to even)."""

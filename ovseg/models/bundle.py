@@ -4,6 +4,7 @@ ones its method needs), so that a method reads ``models.clip``, ``models.dino``,
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from dataclasses import fields, replace
@@ -28,7 +29,8 @@ class Models:
     """Lazily built models of a Segmenter.
 
     Args:
-        sam, clip, dino: specs as :class:`~ovseg.pipeline.Segmenter` takes them (None: none).
+        sam, clip, dino, vfm, bank, aux_clip: specs as :class:`~ovseg.pipeline.Segmenter`
+            takes them (None: none).
         device: where they run.
         random_weights: build registered architectures with random weights (warns).
         grid: the automatic grid's options (default: SAM 1's or SAM 2's generator defaults;
@@ -44,6 +46,9 @@ class Models:
         sam,
         clip,
         dino=None,
+        vfm=None,
+        bank=None,
+        aux_clip=None,
         device=None,
         random_weights: bool = False,
         grid: GridOptions | None = None,
@@ -59,7 +64,10 @@ class Models:
         self.lock = threading.RLock()
         self.device = resolve_device(device)
         self.random_weights, self.fused_attention = random_weights, fused_attention
-        self.specs = {"sam": sam, "clip": clip, "dino": dino}
+        if bank is not None and not isinstance(bank, (str, os.PathLike)):
+            raise TypeError(f"bank must be the path of a bank folder, got {type(bank).__name__}")
+        self.specs = {"sam": sam, "clip": clip, "dino": dino, "vfm": vfm, "bank": bank,
+                      "aux_clip": aux_clip}  # fmt: skip
         self.sam_family = None if sam is None else ("sam2" if sam2 else "sam1")
         self.tiny_grid = grid is None and isinstance(sam, str) and sam in (TINY, SAM2_TINY)
         default = Sam2GridOptions() if sam2 else GridOptions()
@@ -84,8 +92,10 @@ class Models:
 
     def _build(self, kind: str, builder):
         spec = self.specs[kind]
-        if spec is None and kind != "dino":
-            raise ValueError(f"no {kind.upper()} model: give Segmenter({kind}=...)")
+        if spec is None:
+            if kind in ("dino", "aux_clip"):  # optional models
+                return None
+            raise ValueError(f"no {kind} model: give Segmenter({kind}=...)")
         return self._get(
             kind, lambda: builder(spec, self.device, random_weights=self.random_weights)
         )
@@ -99,6 +109,32 @@ class Models:
     def dino(self):
         """The DINO ViT, or None when no DINO spec was given."""
         return self._build("dino", build_dino)
+
+    @property
+    def vfm(self):
+        """The vision foundation model (:func:`ovseg.models.vfm.build_vfm`)."""
+        from ovseg.models.vfm import build_vfm
+
+        return self._build("vfm", build_vfm)
+
+    @property
+    def aux_clip(self):
+        """The auxiliary CLIP of a memory bank's second store (DMCE), or None."""
+        return self._build("aux_clip", build_clip)
+
+    @property
+    def bank(self):
+        """The memory bank (:class:`~ovseg.methods.bank.MemoryBank`) opened for these models:
+        a bank built with another CLIP or VFM is refused."""
+
+        def open_bank():
+            from ovseg.methods.bank import open_for_run
+
+            if self.specs["bank"] is None:
+                raise ValueError("no memory bank: give Segmenter(bank='BANK/')")
+            return open_for_run(self.specs["bank"], self.clip, self.vfm, self.aux_clip)
+
+        return self._get("bank", open_bank)
 
     @property
     def sam(self):

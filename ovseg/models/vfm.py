@@ -38,16 +38,24 @@ Not provided: PE-Spatial (the reference's ``pe`` option).
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ovseg.constants import TINY
 from ovseg.methods.radio import RADIO_ARCHS, nearest_supported_resolution
 
-__all__ = ["VFM_ALIASES", "VFM_TINY", "VisionFoundationModel", "build_vfm", "vfm_names"]
+__all__ = [
+    "VFM_ALIASES",
+    "VFM_TINY",
+    "VisionFoundationModel",
+    "build_vfm",
+    "vfm_key",
+    "vfm_names",
+]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 VFM_ALIASES = {
     "radiov3": "c-radio_v3-l",
     "radiov2.5": "radio_v2.5-l",
@@ -56,6 +64,7 @@ VFM_ALIASES = {
 }
 """CorrCLIPv2's VFM names (``vfms/factory.py``) -> ovseg specs."""
 VFM_TINY = ("radio-tiny-random", "dinov2-tiny-random", "dinov3-tiny-random")
+"""Tiny random VFMs for tests (``"tiny-random"`` is the tiny DINOv2)."""
 _DINO_TYPES = ("dinov2", "dinov2_with_registers", "dinov3_vit")
 
 
@@ -65,31 +74,20 @@ def vfm_names() -> list[str]:
 
 
 class VisionFoundationModel(nn.Module):
-    """One VFM with its preprocessing (see the module docstring for the interface).
+    """A RADIO model with its preprocessing (see the module docstring for the interface).
 
-    Attributes: ``name`` (the spec it was built from, aliases resolved), ``kind``
-    (``"radio"``, ``"dinov2"`` or ``"dinov3"``), ``dim``, ``patch_size``, ``mean``, ``std``,
-    ``backbone`` (the wrapped ``RadioEncoder`` or ``transformers`` model).
+    Attributes: ``name`` (its key in bank file names: CorrCLIPv2's alias when one was given,
+    else the spec), ``kind`` (``"radio"``), ``dim``, ``patch_size``, ``mean``, ``std``,
+    ``backbone`` (the wrapped ``RadioEncoder``).
     """
 
-    def __init__(self, name: str, kind: str, backbone: nn.Module) -> None:
+    def __init__(self, name: str, backbone: nn.Module) -> None:
         super().__init__()
-        self.name, self.kind, self.backbone = name, kind, backbone
-        if kind == "radio":
-            self.dim, self.patch_size = backbone.embed_dim, backbone.patch_size
-            cond = backbone.input_conditioner
-            self.mean = tuple(float(v) for v in cond.norm_mean.flatten())
-            self.std = tuple(float(v) for v in cond.norm_std.flatten())
-            self._skip = 0
-        else:
-            cfg = backbone.config
-            self.dim = cfg.hidden_size
-            p = cfg.patch_size
-            self.patch_size = p if isinstance(p, int) else p[0]
-            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-            self._skip = 1 + getattr(cfg, "num_register_tokens", 0)
-            self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), False)
-            self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), False)
+        self.name, self.kind, self.backbone = name, "radio", backbone
+        self.dim, self.patch_size = backbone.embed_dim, backbone.patch_size
+        cond = backbone.input_conditioner
+        self.mean = tuple(float(v) for v in cond.norm_mean.flatten())
+        self.std = tuple(float(v) for v in cond.norm_std.flatten())
         self.eval()
 
     def extra_repr(self) -> str:
@@ -121,18 +119,14 @@ class VisionFoundationModel(nn.Module):
             raise ValueError(f"pixels must be (B, 3, H, W), got {getattr(pixels, 'shape', pixels)}")
         if not pixels.is_floating_point():
             raise TypeError(f"pixels must be floats in [0, 1], got {pixels.dtype}")
-        b, _, height, width = pixels.shape
+        height, width = pixels.shape[-2:]
         p = self.patch_size
         if height % p or width % p:
             raise ValueError(
                 f"input size {height}x{width} is not a multiple of the patch size {p}; "
                 f"resize to {self.input_size(height, width)} (vfm.preprocess does)"
             )
-        if self.kind == "radio":
-            return self.backbone(pixels).features.permute(0, 2, 3, 1)
-        x = (pixels - self._mean.to(pixels.dtype)) / self._std.to(pixels.dtype)
-        tokens = self.backbone(pixel_values=x).last_hidden_state[:, self._skip :]
-        return tokens.reshape(b, height // p, width // p, -1)
+        return self.backbone(pixels).features.permute(0, 2, 3, 1)
 
     @torch.inference_mode()
     def dense_features(self, image) -> Tensor:
@@ -140,42 +134,59 @@ class VisionFoundationModel(nn.Module):
         return self(self.preprocess(image)).permute(0, 3, 1, 2).float()
 
 
-def build_vfm(spec, device=None, random_weights: bool = False) -> VisionFoundationModel:
-    """A :class:`VisionFoundationModel` in eval mode on ``device`` (see the module docstring).
+def build_vfm(spec, device=None, random_weights: bool = False):
+    """A VFM in eval mode on ``device`` (see the module docstring): RADIO as a
+    :class:`VisionFoundationModel`, DINOv2 / DINOv3 as a
+    :class:`~ovseg.methods.vfm.TransformersVfm` (CorrCLIPv2's preprocessing). Its ``name`` keys
+    bank files: CorrCLIPv2's alias (``radiov3``, ``dinov2``...) when one was given.
 
     ``random_weights`` builds a registered RADIO architecture with random weights, for timing
     only (it warns). Raises ValueError (unknown name), TypeError (wrong type),
     FileNotFoundError (weights not on disk, with the command that fetches them).
     """
+    from ovseg.methods.vfm import TransformersVfm, check_vfm, tiny_dinov2_vfm
     from ovseg.models.build import resolve_device
     from ovseg.models.radio_weights import build_radio
 
     device = resolve_device(device)
-    if isinstance(spec, VisionFoundationModel):
+    if isinstance(spec, nn.Module) and hasattr(spec, "preprocess"):
+        check_vfm(spec)
         return spec.eval().to(device)
     if not isinstance(spec, str) or not spec.strip():
         raise TypeError(f"vfm must be a name, 'NAME:/path', 'hf:ORG/NAME' or a model, got {spec!r}")
     name = VFM_ALIASES.get(spec, spec)
-    if name.startswith("hf:"):
+    if name == TINY:  # the tiny DINOv2 of the bank tests (key dinov2-tiny)
+        return tiny_dinov2_vfm().to(device)
+    if name.startswith("hf:") or name in ("dinov2-tiny-random", "dinov3-tiny-random"):
         if random_weights:
             raise ValueError("random_weights is supported for RADIO architectures only")
-        return VisionFoundationModel(name, *_hf_dino(name.removeprefix("hf:"))).to(device)
-    if name in ("dinov2-tiny-random", "dinov3-tiny-random"):
-        return VisionFoundationModel(name, *_tiny_dino(name.split("-")[0])).to(device)
+        if name.startswith("hf:"):
+            model_id = name.removeprefix("hf:")
+            model = _hf_dino(model_id)
+            key = spec if spec in VFM_ALIASES else vfm_key(model_id)
+        else:
+            model, key = _tiny_dino("dinov3" if "dinov3" in name else "dinov2"), spec
+        return TransformersVfm(model, key).to(device)
     if name.partition(":")[0] in RADIO_ARCHS:
         model = build_radio(name, device, random_weights=random_weights)
-        return VisionFoundationModel(name, "radio", model).to(device)
+        return VisionFoundationModel(spec, model).to(device)
     raise ValueError(
         f"unknown VFM {spec!r}; known names: {', '.join(vfm_names())}; or 'NAME:/path' (a RADIO "
         "checkpoint of architecture NAME) or 'hf:ORG/NAME' (a DINOv2/DINOv3 Hugging Face model)"
     )
 
 
-def _kind(model_type: str) -> str:
-    return "dinov3" if model_type == "dinov3_vit" else "dinov2"
+def vfm_key(model_id: str) -> str:
+    """The bank key of a transformers VFM: ``dinov3`` / ``dinov2`` for those families (the
+    reference's keys, ViT-L with registers), else the id made file-safe."""
+    low = model_id.lower()
+    for fam in ("dinov3", "dinov2"):
+        if fam in low:
+            return fam
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", model_id).strip("-")
 
 
-def _hf_dino(model_id: str) -> tuple[str, nn.Module]:
+def _hf_dino(model_id: str) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
     try:  # the local folder or the Hugging Face cache only
@@ -192,10 +203,10 @@ def _hf_dino(model_id: str) -> tuple[str, nn.Module]:
             f"HF_HUB_CACHE set where) and is not a local folder ({e}). Fetch it with: "
             f"hf download {model_id} (DINOv3 needs its licence accepted on the Hub first)"
         ) from e
-    return _kind(config.model_type), model.eval()
+    return model.eval()
 
 
-def _tiny_dino(family: str, seed: int = 0) -> tuple[str, nn.Module]:
+def _tiny_dino(family: str, seed: int = 0) -> nn.Module:
     from transformers import (
         Dinov2WithRegistersConfig,
         Dinov2WithRegistersModel,
@@ -211,4 +222,4 @@ def _tiny_dino(family: str, seed: int = 0) -> tuple[str, nn.Module]:
         else:
             config = Dinov2WithRegistersConfig(patch_size=14, image_size=56, **common)
             model = Dinov2WithRegistersModel(config)
-    return family, model.eval()
+    return model.eval()
