@@ -120,6 +120,7 @@ class Segmenter:
         self.models.grid = self.models.grid_options(**grid_options)
         for kind in sorted(self.method.needs & {"clip", "dino", "vfm"}):
             getattr(self.models, kind)  # a missing checkpoint fails now, not on the first image
+        self.method.check_models(self.models)
         self._image: np.ndarray | None = None
         self._probs_cache: tuple | None = None
 
