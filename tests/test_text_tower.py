@@ -21,6 +21,8 @@ from ovseg.scoring.text_tower import (  # noqa: E402
 )
 
 NAMES = ["sky", "sign symbol", "bicyclist", "a very long name of an unusual traffic object"]
+CAMVID = ["sky", "building", "pole", "road", "sidewalk", "tree", "sign symbol", "fence", "car",
+          "pedestrian", "bicyclist"]  # fmt: skip
 LONG = " ".join(["word"] * 90)  # longer than the context: the tokenizer cuts it at 77
 PROMPTS = [t.format(n) for n in NAMES for t in OPENAI_IMAGENET_TEMPLATES[::8]] + [LONG, "x"]
 TOL = 1e-5
@@ -53,11 +55,11 @@ def _clip(custom: bool = False, seed: int = 0, use_pad_mask: bool = False, **tex
     return model
 
 
-def _lengths(model) -> list[int]:
-    """Sequence lengths the text transformer runs on, recorded by a hook."""
-    seen: list[int] = []
+def _lengths(model) -> list[tuple[int, int]]:
+    """(batch, sequence length) of each call of the text transformer, recorded by a hook."""
+    seen: list[tuple[int, int]] = []
     tower = model.text if isinstance(model, CustomTextCLIP) else model
-    tower.transformer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    tower.transformer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[:2]))
     return seen
 
 
@@ -68,17 +70,28 @@ def _assert_same(full: torch.Tensor, fast: torch.Tensor) -> None:
     assert (full - fast).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize(
-    "custom, text",
-    [
-        (False, {}),  # tiny_clip's layout: built-in tower, argmax pooling
-        (False, {"pool_type": "eos", "eos_id": 49407}),
-        (False, {"pool_type": "first"}),
-        (True, {}),  # CustomTextCLIP with open_clip's TextTransformer
-        (True, {"pool_type": "eos", "eos_id": 49407}),
-        (True, {"no_causal_mask": True, "use_pad_mask": True, "pad_id": 0}),  # masked padding
-    ],
-)
+def _positions(model) -> list[int]:
+    """Token positions each call of the first block's ``ln_1`` sees (batch x length), whichever
+    path runs the blocks."""
+    seen: list[int] = []
+    tower = model.text if isinstance(model, CustomTextCLIP) else model
+    tower.transformer.resblocks[0].ln_1.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].shape[0] * args[0].shape[1])
+    )
+    return seen
+
+
+LAYOUTS = [
+    (False, {}),  # tiny_clip's layout: built-in tower, argmax pooling
+    (False, {"pool_type": "eos", "eos_id": 49407}),
+    (False, {"pool_type": "first"}),
+    (True, {}),  # CustomTextCLIP with open_clip's TextTransformer
+    (True, {"pool_type": "eos", "eos_id": 49407}),
+    (True, {"no_causal_mask": True, "use_pad_mask": True, "pad_id": 0}),  # masked padding
+]
+
+
+@pytest.mark.parametrize("custom, text", LAYOUTS)
 def test_truncated_open_clip_equals_full_run(custom, text):
     model = _clip(custom, **text).eval()
     ids = _ids()
@@ -86,25 +99,51 @@ def test_truncated_open_clip_equals_full_run(custom, text):
         full = model.encode_text(ids)
     assert truncatable(model)
     seen = _lengths(model)
-    fast = encode_open_clip_tokens(model, ids, batch_size=8)
+    fast = encode_open_clip_tokens(model, ids, batch_size=8, share_prefixes=False)
     _assert_same(full, fast)
-    assert len(seen) == -(-len(PROMPTS) // 8)  # in batches
+    assert sum(b for b, _ in seen) == len(PROMPTS) and max(b for b, _ in seen) <= 8
     if text.get("pool_type") == "first":  # read at the start-of-text token: one position
-        assert set(seen) == {1}
-    else:  # only the long prompt's batch runs all 77
-        assert max(seen) == 77 and min(seen) < 20
+        assert {n for _, n in seen} == {1}
+    else:  # only the long prompt runs all 77, alone
+        assert (1, 77) in seen and max(n for b, n in seen if b > 1) < 20
 
 
-def test_tiny_clip_and_its_backend_truncate():
-    from ovseg.models.build import build_clip
-
-    backend = build_clip("tiny-random", "cpu")
-    prompts = PROMPTS[:-2]
+@pytest.mark.parametrize(
+    "custom, text, batch_size", [(c, t, 256) for c, t in LAYOUTS] + [(False, {}, 7), (True, {}, 7)]
+)
+def test_shared_prefixes_equal_full_run(custom, text, batch_size):
+    model = _clip(custom, **text).eval()
+    prompts = [*PROMPTS, PROMPTS[3], "a photo of a", "a photo of a car in a photo of a car"]
+    ids = _ids(prompts)
     with torch.inference_mode():
-        full = F.normalize(backend.model.encode_text(_ids(prompts)), dim=-1)
-    seen = _lengths(backend.model)
-    _assert_same(full, backend.encode_text(prompts))
-    assert seen and max(seen) < 20
+        full = model.encode_text(ids)
+    calls, positions = _lengths(model), _positions(model)
+    _assert_same(full, encode_open_clip_tokens(model, ids, batch_size=batch_size))
+    needed = (ids.argmax(-1) + 1).sum().item()
+    if text.get("pool_type") == "first" or "use_pad_mask" in text:  # the truncated path
+        assert calls
+    else:  # blocks run directly, on fewer positions than the truncated run would
+        assert not calls and sum(positions) < needed
+
+
+def test_shared_prefixes_one_prompt_and_templates_times_names():
+    model = _clip().eval()
+    prompts = [t.format(n) for n in CAMVID for t in OPENAI_IMAGENET_TEMPLATES]
+    ids = _ids(prompts)
+    with torch.inference_mode():
+        full = model.encode_text(ids)
+        one = model.encode_text(ids[:1])
+    positions = _positions(model)
+    _assert_same(full, encode_open_clip_tokens(model, ids))
+    assert sum(positions) < 0.6 * (ids.argmax(-1) + 1).sum().item()  # stems run once
+    _assert_same(one, encode_open_clip_tokens(model, ids[:1]))
+
+
+def test_stem_lengths():
+    from ovseg.scoring.text_prefix import stem_lengths
+
+    rows = [(1, 2, 3, 9), (1, 2, 4, 9), (1, 2, 3, 5, 9), (1, 2, 3, 9), (7, 8), (1, 9)]
+    assert stem_lengths(rows) == [3, 2, 3, 3, 1, 1]
 
 
 class _Wrapped(CLIP):
@@ -133,7 +172,7 @@ def test_unknown_or_unsafe_layouts_run_the_full_call(make):
     fast = encode_open_clip_tokens(model, ids, batch_size=16)
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
     cls_token = getattr(getattr(model, "text", None), "cls_emb", None) is not None
-    assert set(seen) == {77 + cls_token}  # every position, every batch
+    assert {n for _, n in seen} == {77 + cls_token}  # every position, every batch
 
 
 def test_real_size_vit_b16_text_tower():

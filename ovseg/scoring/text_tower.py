@@ -17,20 +17,72 @@ the model's own full call, batched the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from ovseg.scoring.text_prefix import can_share, length_batches, shared_hidden
+
 __all__ = ["BATCH_SIZE", "encode_hf_tokens", "encode_open_clip_tokens", "truncatable"]
 
-BATCH_SIZE = 128
+BATCH_SIZE = 256
 """Prompts per forward pass (sorted by length, so each batch is cut to its own longest)."""
 
 _POOLS = ("argmax", "eos", "first")
-# (positions each row needs, the truncated run of a batch or None for "run the full call")
-_Plan = tuple[
-    Callable[[torch.Tensor], torch.Tensor],
-    Callable[[torch.Tensor], "torch.Tensor | None"],
-]
+
+
+@dataclass(frozen=True)
+class _Tower:
+    """The parts of an open_clip text tower a truncated run needs."""
+
+    token_embedding: torch.nn.Module
+    positional_embedding: torch.Tensor
+    transformer: torch.nn.Module
+    ln_final: torch.nn.Module
+    projection: torch.nn.Module | torch.Tensor | None
+    attn_mask: torch.Tensor | None  # None: bidirectional with open_clip's padding mask
+    pool_type: str
+    eos_id: int | None
+    pad_id: int = 0
+    embeds: Callable | None = None  # TextTransformer._embeds (builds the padding mask)
+
+
+def _open_clip_tower(model) -> _Tower | None:
+    """``model``'s text tower where its truncated run is known to be exact, else None: open_clip's
+    built-in tower (``CLIP.encode_text``) or ``TextTransformer`` (``CustomTextCLIP``), causal or
+    bidirectional with the padding mask, no class token, argmax / eos / first pooling."""
+    try:
+        from open_clip.model import CLIP, CustomTextCLIP
+        from open_clip.transformer import TextTransformer
+    except ImportError:
+        return None
+    encode = getattr(type(model), "encode_text", None)
+    if encode is CLIP.encode_text:
+        tower = _Tower(
+            model.token_embedding, model.positional_embedding, model.transformer,
+            model.ln_final, model.text_projection, model.attn_mask,
+            getattr(model, "text_pool_type", "argmax"), getattr(model, "text_eos_id", None),
+        )  # fmt: skip
+    elif encode is CustomTextCLIP.encode_text and type(getattr(model, "text", None)) is (
+        TextTransformer
+    ):
+        text = model.text
+        if text.cls_emb is not None or text.output_tokens:
+            return None
+        if text.attn_mask is None and not text.use_pad_mask:  # every key counts
+            return None
+        tower = _Tower(
+            text.token_embedding, text.positional_embedding, text.transformer, text.ln_final,
+            text.text_projection, text.attn_mask, text.pool_type, text.eos_id, text.pad_id,
+            text._embeds if text.attn_mask is None else None,
+        )  # fmt: skip
+    else:
+        return None
+    if tower.pool_type not in _POOLS or (tower.pool_type == "eos" and tower.eos_id is None):
+        return None
+    if tower.attn_mask is None and tower.embeds is None:
+        return None
+    return tower
 
 
 def _pool_index(ids: torch.Tensor, pool_type: str, eos_id: int | None) -> torch.Tensor:
@@ -49,75 +101,51 @@ def _causal_cut(mask: torch.Tensor | None, length: int) -> bool:
     return bool(torch.isneginf(mask[:length, length:]).all())
 
 
-def _builtin_plan(model) -> _Plan | None:
-    """The truncated run of open_clip's built-in text tower (``CLIP.encode_text``), or None."""
-    from open_clip.model import CLIP
+def _needed(tower: _Tower, ids: torch.Tensor) -> torch.Tensor:
+    """(N,) positions each row needs: up to its read position (and, bidirectional, its last
+    non-padding token)."""
+    read = _pool_index(ids, tower.pool_type, tower.eos_id) + 1
+    if tower.attn_mask is not None:
+        return read
+    positions = torch.arange(1, ids.shape[1] + 1, device=ids.device)
+    return torch.maximum(read, ((ids != tower.pad_id) * positions).amax(dim=-1))
+
+
+def _pool_project(tower: _Tower, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     from open_clip.transformer import text_global_pool
 
-    if getattr(type(model), "encode_text", None) is not CLIP.encode_text:
-        return None
-    pool_type = getattr(model, "text_pool_type", "argmax")
-    eos_id = getattr(model, "text_eos_id", None)
-    if pool_type not in _POOLS or (pool_type == "eos" and eos_id is None):
-        return None
-    if not isinstance(getattr(model, "attn_mask", None), torch.Tensor):  # bidirectional
-        return None
+    x = text_global_pool(tower.ln_final(x), ids, tower.pool_type, eos_token_id=tower.eos_id)
+    return _project(x, tower.projection)
 
-    def needed(ids: torch.Tensor) -> torch.Tensor:
-        return _pool_index(ids, pool_type, eos_id) + 1
 
-    def run(ids: torch.Tensor) -> torch.Tensor | None:
-        n = int(needed(ids).max())
-        if not _causal_cut(model.attn_mask, n):
+def _run_truncated(tower: _Tower, ids: torch.Tensor) -> torch.Tensor | None:
+    """One batch cut after its longest row's needed positions; None where the mask does not
+    allow the cut (then the model's own call runs)."""
+    n = int(_needed(tower, ids).max())
+    ids = ids[:, :n]
+    if tower.embeds is not None:  # TextTransformer's padding mask, built for n positions
+        x, mask = tower.embeds(ids)
+    else:
+        if not _causal_cut(tower.attn_mask, n):
             return None
-        ids = ids[:, :n]
-        cast = model.transformer.get_cast_dtype()
-        x = model.token_embedding(ids).to(cast) + model.positional_embedding[:n].to(cast)
-        x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
-        x = text_global_pool(model.ln_final(x), ids, pool_type, eos_token_id=eos_id)
-        return _project(x, model.text_projection)
-
-    return needed, run
+        cast = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(ids).to(cast) + tower.positional_embedding[:n].to(cast)
+        mask = tower.attn_mask[:n, :n]
+    return _pool_project(tower, tower.transformer(x, attn_mask=mask), ids)
 
 
-def _tower_plan(model) -> _Plan | None:
-    """The truncated run of open_clip's ``TextTransformer`` (``CustomTextCLIP.text``), or None."""
-    from open_clip.model import CustomTextCLIP
-    from open_clip.transformer import TextTransformer, text_global_pool
-
-    if getattr(type(model), "encode_text", None) is not CustomTextCLIP.encode_text:
+def _run_shared(tower: _Tower, ids, needed, batch_size) -> torch.Tensor | None:
+    """Every row through :func:`~ovseg.scoring.text_prefix.shared_hidden`, or None where the
+    layout does not allow it (a padding mask, other blocks, a row read at its first token)."""
+    if tower.embeds is not None or len(ids) < 2 or int(needed.min()) < 2:
         return None
-    text = getattr(model, "text", None)
-    if type(text) is not TextTransformer or text.cls_emb is not None or text.output_tokens:
+    if not can_share(tower.transformer, tower.attn_mask, int(needed.max())):
         return None
-    pool_type, eos_id = text.pool_type, text.eos_id
-    if pool_type not in _POOLS:
-        return None
-
-    bidirectional = text.attn_mask is None
-    if bidirectional and not text.use_pad_mask:  # exact only when the cut-off keys are masked
-        return None
-
-    def needed(ids: torch.Tensor) -> torch.Tensor:
-        read = _pool_index(ids, pool_type, eos_id) + 1
-        if not bidirectional:
-            return read
-        positions = torch.arange(1, ids.shape[1] + 1, device=ids.device)
-        return torch.maximum(read, ((ids != text.pad_id) * positions).amax(dim=-1))
-
-    def run(ids: torch.Tensor) -> torch.Tensor | None:
-        n = int(needed(ids).max())
-        if not bidirectional and not _causal_cut(text.attn_mask, n):
-            return None
-        ids = ids[:, :n]
-        x, mask = text._embeds(ids)
-        if mask is not None and mask.shape[-1] != n:
-            mask = mask[..., :n, :n]
-        x = text.transformer(x, attn_mask=mask)
-        x = text_global_pool(text.ln_final(x), ids, pool_type, eos_token_id=eos_id)
-        return _project(x, text.text_projection)
-
-    return needed, run
+    hidden = shared_hidden(
+        tower.token_embedding, tower.positional_embedding, tower.transformer, ids, needed,
+        batch_size,
+    )  # fmt: skip
+    return _project(tower.ln_final(hidden), tower.projection)
 
 
 def _project(x: torch.Tensor, projection) -> torch.Tensor:
@@ -126,23 +154,9 @@ def _project(x: torch.Tensor, projection) -> torch.Tensor:
     return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
-def _open_clip_plan(model) -> _Plan | None:
-    try:
-        import open_clip  # noqa: F401
-    except ImportError:
-        return None
-    return _builtin_plan(model) or _tower_plan(model)
-
-
 def truncatable(model) -> bool:
     """Whether ``model``'s text tower is one whose truncated run is known to be exact."""
-    return _open_clip_plan(model) is not None or _hf_clip(model)
-
-
-def _batches(lengths: torch.Tensor, batch_size: int):
-    """Row indices sorted by length, in batches of ``batch_size``."""
-    order = torch.sort(lengths.cpu(), stable=True).indices
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return _open_clip_tower(model) is not None or _hf_clip(model)
 
 
 def _gather(n: int, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -155,7 +169,10 @@ def _gather(n: int, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Ten
 
 @torch.inference_mode()
 def encode_open_clip_tokens(
-    model: torch.nn.Module, ids: torch.Tensor, batch_size: int = BATCH_SIZE
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    batch_size: int = BATCH_SIZE,
+    share_prefixes: bool = True,
 ) -> torch.Tensor:
     """Text features of an open_clip model, as ``model.encode_text(ids)`` gives them.
 
@@ -164,6 +181,8 @@ def encode_open_clip_tokens(
             ``encode_text`` runs its own full call).
         ids: ``(N, C)`` int64 token ids from the model's tokenizer, on the model's device.
         batch_size: prompts per forward pass.
+        share_prefixes: run each prefix that prompts share once (:mod:`ovseg.scoring.
+            text_prefix`) where the tower's layout allows it.
 
     Returns:
         ``(N, D)`` unnormalised features in the tower's dtype; each row within float rounding of
@@ -171,16 +190,17 @@ def encode_open_clip_tokens(
     """
     if ids.dim() != 2 or ids.shape[0] == 0:
         raise ValueError(f"ids must be (N, C) with N >= 1, got shape {tuple(ids.shape)}")
-    plan = _open_clip_plan(model)
-    if plan is None:
-        needed, run = (lambda t: torch.zeros(len(t), dtype=torch.long)), (lambda t: None)
-    else:
-        needed, run = plan
+    tower = _open_clip_tower(model)
     parts = []
     with torch.autocast(ids.device.type, enabled=False):
-        for rows in _batches(needed(ids), batch_size):
+        needed = _needed(tower, ids) if tower is not None else torch.zeros(len(ids))
+        if tower is not None and share_prefixes:
+            shared = _run_shared(tower, ids, needed, batch_size)
+            if shared is not None:
+                return shared
+        for rows in length_batches(needed, batch_size):
             chunk = ids[rows.to(ids.device)]
-            feats = run(chunk)
+            feats = _run_truncated(tower, chunk) if tower is not None else None
             parts.append((rows, feats if feats is not None else model.encode_text(chunk)))
     return _gather(len(ids), parts)
 
@@ -228,7 +248,7 @@ def encode_hf_tokens(
         lengths = torch.full((n_rows,), width, dtype=torch.long)
     parts = []
     with torch.autocast(input_ids.device.type, enabled=False):
-        for rows in _batches(lengths, batch_size):
+        for rows in length_batches(lengths, batch_size):
             r = rows.to(input_ids.device)
             n = int(lengths[r].max()) if cut else width
             kwargs = {"input_ids": input_ids[r, :n]}
