@@ -10,8 +10,11 @@ probability cache cleared each time:
 - ``warm``: the classes' text embeddings already in memory (the tenth image of a run);
 - ``first, full 77``: new classes, embedded as before truncation (one ``encode_text`` call on all
   880 prompts at the full 77 positions), no disk cache;
-- ``first, truncated``: new classes, the truncated batched text tower, no disk cache;
-- ``first, truncated + store``: the same with the disk cache on and empty (a first run ever);
+- ``first, truncated``: new classes, every prompt cut after its end-of-text token, in batches
+  sorted by length, no disk cache;
+- ``first, shared prefixes``: the same, each prefix shared by several prompts run once (the
+  default path), no disk cache;
+- ``first, shared + store``: the same with the disk cache on and empty (a first run ever);
 - ``first, from disk``: new to this Segmenter's memory, on disk (another Segmenter, same process);
 - ``second process``: a new Python process builds the same model and segments the frame: its
   first call reads the disk cache (plus the weights hash and tokenisation), its later calls are
@@ -43,6 +46,7 @@ import torch.nn.functional as F
 from ovseg.image import load_image
 from ovseg.pipeline import Segmenter
 from ovseg.scoring import text_cache, vocabulary
+from ovseg.scoring.text_tower import encode_open_clip_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "camvid-val"
@@ -60,11 +64,11 @@ def _frame(data: Path) -> tuple[np.ndarray, str]:
     return rng.integers(0, 255, (360, 480, 3), dtype=np.uint8), "generated 480x360"
 
 
-def _segmenter(device: str) -> Segmenter:
+def _segmenter(clip: str, device: str) -> Segmenter:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights: said above
         torch.manual_seed(SEED)
-        return Segmenter(None, "ViT-B-16", device, method="naclip", random_weights=True)
+        return Segmenter(None, clip, device, method="naclip", random_weights=True)
 
 
 class _TextClock:
@@ -118,6 +122,22 @@ def _full_77(seg: Segmenter):
 
 
 @contextlib.contextmanager
+def _no_sharing(seg: Segmenter):
+    """Truncated and batched, but every prompt runs all its own positions."""
+    backend = seg.clip
+
+    def encode_tokens(tokens):
+        feats = encode_open_clip_tokens(backend.model, tokens["input_ids"], share_prefixes=False)
+        return F.normalize(feats.float(), dim=-1)
+
+    backend.encode_tokens = encode_tokens
+    try:
+        yield
+    finally:
+        del backend.encode_tokens
+
+
+@contextlib.contextmanager
 def _env(**values):
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -140,10 +160,11 @@ def _row(calls: list[tuple[float, float]]) -> dict:
 def child(args) -> int:
     """The second process: first call (from disk) and warm calls, as JSON on stdout."""
     image, _ = _frame(args.data)
-    seg = _segmenter(args.device)
+    seg = _segmenter(args.clip, args.device)
     first = _call(seg, image, CLASSES, forget_text=False)
     warm = [_call(seg, image, CLASSES, forget_text=False) for _ in range(args.repeats)]
-    print(json.dumps({"first": _row([first]), "warm": _row(warm)}))
+    identity = seg.clip.text_identity()
+    print(json.dumps({"first": _row([first]), "warm": _row(warm), "identity": identity}))
     return 0
 
 
@@ -153,6 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--full-repeats", type=int, default=1, help="repeats of the slow full-77 run")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clip", default="ViT-B-16", help="open_clip architecture (random weights)")
     ap.add_argument("-o", "--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -160,39 +182,42 @@ def main(argv=None) -> int:
         return child(args)
     image, source = _frame(args.data)
     rows: dict[str, dict] = {}  # printed in this order
-    order = ["warm", "first, full 77", "first, truncated", "first, truncated + store",
-             "first, from disk", "second process, first", "second process, warm"]  # fmt: skip
+    order = ["warm", "first, full 77", "first, truncated", "first, shared prefixes",
+             "first, shared + store", "first, from disk", "second process, first",
+             "second process, warm"]  # fmt: skip
     with (
         tempfile.TemporaryDirectory(prefix="ovseg-text-bench-") as cache,
         _env(OVSEG_CACHE_DIR=cache),
     ):
-        seg = _segmenter(args.device)
+        seg = _segmenter(args.clip, args.device)
+        calls: dict[str, list] = {k: [] for k in order[:6]}
         with _env(OVSEG_TEXT_CACHE="0"):
             seg.segment(image, WARMUP_CLASSES)  # warm-up with other classes, untimed
-            with _full_77(seg):
-                rows["first, full 77"] = _row(
-                    [_call(seg, image, CLASSES, True) for _ in range(args.full_repeats)]
-                )
-            rows["first, truncated"] = _row(
-                [_call(seg, image, CLASSES, True) for _ in range(args.repeats)]
-            )
-            rows["warm"] = _row([_call(seg, image, CLASSES, False) for _ in range(args.repeats)])
-        stored = []
-        for _ in range(args.repeats):
+        for r in range(args.repeats):  # round robin, so that load changes hit every row alike
+            with _env(OVSEG_TEXT_CACHE="0"):
+                if r < args.full_repeats:
+                    with _full_77(seg):
+                        calls["first, full 77"].append(_call(seg, image, CLASSES, True))
+                with _no_sharing(seg):
+                    calls["first, truncated"].append(_call(seg, image, CLASSES, True))
+                calls["first, shared prefixes"].append(_call(seg, image, CLASSES, True))
+                calls["warm"].append(_call(seg, image, CLASSES, False))
             text_cache.clear()
-            stored.append(_call(seg, image, CLASSES, True))
-        rows["first, truncated + store"] = _row(stored)
-        rows["first, from disk"] = _row(
-            [_call(seg, image, CLASSES, True) for _ in range(args.repeats)]
-        )
+            calls["first, shared + store"].append(_call(seg, image, CLASSES, True))
+            calls["first, from disk"].append(_call(seg, image, CLASSES, True))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in
+                                                  calls.items() if v), flush=True)  # fmt: skip
+        rows.update({k: _row(v) for k, v in calls.items()})
         out = subprocess.run(
             [sys.executable, __file__, "--child", "--data", str(args.data), "--device",
-             args.device, "--repeats", str(args.repeats)],
+             args.device, "--repeats", str(args.repeats), "--clip", args.clip],
             check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
         ).stdout  # fmt: skip
         second = json.loads(out.strip().splitlines()[-1])
         rows["second process, first"] = second["first"]
         rows["second process, warm"] = second["warm"]
+        if second["identity"] != seg.clip.text_identity():
+            raise RuntimeError("the second process built other weights: its cache would miss")
     rows = {k: rows[k] for k in order}
     warm = rows["warm"]["median_s"]
     for name, row in rows.items():
@@ -204,7 +229,7 @@ def main(argv=None) -> int:
 
 def _write(args, rows, image, source) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"text_{args.device}"
+    stem = args.out / f"text_{args.clip.replace('/', '-')}_{args.device}"
     meta = {
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
@@ -214,7 +239,7 @@ def _write(args, rows, image, source) -> None:
     stem.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
     lines = [
         f"# Text embeddings: first image vs warm ({args.device}; {meta['machine']})", "",
-        f"NACLIP, CLIP ViT-B/16 random weights, {source} {image.shape[1]}x{image.shape[0]}, "
+        f"NACLIP, CLIP {args.clip} random weights, {source} {image.shape[1]}x{image.shape[0]}, "
         f"11 classes x 80 templates; medians of {args.repeats} (full 77: {args.full_repeats}).",
         "",
         "| call | s per image | of which text | x warm |",

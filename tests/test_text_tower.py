@@ -139,6 +139,17 @@ def test_shared_prefixes_one_prompt_and_templates_times_names():
     _assert_same(one, encode_open_clip_tokens(model, ids[:1]))
 
 
+def test_shared_prefixes_in_several_chunks_of_stems(monkeypatch):
+    from ovseg.scoring import text_prefix
+
+    monkeypatch.setattr(text_prefix, "STEMS_PER_CHUNK", 3)
+    model = _clip().eval()
+    ids = _ids(PROMPTS)
+    with torch.inference_mode():
+        full = model.encode_text(ids)
+    _assert_same(full, encode_open_clip_tokens(model, ids, batch_size=4))
+
+
 def test_stem_lengths():
     from ovseg.scoring.text_prefix import stem_lengths
 

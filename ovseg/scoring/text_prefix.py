@@ -18,17 +18,20 @@ import torch.nn.functional as F
 
 __all__ = ["can_share", "length_batches", "shared_hidden", "stem_lengths"]
 
-_PADDING = 1.25  # a batch's padded positions are at most this times its real ones
+STEMS_PER_CHUNK = 256  # stems whose keys and values are held at once (ViT-B/16: 13 MB a position)
 
 
-def length_batches(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Row indices sorted by length, in batches of at most ``batch_size`` rows whose padding to
-    the batch's longest row adds at most a quarter to their positions."""
+def length_batches(
+    lengths: torch.Tensor, batch_size: int, padding: float = 1.5
+) -> list[torch.Tensor]:
+    """Row indices sorted by length, in batches of at most ``batch_size`` rows whose padded
+    positions (each row padded to the batch's longest) are at most ``padding`` times their own
+    positions: one long prompt does not pad a batch of short ones."""
     values, order = torch.sort(lengths.cpu(), stable=True)
     batches, start, total = [], 0, 0
     for i, n in enumerate(values.tolist()):
         count = i - start + 1
-        if count > batch_size or (count > 1 and count * n > _PADDING * (total + n)):
+        if count > batch_size or (count > 1 and count * n > padding * (total + n)):
             batches.append(order[start:i])
             start, total = i, 0
         total += n
@@ -120,10 +123,11 @@ def shared_hidden(
     index = {k: i for i, k in enumerate(unique)}
     group = torch.tensor([index[k] for k in keys])
     out = None
-    for stem_batch in length_batches(torch.tensor([len(k) for k in unique]), batch_size):
-        start = int(stem_batch[0])  # unique is sorted by length: batches are ranges of it
-        chunk = unique[start : start + len(stem_batch)]
-        past = _run_stems(token_embedding, positional_embedding, transformer, chunk, device, dtype)
+    for start in range(0, len(unique), STEMS_PER_CHUNK):  # stems, then the tails they serve
+        chunk = unique[start : start + STEMS_PER_CHUNK]
+        past = _run_stems(
+            token_embedding, positional_embedding, transformer, chunk, batch_size, device, dtype
+        )
         members = torch.nonzero((group >= start) & (group < start + len(chunk))).flatten()
         tails = torch.tensor([lengths[i] - stems[i] for i in members.tolist()])
         for batch in length_batches(tails, batch_size):
@@ -139,21 +143,31 @@ def shared_hidden(
     return out
 
 
-def _run_stems(token_embedding, positional_embedding, transformer, stems, device, dtype):
-    """Keys and values (blocks, B, H, S, d) of every stem at every block (padded at the end to
-    the longest stem, S)."""
-    s = max(len(k) for k in stems)
-    ids = torch.zeros((len(stems), s), dtype=torch.long, device=device)
-    for i, k in enumerate(stems):
-        ids[i, : len(k)] = torch.tensor(k)
-    x = _embed(token_embedding, positional_embedding, ids, torch.arange(s, device=device), dtype)
-    mask = torch.ones(s, s, dtype=torch.bool, device=device).tril()[None, None]
-    keys, values = [], []
-    for block in transformer.resblocks:
-        x, k, v = _block(block, x, mask)
-        keys.append(k)
-        values.append(v)
-    return torch.stack(keys), torch.stack(values)
+def _run_stems(token_embedding, positional_embedding, transformer, stems, batch_size, device,
+               dtype):  # fmt: skip
+    """Keys and values (blocks, B, H, S, d) of every stem at every block, padded at the end to
+    the longest stem S (stems sorted by length, run in length batches)."""
+    blocks = transformer.resblocks
+    attn = blocks[0].attn
+    shape = (len(blocks), len(stems), attn.num_heads, max(len(k) for k in stems),
+             attn.embed_dim // attn.num_heads)  # fmt: skip
+    keys = torch.zeros(shape, dtype=dtype, device=device)
+    values = torch.zeros(shape, dtype=dtype, device=device)
+    batches = length_batches(torch.tensor([len(k) for k in stems]), batch_size, padding=2.0)
+    for batch in batches:  # ranges of the sorted stems
+        lo, hi = int(batch[0]), int(batch[-1]) + 1
+        s = len(stems[hi - 1])
+        ids = torch.zeros((hi - lo, s), dtype=torch.long, device=device)
+        for i, k in enumerate(stems[lo:hi]):
+            ids[i, : len(k)] = torch.tensor(k)
+        x = _embed(token_embedding, positional_embedding, ids, torch.arange(s, device=device),
+                   dtype)  # fmt: skip
+        mask = torch.ones(s, s, dtype=torch.bool, device=device).tril()[None, None]
+        for i, block in enumerate(blocks):
+            x, k, v = _block(block, x, mask)
+            keys[i, lo:hi, :, :s] = k
+            values[i, lo:hi, :, :s] = v
+    return keys, values
 
 
 def _run_tails(token_embedding, positional_embedding, transformer, ids, rows, stems, lengths,
