@@ -197,3 +197,17 @@ def test_concurrent_writers_and_a_reader_never_see_a_partial_file(tmp_path):
     assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
     assert sorted(f.stem for f in _files()) == keys
     assert not list(text_cache.text_cache_dir().glob(".*"))  # no temp file left behind
+
+
+def test_cli_cache_info_and_clear(capsys, monkeypatch):
+    from ovseg.cli import main
+
+    text_embeddings(NAMES, TEMPLATES, build_clip("tiny-random", "cpu"))
+    assert main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert str(text_cache.text_cache_dir()) in out and f"entries: {len(NAMES)}" in out
+    assert main(["cache", "clear"]) == 0
+    assert f"removed {len(NAMES)}" in capsys.readouterr().out and _files() == []
+    monkeypatch.setenv("OVSEG_TEXT_CACHE", "off")
+    assert main(["cache", "info"]) == 0 and "off" in capsys.readouterr().out
+    assert main(["cache"]) == 2

@@ -1,4 +1,4 @@
-"""The ``ovseg`` command line: ``ovseg segment | eval | weights | app | bench | video``.
+"""The ``ovseg`` command line: ``ovseg segment | eval | weights | app | bench | video | cache``.
 
 Each subcommand lives in its own module exposing ``register(subparsers)``. The options shared
 by several subcommands (models, automatic grid, device) and their checks live here; every
@@ -14,7 +14,7 @@ import sys
 
 from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_METHOD
 
-SUBCOMMANDS = ("segment", "eval", "weights", "app", "bench", "video")
+SUBCOMMANDS = ("segment", "eval", "weights", "app", "bench", "video", "cache")
 GRID_FLAGS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
 
 
