@@ -99,34 +99,42 @@ def test_truncated_open_clip_equals_full_run(custom, text):
         full = model.encode_text(ids)
     assert truncatable(model)
     seen = _lengths(model)
-    fast = encode_open_clip_tokens(model, ids, batch_size=8, share_prefixes=False)
+    fast = encode_open_clip_tokens(model, ids, positions=160, share_prefixes=False)
     _assert_same(full, fast)
-    assert sum(b for b, _ in seen) == len(PROMPTS) and max(b for b, _ in seen) <= 8
+    assert sum(b for b, _ in seen) == len(PROMPTS)
     if text.get("pool_type") == "first":  # read at the start-of-text token: one position
-        assert {n for _, n in seen} == {1}
-    else:  # only the long prompt runs all 77, alone
-        assert (1, 77) in seen and max(n for b, n in seen if b > 1) < 20
+        assert seen == [(len(PROMPTS), 1)]
+    else:  # only the long prompt's batch runs all 77
+        lengths = [n for _, n in seen]
+        assert len(seen) > 2 and lengths.count(77) == 1 and max(n for n in lengths if n != 77) < 20
+        assert sum(b * n for b, n in seen) < 0.4 * 77 * len(PROMPTS)
 
 
 @pytest.mark.parametrize(
-    "custom, text, batch_size", [(c, t, 256) for c, t in LAYOUTS] + [(False, {}, 7), (True, {}, 7)]
+    "custom, text, positions", [(c, t, 16384) for c, t in LAYOUTS] + [(0, {}, 70), (1, {}, 70)]
 )
-def test_shared_prefixes_equal_full_run(custom, text, batch_size):
+def test_shared_prefixes_equal_full_run(custom, text, positions, monkeypatch):
+    from ovseg.scoring import text_prefix
+
+    monkeypatch.setattr(text_prefix, "BATCH_OVERHEAD", 0)  # batches by padding alone
     model = _clip(custom, **text).eval()
     prompts = [*PROMPTS, PROMPTS[3], "a photo of a", "a photo of a car in a photo of a car"]
     ids = _ids(prompts)
     with torch.inference_mode():
         full = model.encode_text(ids)
-    calls, positions = _lengths(model), _positions(model)
-    _assert_same(full, encode_open_clip_tokens(model, ids, batch_size=batch_size))
+    calls, seen = _lengths(model), _positions(model)
+    _assert_same(full, encode_open_clip_tokens(model, ids, positions=positions))
     needed = (ids.argmax(-1) + 1).sum().item()
     if text.get("pool_type") == "first" or "use_pad_mask" in text:  # the truncated path
         assert calls
     else:  # blocks run directly, on fewer positions than the truncated run would
-        assert not calls and sum(positions) < needed
+        assert not calls and sum(seen) < needed
 
 
-def test_shared_prefixes_one_prompt_and_templates_times_names():
+def test_shared_prefixes_one_prompt_and_templates_times_names(monkeypatch):
+    from ovseg.scoring import text_prefix
+
+    monkeypatch.setattr(text_prefix, "BATCH_OVERHEAD", 0)
     model = _clip().eval()
     prompts = [t.format(n) for n in CAMVID for t in OPENAI_IMAGENET_TEMPLATES]
     ids = _ids(prompts)
@@ -147,7 +155,7 @@ def test_shared_prefixes_in_several_chunks_of_stems(monkeypatch):
     ids = _ids(PROMPTS)
     with torch.inference_mode():
         full = model.encode_text(ids)
-    _assert_same(full, encode_open_clip_tokens(model, ids, batch_size=4))
+    _assert_same(full, encode_open_clip_tokens(model, ids, positions=40))
 
 
 def test_stem_lengths():
@@ -180,7 +188,7 @@ def test_unknown_or_unsafe_layouts_run_the_full_call(make):
         full = model.encode_text(ids)
     assert not truncatable(model)
     seen = _lengths(model)
-    fast = encode_open_clip_tokens(model, ids, batch_size=16)
+    fast = encode_open_clip_tokens(model, ids, positions=160)
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
     cls_token = getattr(getattr(model, "text", None), "cls_emb", None) is not None
     assert {n for _, n in seen} == {77 + cls_token}  # every position, every batch
@@ -196,7 +204,7 @@ def test_real_size_vit_b16_text_tower():
     ids = _ids([t.format(n) for n in NAMES[1:3] for t in OPENAI_IMAGENET_TEMPLATES[:4]])
     with torch.inference_mode():
         full = model.encode_text(ids)
-    _assert_same(full, encode_open_clip_tokens(model, ids, batch_size=3))
+    _assert_same(full, encode_open_clip_tokens(model, ids, positions=30))
 
 
 def test_hf_clip_pads_to_the_longest():
@@ -213,7 +221,7 @@ def test_hf_clip_pads_to_the_longest():
         lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True
     )
     assert truncatable(backend.model)
-    _assert_same(full, encode_hf_tokens(backend.model, **enc, batch_size=8))
+    _assert_same(full, encode_hf_tokens(backend.model, **enc, positions=160))
     assert max(seen) == 77 and min(seen) < 20
     _assert_same(full, backend.encode_text(PROMPTS))
 
@@ -239,7 +247,7 @@ def test_hf_models_other_than_clip_get_their_full_inputs():
     with torch.inference_mode():
         full = model.get_text_features(input_ids=ids).pooler_output
     assert not truncatable(model)
-    torch.testing.assert_close(encode_hf_tokens(model, ids, batch_size=4), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(encode_hf_tokens(model, ids, positions=64), full, atol=1e-5, rtol=0)
 
 
 def test_bad_ids():
@@ -248,3 +256,15 @@ def test_bad_ids():
         encode_open_clip_tokens(model, torch.zeros(0, 77, dtype=torch.long))
     with pytest.raises(ValueError, match="input_ids must be"):
         encode_hf_tokens(model, torch.zeros(77, dtype=torch.long))
+
+
+def test_length_batches():
+    from ovseg.scoring.text_prefix import length_batches
+
+    lengths = torch.tensor([9, 3, 77, 3, 4, 9, 3])
+    batches = length_batches(lengths, positions=1000, overhead=0)
+    assert sorted(torch.cat(batches).tolist()) == list(range(7))
+    assert [lengths[b].tolist() for b in batches] == [[3, 3, 3], [4], [9, 9], [77]]
+    assert len(length_batches(lengths, positions=1000, overhead=10_000)) == 1  # 7 x 77 <= 1000
+    capped = length_batches(torch.full((10,), 5), positions=20, overhead=0)
+    assert [len(b) for b in capped] == [4, 4, 2]  # at most 20 positions a pass

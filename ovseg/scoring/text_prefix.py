@@ -16,26 +16,48 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["can_share", "length_batches", "shared_hidden", "stem_lengths"]
+__all__ = ["BATCH_OVERHEAD", "can_share", "length_batches", "shared_hidden", "stem_lengths"]
 
+BATCH_OVERHEAD = 256
+"""The cost of one more forward pass, in token positions (its kernel launches and thread
+synchronisation across every block), weighed against padding when prompts are batched."""
 STEMS_PER_CHUNK = 256  # stems whose keys and values are held at once (ViT-B/16: 13 MB a position)
 
 
 def length_batches(
-    lengths: torch.Tensor, batch_size: int, padding: float = 1.5
+    lengths: torch.Tensor, positions: int, overhead: int | None = None
 ) -> list[torch.Tensor]:
-    """Row indices sorted by length, in batches of at most ``batch_size`` rows whose padded
-    positions (each row padded to the batch's longest) are at most ``padding`` times their own
-    positions: one long prompt does not pad a batch of short ones."""
+    """Row indices sorted by length, in batches of at most ``positions`` padded positions (rows
+    x the batch's longest row; a longer row goes alone), chosen to minimise the padded
+    positions plus ``overhead`` per batch (default :data:`BATCH_OVERHEAD`): one long prompt
+    does not pad a batch of short ones, and lengths that differ little share a pass."""
+    overhead = BATCH_OVERHEAD if overhead is None else overhead
     values, order = torch.sort(lengths.cpu(), stable=True)
-    batches, start, total = [], 0, 0
-    for i, n in enumerate(values.tolist()):
-        count = i - start + 1
-        if count > batch_size or (count > 1 and count * n > padding * (total + n)):
-            batches.append(order[start:i])
-            start, total = i, 0
-        total += n
-    batches.append(order[start:])
+    distinct, counts = torch.unique_consecutive(values, return_counts=True)
+    distinct, counts = distinct.tolist(), counts.tolist()
+
+    def cost(rows: int, length: int) -> float:
+        per = max(1, positions // max(length, 1))
+        return rows * length + overhead * -(-rows // per)
+
+    best, cut = [0.0], [0]  # best[j]: cheapest split of the first j distinct lengths
+    for j in range(1, len(distinct) + 1):
+        rows, options = 0, []
+        for i in range(j - 1, -1, -1):
+            rows += counts[i]
+            options.append((best[i] + cost(rows, distinct[j - 1]), i))
+        value, i = min(options)
+        best.append(value)
+        cut.append(i)
+    groups, j = [], len(distinct)
+    while j > 0:
+        groups.append((cut[j], j))
+        j = cut[j]
+    batches, offsets = [], [0, *torch.tensor(counts).cumsum(0).tolist()]
+    for i, j in reversed(groups):
+        rows = order[offsets[i] : offsets[j]]
+        per = max(1, positions // max(distinct[j - 1], 1))
+        batches += [rows[k : k + per] for k in range(0, len(rows), per)]
     return batches
 
 
@@ -106,13 +128,13 @@ def shared_hidden(
     transformer: torch.nn.Module,
     ids: torch.Tensor,
     needed: torch.Tensor,
-    batch_size: int,
+    positions: int,
 ) -> torch.Tensor:
     """Hidden states ``(N, W)`` after the last block at each row's position ``needed - 1``.
 
     Args:
         ids: ``(N, C)`` token ids; ``needed``: ``(N,)`` positions each row needs (>= 2).
-        batch_size: rows (stems, or tails) per forward pass.
+        positions: token positions per forward pass (rows x padded length).
     """
     device, dtype = ids.device, transformer.get_cast_dtype()
     lengths = needed.tolist()
@@ -126,11 +148,11 @@ def shared_hidden(
     for start in range(0, len(unique), STEMS_PER_CHUNK):  # stems, then the tails they serve
         chunk = unique[start : start + STEMS_PER_CHUNK]
         past = _run_stems(
-            token_embedding, positional_embedding, transformer, chunk, batch_size, device, dtype
+            token_embedding, positional_embedding, transformer, chunk, positions, device, dtype
         )
         members = torch.nonzero((group >= start) & (group < start + len(chunk))).flatten()
         tails = torch.tensor([lengths[i] - stems[i] for i in members.tolist()])
-        for batch in length_batches(tails, batch_size):
+        for batch in length_batches(tails, positions):
             part = members[batch]
             hidden = _run_tails(
                 token_embedding, positional_embedding, transformer, ids, part,
@@ -143,7 +165,7 @@ def shared_hidden(
     return out
 
 
-def _run_stems(token_embedding, positional_embedding, transformer, stems, batch_size, device,
+def _run_stems(token_embedding, positional_embedding, transformer, stems, positions, device,
                dtype):  # fmt: skip
     """Keys and values (blocks, B, H, S, d) of every stem at every block, padded at the end to
     the longest stem S (stems sorted by length, run in length batches)."""
@@ -153,7 +175,7 @@ def _run_stems(token_embedding, positional_embedding, transformer, stems, batch_
              attn.embed_dim // attn.num_heads)  # fmt: skip
     keys = torch.zeros(shape, dtype=dtype, device=device)
     values = torch.zeros(shape, dtype=dtype, device=device)
-    batches = length_batches(torch.tensor([len(k) for k in stems]), batch_size, padding=2.0)
+    batches = length_batches(torch.tensor([len(k) for k in stems]), positions)
     for batch in batches:  # ranges of the sorted stems
         lo, hi = int(batch[0]), int(batch[-1]) + 1
         s = len(stems[hi - 1])

@@ -23,10 +23,11 @@ import torch
 
 from ovseg.scoring.text_prefix import can_share, length_batches, shared_hidden
 
-__all__ = ["BATCH_SIZE", "encode_hf_tokens", "encode_open_clip_tokens", "truncatable"]
+__all__ = ["POSITIONS", "encode_hf_tokens", "encode_open_clip_tokens", "truncatable"]
 
-BATCH_SIZE = 256
-"""Prompts per forward pass (sorted by length, so each batch is cut to its own longest)."""
+POSITIONS = 16384
+"""Token positions per forward pass (rows x the batch's longest row): 880 class prompts of about
+10 tokens run in one pass; the MLP's activations stay near 128 MB at width 512."""
 
 _POOLS = ("argmax", "eos", "first")
 
@@ -134,7 +135,7 @@ def _run_truncated(tower: _Tower, ids: torch.Tensor) -> torch.Tensor | None:
     return _pool_project(tower, tower.transformer(x, attn_mask=mask), ids)
 
 
-def _run_shared(tower: _Tower, ids, needed, batch_size) -> torch.Tensor | None:
+def _run_shared(tower: _Tower, ids, needed, positions) -> torch.Tensor | None:
     """Every row through :func:`~ovseg.scoring.text_prefix.shared_hidden`, or None where the
     layout does not allow it (a padding mask, other blocks, a row read at its first token)."""
     if tower.embeds is not None or len(ids) < 2 or int(needed.min()) < 2:
@@ -143,7 +144,7 @@ def _run_shared(tower: _Tower, ids, needed, batch_size) -> torch.Tensor | None:
         return None
     hidden = shared_hidden(
         tower.token_embedding, tower.positional_embedding, tower.transformer, ids, needed,
-        batch_size,
+        positions,
     )  # fmt: skip
     return _project(tower.ln_final(hidden), tower.projection)
 
@@ -171,7 +172,7 @@ def _gather(n: int, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Ten
 def encode_open_clip_tokens(
     model: torch.nn.Module,
     ids: torch.Tensor,
-    batch_size: int = BATCH_SIZE,
+    positions: int = POSITIONS,
     share_prefixes: bool = True,
 ) -> torch.Tensor:
     """Text features of an open_clip model, as ``model.encode_text(ids)`` gives them.
@@ -180,7 +181,7 @@ def encode_open_clip_tokens(
         model: an open_clip ``CLIP`` or ``CustomTextCLIP`` (any other model with
             ``encode_text`` runs its own full call).
         ids: ``(N, C)`` int64 token ids from the model's tokenizer, on the model's device.
-        batch_size: prompts per forward pass.
+        positions: token positions per forward pass (rows x padded length).
         share_prefixes: run each prefix that prompts share once (:mod:`ovseg.scoring.
             text_prefix`) where the tower's layout allows it.
 
@@ -195,10 +196,10 @@ def encode_open_clip_tokens(
     with torch.autocast(ids.device.type, enabled=False):
         needed = _needed(tower, ids) if tower is not None else torch.zeros(len(ids))
         if tower is not None and share_prefixes:
-            shared = _run_shared(tower, ids, needed, batch_size)
+            shared = _run_shared(tower, ids, needed, positions)
             if shared is not None:
                 return shared
-        for rows in length_batches(needed, batch_size):
+        for rows in length_batches(needed, positions):
             chunk = ids[rows.to(ids.device)]
             feats = _run_truncated(tower, chunk) if tower is not None else None
             parts.append((rows, feats if feats is not None else model.encode_text(chunk)))
@@ -221,7 +222,7 @@ def encode_hf_tokens(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
-    batch_size: int = BATCH_SIZE,
+    positions: int = POSITIONS,
 ) -> torch.Tensor:
     """Text features of a transformers model, as ``model.get_text_features`` gives them.
 
@@ -231,7 +232,7 @@ def encode_hf_tokens(
             end-of-text token); other models (SigLIP, ...) get their full padded inputs.
         input_ids: ``(N, C)`` int64 ids padded to the context length, on the model's device.
         attention_mask: ``(N, C)`` 1 for real tokens, 0 for padding, or None.
-        batch_size: prompts per forward pass.
+        positions: token positions per forward pass (rows x padded length).
 
     Returns:
         ``(N, D)`` unnormalised projected features in the model's dtype.
@@ -248,7 +249,7 @@ def encode_hf_tokens(
         lengths = torch.full((n_rows,), width, dtype=torch.long)
     parts = []
     with torch.autocast(input_ids.device.type, enabled=False):
-        for rows in length_batches(lengths, batch_size):
+        for rows in length_batches(lengths, positions):
             r = rows.to(input_ids.device)
             n = int(lengths[r].max()) if cut else width
             kwargs = {"input_ids": input_ids[r, :n]}
