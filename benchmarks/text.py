@@ -176,8 +176,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clip", default="ViT-B-16", help="open_clip architecture (random weights)")
     ap.add_argument("-o", "--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         return child(args)
     image, source = _frame(args.data)
@@ -210,7 +213,8 @@ def main(argv=None) -> int:
         rows.update({k: _row(v) for k, v in calls.items()})
         out = subprocess.run(
             [sys.executable, __file__, "--child", "--data", str(args.data), "--device",
-             args.device, "--repeats", str(args.repeats), "--clip", args.clip],
+             args.device, "--repeats", str(args.repeats), "--clip", args.clip,
+             *(["--threads", str(args.threads)] if args.threads else [])],
             check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
         ).stdout  # fmt: skip
         second = json.loads(out.strip().splitlines()[-1])
@@ -229,7 +233,8 @@ def main(argv=None) -> int:
 
 def _write(args, rows, image, source) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"text_{args.clip.replace('/', '-')}_{args.device}"
+    threads = f"_{args.threads}threads" if args.threads else ""
+    stem = args.out / f"text_{args.clip.replace('/', '-')}_{args.device}{threads}"
     meta = {
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",

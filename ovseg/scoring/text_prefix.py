@@ -83,6 +83,8 @@ def can_share(transformer: torch.nn.Module, attn_mask: torch.Tensor | None, leng
             return False
         if attn.bias_k is not None or attn.bias_v is not None or attn.add_zero_attn:
             return False
+        if attn.training and attn.dropout:  # dropout is not reproduced here
+            return False
     return True
 
 

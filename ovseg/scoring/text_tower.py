@@ -2,9 +2,11 @@
 
 CLIP's text transformer is causal and its output is read at one position per prompt (the
 end-of-text token): positions after it change nothing. Prompts are sorted by that position and
-run in batches, each batch cut just after its longest prompt's read position, so a batch of
-class templates (about 10 to 20 tokens) costs a fraction of the full 77-position run, with the
-same embeddings up to float rounding.
+run in a few batches (:func:`~ovseg.scoring.text_prefix.length_batches`), each cut just after
+its longest prompt's read position, so class templates (about 10 to 20 tokens) cost a fraction
+of the full 77-position run, with the same embeddings up to float rounding. Where the tower's
+blocks are open_clip's default ones, each prefix several prompts share runs once
+(:mod:`ovseg.scoring.text_prefix`).
 
 Truncation is used only where the structure is known to allow it: open_clip's built-in text
 tower (``CLIP.encode_text``) and its ``TextTransformer`` (``CustomTextCLIP``), with a causal
@@ -194,7 +196,8 @@ def encode_open_clip_tokens(
     tower = _open_clip_tower(model)
     parts = []
     with torch.autocast(ids.device.type, enabled=False):
-        needed = _needed(tower, ids) if tower is not None else torch.zeros(len(ids))
+        full = torch.full((len(ids),), ids.shape[1], dtype=torch.long)
+        needed = _needed(tower, ids) if tower is not None else full
         if tower is not None and share_prefixes:
             shared = _run_shared(tower, ids, needed, positions)
             if shared is not None:
