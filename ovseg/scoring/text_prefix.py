@@ -4,8 +4,8 @@ Class prompts are templates times names: ``"a photo of a {}."`` gives the same f
 every name. In a causal transformer the hidden states of a prefix do not depend on what follows,
 so each shared prefix (a *stem*) runs once, and each prompt runs only its own remaining tokens
 (its *tail*), attending to its stem's keys and values at every layer. For 11 names x 80
-templates this runs about 3,400 token positions instead of about 7,700 (truncated) or 67,760
-(all 77 positions), with the same outputs up to float rounding.
+templates this runs 3,804 token positions (padding included) instead of 8,072 (truncated) or
+67,760 (all 77 positions), with the same outputs up to float rounding.
 
 Used for open_clip's default residual attention blocks with the standard causal mask (the
 layout of every CLIP text tower open_clip ships); :func:`can_share` says when.
