@@ -211,3 +211,27 @@ def test_cli_cache_info_and_clear(capsys, monkeypatch):
     monkeypatch.setenv("OVSEG_TEXT_CACHE", "off")
     assert main(["cache", "info"]) == 0 and "off" in capsys.readouterr().out
     assert main(["cache"]) == 2
+
+
+def test_a_backend_with_only_encode_text_keeps_memory_only():
+    from ovseg.scoring.backends import ClipBackend
+
+    tiny = build_clip("tiny-random", "cpu")
+
+    class Plain(ClipBackend):  # a backend written before tokenize / encode_tokens existed
+        model, supports_dense = tiny.model, False
+
+        def encode_images(self, pixels):
+            return tiny.encode_images(pixels)
+
+        def dense_features(self, pixels):
+            raise TypeError("no dense features")
+
+        def encode_text(self, texts):
+            with torch.inference_mode():
+                feats = self.model.encode_text(tiny.tokenizer(list(texts)))
+            return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    emb = text_embeddings(NAMES, TEMPLATES, Plain())
+    assert _files() == []
+    torch.testing.assert_close(emb, text_embeddings(NAMES, TEMPLATES, tiny), atol=1e-5, rtol=0)

@@ -45,20 +45,22 @@ class ClipBackend(ABC):
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """``pixels`` B x 3 x S x S, normalised with ``mean``/``std`` -> B x D, unit norm."""
 
-    @abstractmethod
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """N strings -> the text tower's inputs on the model's device: ``input_ids`` (N, C)
         int64 padded to the context length C (and ``attention_mask`` (N, C) where the model
-        takes one). Cache keys of text embeddings are built from these ids."""
+        takes one). Cache keys of text embeddings are built from these ids; a backend without
+        it (one that only overrides :meth:`encode_text`) keeps its embeddings in memory only."""
+        raise NotImplementedError(f"{type(self).__name__} does not tokenize")
 
-    @abstractmethod
     def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """:meth:`tokenize`'s output -> N x D float32, unit norm. Runs only the positions each
         batch needs (see :mod:`ovseg.scoring.text_tower`); equal to the full run up to float
         rounding."""
+        raise NotImplementedError(f"{type(self).__name__} does not encode tokens")
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """N strings -> N x D float32, unit norm."""
+        """N strings -> N x D float32, unit norm. Subclasses implement this, or
+        :meth:`tokenize` and :meth:`encode_tokens`."""
         return self.encode_tokens(self.tokenize(texts))
 
     def text_identity(self) -> str:

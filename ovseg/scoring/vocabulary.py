@@ -123,7 +123,8 @@ def _embed_names(names: list[str], templates: tuple[str, ...], backend, text_cac
     def prompts(subset):
         return [t.replace("{}", n) for n in subset for t in templates]
 
-    if not text_cache.enabled():
+    tokenizes = type(backend).tokenize is not ClipBackend.tokenize
+    if not text_cache.enabled() or not tokenizes:  # in memory only
         return list(_ensemble(backend.encode_text(prompts(names)), len(names), len(templates)))
     tokens = {k: v.cpu() for k, v in backend.tokenize(prompts(names)).items()}
     identity = backend.text_identity()
