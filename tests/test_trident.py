@@ -219,10 +219,14 @@ def test_logits_equal_independent_formulas(
     config = method_config("trident", cos_fac=cos_fac, refine_neg_cos=neg, sam_halves=halves,
                            batch_windows=3, **OPTS)  # fmt: skip
     proposer = Proposer(sam)
-    ours_dino = []
+    ours_dino = []  # the DINO feature maps ovseg's Trident computes, per batch of windows
     original = trident_module.dino_window_features
-    monkeypatch.setattr(trident_module, "dino_window_features",
-                        lambda *a: ours_dino.append(original(*a)) or ours_dino[-1])  # fmt: skip
+
+    def recording(*args, **kwargs):
+        ours_dino.append(original(*args, **kwargs))
+        return ours_dino[-1]
+
+    monkeypatch.setattr(trident_module, "dino_window_features", recording)
     record = {}
     with torch.no_grad():
         guides = sam_guides(proposer, image, config, visual)
