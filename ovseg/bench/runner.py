@@ -25,7 +25,6 @@ The plain pipeline lives in :mod:`ovseg.bench.plain`; reports in :mod:`ovseg.ben
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ import torch
 from ovseg.bench.plain import PlainPipeline, label_components, synthetic_scene
 from ovseg.bench.report import machine_info, summarize
 from ovseg.constants import DEFAULT_SAM
+from ovseg.models.build import inference_precision
 from ovseg.proposals.sam2_grid import Sam2GridOptions
 
 CAMVID = Path("../shared/data/camvid-val")
@@ -82,7 +82,8 @@ class BenchConfig:
     filters: bool = True
     scorers: tuple[str, ...] = ("crop", "dense")
     fused: bool = True
-    half: bool = False
+    half: bool = False  # the same as dtype="float16"
+    dtype: str | None = None  # float32 (default), bfloat16, float16: autocast on the ovseg side
     adaptive: bool = True
     clicks: int = 3
     min_area: int = 64
@@ -101,6 +102,12 @@ class BenchConfig:
         self.methods = parse_methods(",".join(self.methods) or "none")
         if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_windows):
             raise ValueError(f"batch_windows must be ints >= 1, got {self.batch_windows}")
+        from ovseg.models.build import resolve_dtype
+
+        if self.half and self.dtype not in (None, "float16"):
+            raise ValueError(f"--half is float16; it contradicts --dtype {self.dtype}")
+        self.dtype = str(resolve_dtype("float16" if self.half else self.dtype)).split(".")[-1]
+        self.half = self.dtype == "float16"
 
     @property
     def tiny(self) -> bool:
@@ -227,8 +234,9 @@ def build(config: BenchConfig):
     from ovseg.proposals.grid import GridOptions
 
     device = resolve_device(config.device)
-    if config.half and device.type != "cuda":
-        raise ValueError("--half needs a CUDA device (float16 is slow or unsupported on CPU)")
+    if config.dtype == "float16" and device.type != "cuda":
+        raise ValueError("--half / --dtype float16 needs a CUDA device (slow or unsupported on "
+                         "the CPU; bfloat16 runs there)")  # fmt: skip
     sam2 = is_sam2_spec(config.sam)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights: timing only, stated below
@@ -371,9 +379,7 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
     methods, method_errors = build_methods(config, seg.clip, device)
     method_rows = _method_rows(config)
     scorers = {k: make_scorer(k, seg.clip) for k in config.scorers}
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16) if config.half else contextlib.nullcontext()
-    )
+    autocast = inference_precision(device, config.dtype)
     text = plain.text_features(classes)  # per vocabulary, once, untimed on both sides
     seg.vocabulary(classes).text_embeddings(seg.clip)
     records = []
@@ -381,8 +387,9 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
         fixed = Masks.from_masks(label_components(label, ignore, config.min_area))
         if i == 0:
             progress(f"[{name}] warm-up (untimed) ...")
-            _warmup(plain, seg, scorers, image, fixed, classes, text, config.fused)
-            _warmup_methods(methods, method_rows, method_errors, image, classes, progress)
+            _warmup(plain, seg, scorers, image, fixed, classes, text, config.fused, autocast)
+            with autocast:
+                _warmup_methods(methods, method_rows, method_errors, image, classes, progress)
         rec = {
             "image": name,
             "shape": list(image.shape[:2]),
@@ -418,7 +425,8 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
                 progress(f"[{name} {r + 1}/{config.repeats}] {key} ...")
                 try:
                     regions = fixed.masks if methods[m].dense.uses_regions else None
-                    run = _run_method(methods[m], image, classes, opts, device, regions)
+                    with autocast:
+                        run = _run_method(methods[m], image, classes, opts, device, regions)
                 except Exception as e:  # noqa: BLE001 - reported in the results
                     method_errors[m] = _error(e)
                     progress(f"  {key} failed: {method_errors[m]}")
@@ -489,7 +497,7 @@ def _run_ovseg(config, seg, scorers, image, fixed, classes, device, autocast):
     return run, ours
 
 
-def _warmup(plain, seg, scorers, image, fixed, classes, text, seg_fused: bool) -> None:
+def _warmup(plain, seg, scorers, image, fixed, classes, text, seg_fused: bool, autocast) -> None:
     """One untimed pass through each code path (the encoder with each attention), so no timed
     stage pays first-call costs (allocator growth, thread pools, lazy initialisation)."""
     from ovseg.proposals.grid import fused_attention
@@ -500,11 +508,12 @@ def _warmup(plain, seg, scorers, image, fixed, classes, text, seg_fused: bool) -
     plain.click(point, image, text)
     plain.score(image, fixed.masks[:2], text)
     fused_attention(seg.proposer.model, seg_fused)
-    seg.set_image(image)
-    for scorer in scorers.values():
-        seg.scorer = scorer
-        seg.score(seg.propose(points=[point]), classes)
-        seg.score(fixed[:2], classes)
+    with autocast:
+        seg.set_image(image)
+        for scorer in scorers.values():
+            seg.scorer = scorer
+            seg.score(seg.propose(points=[point]), classes)
+            seg.score(fixed[:2], classes)
     _forget(seg)
 
 
