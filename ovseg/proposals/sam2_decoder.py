@@ -172,8 +172,10 @@ def _image_to_token(attn, xp: Tensor, q_shared, tokens: Tensor, values: Tensor, 
     weights = _softmax(scores * attn.scaling, dim=2).reshape(b, n * t, -1)  # (B, nT, N)
     v = _heads(attn.v_proj(values), n)  # (B, n, T, d)
     vo = (v @ attn.o_proj.weight.view(c, n, d).permute(1, 2, 0)).view(b, n * t, c)
-    out = (residual + attn.o_proj.bias).expand(b, -1, -1).contiguous()
-    return out.baddbmm_(weights.transpose(1, 2), vo)
+    out = (residual + attn.o_proj.bias).expand(b, -1, -1)
+    if out.dtype != vo.dtype:  # autocast: the product runs in its dtype
+        return torch.baddbmm(out, weights.transpose(1, 2), vo)
+    return out.contiguous().baddbmm_(weights.transpose(1, 2), vo)
 
 
 def _baddbmm_shared(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
