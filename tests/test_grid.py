@@ -151,11 +151,15 @@ def _noisy_rel_pos(sam):
     return sam
 
 
+@pytest.mark.parametrize("compiling", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_rel_pos_bias_is_aligned_in_the_query_dtype_and_equals_sams(dtype):
+def test_rel_pos_bias_is_aligned_in_the_query_dtype_and_equals_sams(dtype, compiling, monkeypatch):
     """The layout the memory-efficient kernel takes without a copy, by construction: every
-    stride but the last a multiple of BIAS_ALIGNMENT (rows of 7 * 9 = 63 padded to 64)."""
+    stride but the last a multiple of BIAS_ALIGNMENT (rows of 7 * 9 = 63 padded to 64); also
+    the functional form used while torch.compile traces."""
     from segment_anything.modeling.image_encoder import Attention, get_rel_pos
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
 
     sam = _noisy_rel_pos(tiny_sam())
     layer = next(m for m in sam.image_encoder.modules() if isinstance(m, Attention))
@@ -168,7 +172,8 @@ def test_rel_pos_bias_is_aligned_in_the_query_dtype_and_equals_sams(dtype):
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", rq, get_rel_pos(9, 9, layer.rel_pos_w).double())
     expected = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(3, 2, 63, 63)
     tol = 1e-5 if dtype == torch.float32 else 0.05  # bfloat16: 8 mantissa bits
-    torch.testing.assert_close(bias.double(), expected, atol=tol * float(expected.abs().max()), rtol=0)
+    tol *= float(expected.abs().max())
+    torch.testing.assert_close(bias.double(), expected, atol=tol, rtol=0)
 
 
 @pytest.mark.parametrize("cast", ["autocast", "model"])

@@ -233,6 +233,9 @@ def rel_pos_bias(layer: _EncoderAttention, q: torch.Tensor, h: int, w: int) -> t
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", rq, get_rel_pos(h, h, layer.rel_pos_h).to(q.dtype))
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", rq, get_rel_pos(w, w, layer.rel_pos_w).to(q.dtype))
     padded = -(-length // BIAS_ALIGNMENT) * BIAS_ALIGNMENT
+    if torch.compiler.is_compiling():  # functional: the compiler fuses the padding
+        bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, length, length)
+        return F.pad(bias, (0, padded - length))[..., :length]
     bias = q.new_empty((b, n, length, padded))[..., :length]
     target = bias.view(b, n, h, w, h, w)
     if torch.is_grad_enabled() and (rel_h.requires_grad or rel_w.requires_grad):
