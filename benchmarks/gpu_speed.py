@@ -9,18 +9,20 @@ Random weights throughout (timing only; the architectures of the released checkp
 precision runs under :func:`ovseg.models.build.inference_precision` (autocast in that dtype;
 weights stay float32), on the same inputs as float32, in one process.
 
-1. Encoders (``encoders``): SAM ViT-B's image encoder (fused attention), SAM 2.1 hiera-tiny
-   and hiera-large, CLIP ViT-B/16's image tower and DINO ViT-B/8, each on a batch of ``--batch``
-   random images at its input size (``--smoke``: the tiny test models). Per dtype: median
+1. Encoders (``encoders``; ``--encoders`` picks among sam, sam2-tiny, sam2-large, clip, dino):
+   SAM ViT-B's image encoder (fused attention), SAM 2.1 hiera-tiny and hiera-large, CLIP
+   ViT-B/16's image tower and DINO ViT-B/8, each on a batch of ``--batch`` random images at
+   its input size (``--smoke``: the tiny test models). Per dtype: median
    seconds per batch over 5 timed calls after 2 warm-ups, images per second, the ratio to
    float32, the output's relative L2 distance to float32's, and the attention kernels that ran
    (ATen ops named ``*attention*`` in one profiled call: ``_efficient_attention``,
    ``_flash_attention``, ``_cudnn_attention``, ``_scaled_dot_product_attention_math``...). With
    ``--compile`` each encoder is also timed after :func:`ovseg.models.build.compile_modules`
    (the first call, which compiles, is not timed).
-2. Throughput (``throughput``): ``Segmenter.segment`` of each preset (fast, balanced, best) and
-   of the other methods (sclip, clearclip, proxyclip, sam-clip) on ``--images`` 480x360 CamVid
-   frames (generated frames when the folder is absent), 11 classes; each frame is new to the
+2. Throughput (``throughput``; ``--rows`` picks by first word): ``Segmenter.segment`` of each
+   preset (fast, balanced, best) and of the other methods (sclip, clearclip, proxyclip,
+   sam-clip) on ``--images`` 480x360 CamVid frames (generated frames when the folder is
+   absent), 11 classes; each frame is new to the
    Segmenter (its caches are cleared). The Segmenter takes one image at a time, so this is
    images per second of sequential calls (the encoders section gives the batched figures).
    Per dtype: images/s, the ratio to float32, and the share of pixels whose label equals
@@ -98,33 +100,43 @@ def _first(out) -> torch.Tensor:
     return out[-1] if isinstance(out, list | tuple) else out
 
 
-def _encoders(smoke: bool, device):
-    """name -> (module to compile, callable(x), input side)."""
+ENCODERS = ("sam", "sam2-tiny", "sam2-large", "clip", "dino")
+
+
+def _encoder(key: str, smoke: bool, device):
+    """(display name, model to compile, callable(x), input side) of encoder ``key``."""
     from ovseg.methods.dino import dino_last_features
     from ovseg.models.build import build_clip, build_dino, build_sam
     from ovseg.proposals.grid import fused_attention
 
-    sam = build_sam("tiny-random" if smoke else "vit_b", device, random_weights=True)
-    fused_attention(sam)
-    out = {"SAM ViT-B": (sam, sam.image_encoder, sam.image_encoder.img_size)}
-    for name in ("sam2-tiny-random",) if smoke else ("sam2.1_hiera_tiny", "sam2.1_hiera_large"):
-        model = build_sam(name, device, random_weights=True)
+    if key == "sam":
+        sam = build_sam("tiny-random" if smoke else "vit_b", device, random_weights=True)
+        fused_attention(sam)
+        name = "SAM tiny-random" if smoke else "SAM ViT-B"
+        return name, sam, sam.image_encoder, sam.image_encoder.img_size
+    if key.startswith("sam2"):
+        spec = "sam2-tiny-random" if smoke else f"sam2.1_hiera_{key.split('-')[1]}"
+        model = build_sam(spec, device, random_weights=True)
         side = int(model.prompt_encoder.input_image_size)
-        out[f"SAM 2 {name}"] = (model, model.get_image_embeddings, side)
-    clip = build_clip("tiny-random" if smoke else "ViT-B-16", device, random_weights=True)
-    out["CLIP ViT-B/16"] = (clip, clip.model.visual, clip.image_size)
+        return f"SAM 2 {spec}", model, model.get_image_embeddings, side
+    if key == "clip":
+        clip = build_clip("tiny-random" if smoke else "ViT-B-16", device, random_weights=True)
+        name = "CLIP tiny-random" if smoke else "CLIP ViT-B/16"
+        return name, clip, clip.model.visual, clip.image_size
     dino = build_dino("tiny-random" if smoke else "dino_vitb8", device, random_weights=True)
-    out["DINO ViT-B/8"] = (dino, lambda x: dino_last_features(dino, x), 224 if not smoke else 64)
-    return out
+    name = "DINO tiny-random" if smoke else "DINO ViT-B/8"
+    return name, dino, lambda x: dino_last_features(dino, x), 64 if smoke else 224
 
 
 def run_encoders(args, device, dtypes) -> dict:
     rows = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # random weights: said in the report
-        encoders = _encoders(args.smoke, device)
     gen = torch.Generator().manual_seed(0)
-    for name, (model, forward, side) in encoders.items():
+    for key in args.encoders.split(","):
+        if args.smoke and key == "sam2-large":
+            continue  # the smoke run has one tiny SAM 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # random weights: said in the report
+            name, model, forward, side = _encoder(key, args.smoke, device)
         x = torch.randn(args.batch, 3, side, side, generator=gen).to(device)
         row, reference = {}, None
         variants = [(d, False) for d in dtypes]
@@ -154,6 +166,7 @@ def run_encoders(args, device, dtypes) -> dict:
             if base and "s_per_batch" in r:
                 r["speedup_vs_float32"] = base / r["s_per_batch"]
         rows[name] = row
+        del model, forward
     return rows
 
 
@@ -182,6 +195,8 @@ def run_throughput(args, device, dtypes, frames) -> dict:
 
     rows = {}
     for name, (method, clip, sam, dino) in ROWS.items():
+        if args.rows and name.split(" ")[0] not in args.rows.split(","):
+            continue
         if args.smoke:
             clip, sam = "tiny-random", TINY.get(sam, sam)
             dino = dino and "tiny-random"
@@ -285,9 +300,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="encoder batch (default 8, smoke 2)")
     ap.add_argument("--compile", action="store_true", help="also time compiled encoders")
     ap.add_argument("--sections", default="encoders,throughput")
+    ap.add_argument("--encoders", default=",".join(ENCODERS), help="among " + ", ".join(ENCODERS))
+    ap.add_argument("--rows", default=None, help="throughput rows by first word (default all)")
     ap.add_argument("--data", type=Path, default=CAMVID)
     ap.add_argument("-o", "--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args(argv)
+    unknown = set(args.encoders.split(",")) - set(ENCODERS)
+    if unknown:
+        ap.error(f"--encoders: unknown {sorted(unknown)}; choose among {', '.join(ENCODERS)}")
     device = resolve_device(args.device)
     default = "float32,bfloat16,float16" if device.type == "cuda" else "float32,bfloat16"
     dtypes = [d.strip() for d in (args.dtypes or default).split(",") if d.strip()]
