@@ -250,12 +250,15 @@ def _markdown(result: dict) -> str:
         f"autocast per dtype; encoders on batches of {result['batch']}, medians of 5 after 2 "
         f"warm-ups; throughput on {result['images']} frames of {result['frames']} "
         "(480x360 CamVid), sequential `Segmenter.segment` calls, 11 classes.",
-        "",
-        "## Encoders",
-        "",
-        "| encoder | dtype | images/s | x float32 | rel. L2 to float32 | attention ops |",
-        "|---|---|---:|---:|---:|---|",
     ]
+    if result["encoders"]:
+        lines += [
+            "",
+            "## Encoders",
+            "",
+            "| encoder | dtype | images/s | x float32 | rel. L2 to float32 | attention ops |",
+            "|---|---|---:|---:|---:|---|",
+        ]
     for name, row in result["encoders"].items():
         for dtype, r in row.items():
             if "error" in r:
@@ -266,9 +269,10 @@ def _markdown(result: dict) -> str:
                 f"{r.get('speedup_vs_float32', float('nan')):.2f}x | "
                 f"{r['rel_l2_to_float32']:.4f} | {', '.join(r['attention_ops']) or '-'} |"
             )
-    lines += ["", "## Throughput, `Segmenter.segment` per image", "",
-              "| preset / method | dtype | images/s | x float32 | labels = float32's |",
-              "|---|---|---:|---:|---:|"]  # fmt: skip
+    if result["throughput"]:
+        lines += ["", "## Throughput, `Segmenter.segment` per image", "",
+                  "| preset / method | dtype | images/s | x float32 | labels = float32's |",
+                  "|---|---|---:|---:|---:|"]  # fmt: skip
     for name, row in result["throughput"].items():
         if "error" in row:
             lines.append(f"| {name} | | failed: {row['error'][:80]} | | |")
