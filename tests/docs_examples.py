@@ -237,7 +237,7 @@ def workspace() -> Path:
     return folder
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run_page(page: Path) -> PageRun:
     """Run every block of ``page`` that runs and check the others (see the module docstring).
     Raises ``AssertionError`` naming the block that failed. Cached: one run per session."""
