@@ -20,7 +20,7 @@ from ovseg.fusion import compose
 from ovseg.image import load_image
 from ovseg.methods.protocol import Finished, Method, with_background
 from ovseg.methods.registry import method_class
-from ovseg.models.bundle import GRID_OPTIONS, Models
+from ovseg.models.bundle import GRID_OPTIONS, Models, split_options
 from ovseg.proposals.grid import GridOptions
 from ovseg.proposals.prompts import make_prompt
 from ovseg.result import UNLABELED, SegmentationResult
@@ -28,22 +28,6 @@ from ovseg.scoring.vocabulary import Vocabulary
 from ovseg.structures import Masks, image_key
 
 __all__ = ["Segmenter"]
-
-
-def _split(method: type[Method], options: dict) -> tuple[dict, dict]:
-    """``options`` -> ``(method options, grid options)``; unknown names raise, naming both
-    kinds of option the method takes."""
-    known = method.options_names()
-    unknown = sorted(set(options) - set(known) - set(GRID_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for method {method.name!r}; its options: "
-            f"{', '.join(known)}; grid options: {', '.join(GRID_OPTIONS)}"
-        )
-    return (
-        {k: v for k, v in options.items() if k in known},
-        {k: v for k, v in options.items() if k in GRID_OPTIONS},
-    )
 
 
 class Segmenter:
@@ -92,7 +76,7 @@ class Segmenter:
         **options,
     ):
         cls = type(method) if isinstance(method, Method) else method_class(method)
-        method_options, grid_options = _split(cls, options)
+        method_options, grid_options = split_options(cls, options)
         if isinstance(method, Method) and method_options:
             raise ValueError(
                 f"options {sorted(method_options)} go with a method given by name; this "
@@ -118,8 +102,12 @@ class Segmenter:
         if self.method.config().refine and not self.models.has_sam:
             raise ValueError(f"refine={self.method.config().refine!r} needs a SAM model")
         self.models.grid = self.models.grid_options(**grid_options)
-        for kind in sorted(self.method.needs & {"clip", "dino", "vfm"}):
-            getattr(self.models, kind)  # a missing checkpoint fails now, not on the first image
+        eager = sorted(self.method.needs & {"clip", "dino", "vfm"})
+        if "sam" in self.method.needs or self.method.config().refine:
+            eager.append("proposer")
+        for kind in eager:  # a missing checkpoint fails now, not on the first image
+            getattr(self.models, kind)
+        self.method.check_models(self.models)
         self._image: np.ndarray | None = None
         self._probs_cache: tuple | None = None
 
@@ -165,7 +153,7 @@ class Segmenter:
 
     def options(self, options: dict):
         """Per-call ``options`` -> ``(method config, grid options)``, validated."""
-        method_options, grid_options = _split(type(self.method), options)
+        method_options, grid_options = split_options(type(self.method), options)
         return self.config(**method_options), self.models.grid_options(**grid_options)
 
     @property

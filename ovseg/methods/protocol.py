@@ -148,6 +148,9 @@ class Method(ABC):
                     f"Segmenter({need}={hint!r})"
                 )
 
+    def check_models(self, models) -> None:  # noqa: B027 - most methods take any model
+        """Refuse built models this method cannot run with (called once they are built)."""
+
     @abstractmethod
     def probabilities(
         self, image: np.ndarray, vocab, models, config: MethodConfig, regions=None

@@ -52,6 +52,9 @@ class ClipMethod(Method):
             )
         return clip.model.visual
 
+    def check_models(self, models) -> None:
+        self.clip_visual(models)  # TypeError for a CLIP without an open_clip ViT tower
+
     def patch(self, models) -> int:
         """The largest patch side of the models the method reads (CLIP's, and DINO's)."""
         k = self.clip_visual(models).conv1.kernel_size

@@ -18,11 +18,27 @@ from ovseg.proposals.grid import GridOptions
 from ovseg.proposals.grid import fused_attention as use_fused_attention
 from ovseg.proposals.sam2_grid import Sam2GridOptions
 
-__all__ = ["GRID_OPTIONS", "Models"]
+__all__ = ["GRID_OPTIONS", "Models", "split_options"]
 
 GRID_OPTIONS = tuple(f.name for f in fields(Sam2GridOptions))
 """Every automatic-grid option name (SAM 1's and SAM 2's)."""
 _NO_FILTERS = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+def split_options(method, options: dict) -> tuple[dict, dict]:
+    """``options`` -> ``(options of the method class, grid options)``; unknown names raise,
+    naming both kinds of option the method takes."""
+    known = method.options_names()
+    unknown = sorted(set(options) - set(known) - set(GRID_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for method {method.name!r}; its options: "
+            f"{', '.join(known)}; grid options: {', '.join(GRID_OPTIONS)}"
+        )
+    return (
+        {k: v for k, v in options.items() if k in known},
+        {k: v for k, v in options.items() if k in GRID_OPTIONS},
+    )
 
 
 class Models:
