@@ -17,6 +17,9 @@ An HTML comment on the line before a fence changes what is done with the block:
 - ``<!-- needs: KEY -->``: not run, because it needs what :data:`NEEDS` says for KEY (real
   weights, a download, a GPU...). It is still checked: a python block must compile, every
   ``ovseg`` command of a shell block must parse with ovseg's own argument parser.
+  ``<!-- needs: slow tests/test_x.py -->`` marks a block that runs with the tiny models but
+  would cost the docs tests more than their budget; it names the test file that runs the same
+  calls, which must exist.
 - ``<!-- run: tiny models -->``: run with every model spec replaced by its tiny random
   stand-in, exactly as ``tiny=True`` / ``--tiny`` replace them
   (:func:`ovseg.models.presets.tiny_models`): the string values of the keywords ``sam=``,
@@ -58,6 +61,10 @@ NEEDS = {
     "camera": "a camera",
     "long": "real-size architectures on random weights: minutes to hours on a CPU",
     "ci": "run by CI itself (.ci/run): the test suite, the documentation build",
+    "slow": "runs as written with the tiny models, but beyond the docs tests' budget of about "
+    "a minute; the test file named in the marker runs the same calls",
+    "tests": "reruns test files of the suite (minutes); CI runs the suite itself",
+    "ray": "starts a local Ray (tens of seconds); tests/test_distributed.py runs it",
 }
 RUN = {"python", "bash", "console"}
 NOT_RUN = {"text", "diff", "yaml", "json", "toml"}
@@ -82,6 +89,7 @@ class Block:
     needs: str | None = None
     tiny: bool = False
     file: str | None = None
+    covered: str | None = None  # needs: slow: the test file that runs the same calls
 
     @property
     def where(self) -> str:
@@ -117,9 +125,17 @@ def blocks(page: Path) -> list[Block]:
             if mark is not None:
                 kind, value = mark
                 if kind == "needs":
+                    value, _, covered = value.partition(" ")
                     if value not in NEEDS:
                         raise ValueError(f"{block.where}: needs {value!r}, not one of {NEEDS}")
-                    block.needs = value
+                    if (value == "slow") != bool(covered):
+                        raise ValueError(
+                            f"{block.where}: name the covering test file with 'needs: slow' "
+                            "(<!-- needs: slow tests/test_x.py -->), and only with it"
+                        )
+                    if covered and not (REPO / covered.strip()).is_file():
+                        raise ValueError(f"{block.where}: {covered.strip()!r} does not exist")
+                    block.needs, block.covered = value, covered.strip() or None
                 elif kind == "run":
                     if value != "tiny models":
                         raise ValueError(f"{block.where}: run marker {value!r}")
