@@ -244,9 +244,13 @@ class PageRun:
     checked: list[Block] = field(default_factory=list)
 
 
+FOLDERS: list[Path] = []  # every workspace made, for the tests to remove
+
+
 def workspace() -> Path:
     """A fresh folder with the bundled samples at ``ovseg/assets/`` (as in a clone)."""
     folder = Path(tempfile.mkdtemp(prefix="ovseg-docs-"))
+    FOLDERS.append(folder)
     (folder / "ovseg" / "assets").mkdir(parents=True)
     for sample in SAMPLES.glob("*.jpg"):
         shutil.copy(sample, folder / "ovseg" / "assets" / sample.name)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from docs_examples import (
+    FOLDERS,
     PAGES,
     REPO,
     Block,
@@ -23,6 +25,14 @@ from docs_examples import (
 
 README = REPO / "README.md"
 SAMPLE = "camvid_0016E5_07959.jpg"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_workspaces():
+    yield
+    run_page.cache_clear()
+    while FOLDERS:
+        shutil.rmtree(FOLDERS.pop(), ignore_errors=True)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
