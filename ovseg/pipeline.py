@@ -42,9 +42,9 @@ class Segmenter:
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
         dino: DINO for ProxyCLIP, Trident and CorrCLIP: ``"dino_vitb8"``, ``"dino_vitb16"``,
             ``"NAME:/path.pth"``, a built module, or ``"tiny-random"``.
-        vfm, bank, aux_clip: CorrCLIPv2's vision foundation model (``"radiov3"``...: see
-            :func:`ovseg.models.vfm.build_vfm`), memory bank folder (``ovseg bank build``) and
-            the auxiliary CLIP of the bank's second store (``"ViT-B-16/dfn2b"``).
+        vfm: CorrCLIPv2's vision foundation model (:func:`ovseg.models.vfm.build_vfm`).
+        bank: CorrCLIPv2's memory bank folder (``ovseg bank build``).
+        aux_clip: CorrCLIPv2's auxiliary CLIP, of the bank's second store (``"ViT-B-16/dfn2b"``).
         method: a registered method name (:func:`ovseg.methods.registry.method_names`;
             ``"naclip"`` by default) or a built :class:`~ovseg.methods.protocol.Method`.
         random_weights: build registered architectures with random weights (timing only; warns).

@@ -219,8 +219,9 @@ def ground(
             ``point_labels``, ``boxes``, ``mask_input``, ``scribble``, as for
             ``Segmenter.propose``), or a list of prompt dicts (one proposal set each).
         negatives: names a region must not be (``["person"]``).
-        category, distractors: category mode: keep regions whose best entry among
+        category: category mode: keep regions whose best entry among
             ``[category, *distractors, *background]`` is ``category``.
+        distractors: the names ``category`` competes with in category mode.
         background: names that compete in every softmax (default ``("background",)``).
         threshold: None for the best region, or a score in [0, 1]: every region at or above it.
         drop_negatives: remove regions a negative beats (True) or only down-weight them.

@@ -39,7 +39,7 @@ Reference defaults (``configs/base_config.py``): CLIP MetaCLIP ViT-L/14 QuickGEL
 (``metaclip_fullcc``; ViT-B/16 for the B rows), VFM C-RADIOv3-L (``radiov3``), bank ``coco``,
 auxiliary CLIP ``hf-hub:apple/DFN2B-CLIP-ViT-B-16`` (store ``dfnclip_b``), ``num_support`` 20,
 mask generator EntitySeg (pre-computed masks for the published rows). Per dataset
-(:meth:`Config.preset`, from ``configs/cfg_*.py``): short side 336 (ADE20K, ADE-847 448;
+(:meth:`CorrCLIPv2.configure`, from ``configs/cfg_*.py``): short side 336 (ADE20K, ADE-847 448;
 Cityscapes 784), windows 336 / 112 (Cityscapes 224 / 112), ``prob_threshold`` VOC21 0.2,
 Context60 0.15, COCO-Object 0.25, else 0.
 """

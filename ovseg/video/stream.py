@@ -73,7 +73,9 @@ class VideoStream:
 
     Args:
         segmenter: the :class:`~ovseg.pipeline.Segmenter` (it needs a SAM model).
-        classes, background, templates: as for ``Segmenter.segment``.
+        classes: the class names, as for ``Segmenter.segment``.
+        background: background names, as for ``Segmenter.segment``.
+        templates: prompt templates, as for ``Segmenter.segment`` (None: the segmenter's).
         keyframe_every: SAM's automatic grid runs on every K-th frame (1: every frame).
         match_iou: mask IoU at which a keyframe proposal is the same object as a track.
         min_area: objects (and proposals) smaller than this many pixels are dropped.
@@ -307,8 +309,10 @@ def segment_video(
         frames: a video file, a folder of frames, a camera index, or an iterable (a generator
             for streams) of images; see :func:`ovseg.video.io.open_frames`.
         classes: the class names.
-        start, end, stride, max_frames: which frames (source indices ``start``,
-            ``start + stride``, ... below ``end``; at most ``max_frames``).
+        start: the first source index (frames ``start``, ``start + stride``, ...).
+        end: stop before this source index (None: the end of the source).
+        stride: every ``stride``-th frame.
+        max_frames: at most this many frames (None: no limit).
         **options: :class:`VideoStream` options (``keyframe_every``, ``stuff``, ...), and the
             per-call options of ``Segmenter.segment`` (``background``, grid, method options).
 
