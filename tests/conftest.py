@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID = REPO.parent / "shared" / "data" / "camvid-val"
+# OVSEG_CAMVID points elsewhere (e.g. from a second checkout of the repository).
+CAMVID = Path(os.environ.get("OVSEG_CAMVID") or REPO.parent / "shared" / "data" / "camvid-val")
 
 
 @pytest.fixture(scope="session")
