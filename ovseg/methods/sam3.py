@@ -2,9 +2,10 @@
 
 SAM 3 (Meta, 2025) is trained on labelled masks (not training-free): for a noun phrase it
 returns every instance (a score with its presence term, a box, a mask) and a semantic map. This
-method runs it through :class:`~ovseg.proposals.sam3.Sam3Detector`: the image is encoded once,
-all prompts (each class's synonyms, then the background names) go through the detector in
-batches, and each prompt's instances are those of the official ``transformers`` pipeline.
+method runs it through :class:`~ovseg.proposals.sam3_detector.Sam3Detector`: the image is
+encoded once, all prompts (each class's synonyms, then the background names) go through the
+detector in batches, and each prompt's instances are those of the official ``transformers``
+pipeline.
 
 Per-pixel probabilities (:meth:`Sam3.probabilities`), for prompt q at each pixel of the model's
 mask grid (288x288 for the official model), resized bilinearly to the image::
@@ -168,7 +169,8 @@ class Sam3:
         return self.configure(dataset, **{**self.options, **overrides})
 
     def detector(self, models, config: Sam3Config) -> Sam3Detector:
-        """The :class:`~ovseg.proposals.sam3.Sam3Detector` of ``models.sam`` (one per model)."""
+        """The :class:`~ovseg.proposals.sam3_detector.Sam3Detector` of ``models.sam`` (one per
+        model)."""
         sam = models.sam
         if not isinstance(sam, Sam3Bundle):
             raise ValueError(
