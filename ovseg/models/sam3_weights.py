@@ -112,14 +112,18 @@ def _gated_help(model: HubModel) -> str:
 
 
 def tiny_sam3_config():
-    """The ``transformers.Sam3VideoConfig`` of ``"sam3-tiny-random"``: the real architecture at
-    width 32 (ViT with 2 layers on 112x112 inputs, patch 14; CLIP text encoder with 2 layers and
-    CLIP's 49,408-token vocabulary; DETR encoder 1 layer, decoder 2 layers, 20 queries; tracker
-    with one memory-attention layer).
+    """The ``transformers.Sam3VideoConfig`` of ``"sam3-tiny-random"``: the real architecture,
+    small: a ViT of width 32 with 2 layers on 112x112 inputs (patch 14), a CLIP text encoder of
+    width 32 with 2 layers and CLIP's 49,408-token vocabulary, detector and tracker of width 128
+    (DETR encoder 1 layer, decoder 2 layers, 20 queries; one memory-attention layer). The
+    tracker needs a width above its 64 memory channels, as ``transformers`` builds it.
 
     Weights are drawn with standard deviation 0.2 (transformers' default 0.02 leaves every
     score at 0.25 and every mask probability at 0.5), so scores and masks spread and tests can
-    compare away from the thresholds.
+    compare away from the thresholds. The video model's detection thresholds are lowered to
+    0.15 (new objects 0.16), where this model's scores lie, so that it tracks objects, and its
+    memory windows shortened (3 memory frames, 4 object pointers, 2 conditioning frames,
+    reconditioning every 4 frames, hot start over 4 frames) so that short clips reach them.
     """
     from transformers import (
         Sam3Config,
@@ -129,24 +133,29 @@ def tiny_sam3_config():
         Sam3ViTConfig,
     )
 
-    side, patch, width, init = TINY_SAM3_IMAGE_SIZE, 14, 32, 0.2
+    side, patch = TINY_SAM3_IMAGE_SIZE, 14
+    width, hidden = 32, 128  # ViT and text encoder; detector and tracker
+    init = 0.2  # the wider parts at 0.1: the same spread of activations (std ~ 1 / sqrt(width))
     grid = side // patch
-    small = dict(hidden_size=width, num_attention_heads=2, intermediate_size=2 * width)
+    heads = dict(num_attention_heads=2, initializer_range=init)
+    wide = dict(num_attention_heads=2, initializer_range=0.1)
+    layers = dict(hidden_size=hidden, intermediate_size=2 * hidden, **wide)
 
     def vision(scales):
         backbone = Sam3ViTConfig(
-            **small,
+            hidden_size=width,
+            intermediate_size=2 * width,
             num_hidden_layers=2,
             image_size=side,
             patch_size=patch,
             window_size=4,
             global_attn_indexes=[1],
             pretrain_image_size=56,
-            initializer_range=init,
+            **heads,
         )
         return Sam3VisionConfig(
             backbone_config=backbone,
-            fpn_hidden_size=width,
+            fpn_hidden_size=hidden,
             scale_factors=scales,
             backbone_feature_sizes=[[4 * grid] * 2, [2 * grid] * 2, [grid] * 2],
             initializer_range=init,
@@ -160,38 +169,46 @@ def tiny_sam3_config():
             intermediate_size=2 * width,
             projection_dim=width,
             num_hidden_layers=2,
-            num_attention_heads=2,
             max_position_embeddings=_TEXT_TOKENS,
-            initializer_range=init,
+            **heads,
         ),
-        geometry_encoder_config=dict(**small, num_layers=1, initializer_range=init),
-        detr_encoder_config=dict(**small, num_layers=1, initializer_range=init),
-        detr_decoder_config=dict(**small, num_layers=2, num_queries=20, initializer_range=init),
-        mask_decoder_config=dict(hidden_size=width, num_attention_heads=2, initializer_range=init),
-        initializer_range=init,
+        geometry_encoder_config=dict(**layers, num_layers=1),
+        detr_encoder_config=dict(**layers, num_layers=1),
+        detr_decoder_config=dict(**layers, num_layers=2, num_queries=20),
+        mask_decoder_config=dict(hidden_size=hidden, **wide),
+        initializer_range=0.1,
     )
     tracker = Sam3TrackerVideoConfig(  # the tracker's neck has three levels, as Meta's SAM 2 neck
         vision_config=vision([4.0, 2.0, 1.0]),
-        prompt_encoder_config=dict(hidden_size=width, image_size=side, patch_size=patch),
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=side, patch_size=patch),
         mask_decoder_config=dict(
-            hidden_size=width, mlp_dim=2 * width, num_attention_heads=2, iou_head_hidden_dim=width
+            hidden_size=hidden, mlp_dim=2 * hidden, num_attention_heads=2, iou_head_hidden_dim=64
         ),
-        memory_attention_hidden_size=width,
+        memory_attention_hidden_size=hidden,
         memory_attention_num_layers=1,
-        memory_attention_feed_forward_hidden_size=2 * width,
+        memory_attention_feed_forward_hidden_size=2 * hidden,
         memory_attention_rope_feat_sizes=[grid, grid],
-        memory_encoder_hidden_size=width,
-        memory_encoder_output_channels=16,
-        mask_downsampler_embed_dim=width,
-        memory_fuser_embed_dim=width,
-        memory_fuser_intermediate_dim=2 * width,
+        memory_encoder_hidden_size=hidden,
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=hidden,
+        memory_fuser_embed_dim=hidden,
+        memory_fuser_intermediate_dim=2 * hidden,
         image_size=side,
+        num_maskmem=3,  # short memory windows, so that short test clips reach their ends
+        max_object_pointers_in_encoder=4,
+        max_cond_frame_num=2,
         initializer_range=init,
     )
     return Sam3VideoConfig(
         detector_config=detector,
         tracker_config=tracker,
         low_res_mask_size=4 * grid,
+        score_threshold_detection=0.15,
+        new_det_thresh=0.16,
+        hotstart_delay=4,
+        hotstart_unmatch_thresh=2,
+        hotstart_dup_thresh=2,
+        recondition_every_nth_frame=4,
         initializer_range=init,
     )
 
