@@ -9,8 +9,8 @@ import argparse
 import sys
 
 from ovseg.models import weights
+from ovseg.models.hub import SAM3_HUB_MODELS
 from ovseg.models.presets import PRESETS
-from ovseg.models.sam3_weights import SAM3_HUB_MODELS
 
 CLIP_NOTE = (
     "CLIP weights: `ovseg weights download ARCH/TAG` (an open_clip pretrained tag, e.g. "

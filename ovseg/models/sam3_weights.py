@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ovseg.models.hub import SAM3_HUB_MODELS, HubModel, gated_help
 from ovseg.proposals.sam3 import Sam3Bundle, is_sam3_model
 
 __all__ = [
     "SAM3",
-    "SAM3_HUB_MODELS",
     "SAM3_TINY",
-    "HubModel",
     "build_sam3",
     "check_sam3_spec",
     "fetch_sam3",
@@ -51,64 +49,6 @@ SAM3 = "sam3"
 SAM3_TINY = "sam3-tiny-random"
 TINY_SAM3_IMAGE_SIZE = 112
 _TEXT_TOKENS = 32  # Sam3Processor pads every prompt to 32 tokens
-
-
-@dataclass(frozen=True)
-class HubModel:
-    """A model published as a Hugging Face repository (several files, read by
-    ``transformers``), as opposed to the single-file checkpoints of
-    :mod:`ovseg.models.weights`.
-
-    Attributes:
-        name: the ovseg name (``"sam3"``).
-        repo: the Hugging Face repository id.
-        gated: whether the repository asks each user to accept its licence first.
-        licence: the licence the weights are published under.
-        ignore: file patterns of the repository ovseg does not need (not downloaded).
-        weights_file: the weights file ``transformers`` reads.
-        size, sha256: of ``weights_file``, where published (None: unknown, not checked).
-        source: where the row's facts come from.
-    """
-
-    name: str
-    repo: str
-    gated: bool
-    licence: str
-    ignore: tuple[str, ...] = ()
-    weights_file: str = "model.safetensors"
-    size: int | None = None
-    sha256: str | None = None
-    source: str = ""
-
-    @property
-    def url(self) -> str:
-        return f"https://huggingface.co/{self.repo}"
-
-
-# facebook/sam3 holds the transformers checkpoint (config.json, model.safetensors, the
-# processor and tokenizer files) and Meta's own sam3.pt (3,450,062,241 bytes, SHA-256
-# 9999e2341ceef5e136daa386eecb55cb414446a00ac2b55eb2dfd2f7c3cf8c9e as recorded by users who
-# checked their downloads, e.g. the HOT 2026 challenge scripts that verify it); ovseg reads the
-# transformers files only and skips sam3.pt. No published size or digest of model.safetensors
-# was found, so those checks are off; the weights are checked key by key by transformers.
-SAM3_HUB_MODELS: dict[str, HubModel] = {
-    SAM3: HubModel(
-        name=SAM3,
-        repo="facebook/sam3",
-        gated=True,
-        licence="SAM License",
-        ignore=("*.pt", "*.pth"),
-        source="huggingface.co/facebook/sam3 (model card: 848M parameters, SAM License)",
-    )
-}
-
-
-def _gated_help(model: HubModel) -> str:
-    return (
-        f"{model.repo} is a gated repository ({model.licence}): request access at {model.url} "
-        "(accepting the licence), log in with `hf auth login` (or set HF_TOKEN), then run: "
-        f"ovseg weights download {model.name}"
-    )
 
 
 def tiny_sam3_config():
@@ -290,7 +230,7 @@ def _cached_config(model: HubModel) -> None:
     if not isinstance(found, str):
         raise FileNotFoundError(
             f"SAM 3 weights ({model.repo}) are not in the Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}; HF_HOME or HF_HUB_CACHE set it). {_gated_help(model)}"
+            f"({constants.HF_HUB_CACHE}; HF_HOME or HF_HUB_CACHE set it). {gated_help(model)}"
         )
 
 
@@ -392,11 +332,11 @@ def fetch_sam3(name: str = SAM3) -> str:
     try:
         return snapshot_download(model.repo, ignore_patterns=list(model.ignore))
     except GatedRepoError as e:
-        raise OSError(_gated_help(model)) from e
+        raise OSError(gated_help(model)) from e
     except RepositoryNotFoundError as e:  # also what an anonymous request to a gated repo gets
-        raise OSError(f"{model.repo} was not found or needs access. {_gated_help(model)}") from e
+        raise OSError(f"{model.repo} was not found or needs access. {gated_help(model)}") from e
     except OSError as e:
         raise OSError(
             f"could not download {model.repo} into {constants.HF_HUB_CACHE} ({e}); check the "
-            f"network connection. {_gated_help(model)}"
+            f"network connection. {gated_help(model)}"
         ) from e
