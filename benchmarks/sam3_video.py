@@ -2,7 +2,7 @@
 streaming loop, side by side in one run.
 
     python benchmarks/sam3_video.py [--frames 500] [--official 100] [--prompts car,road]
-                                    [--sam sam3-tiny-random] [-o benchmarks/results]
+                                    [--shrink 1] [--sam sam3-tiny-random] [-o benchmarks/results]
 
 Both sides stream the CamVid frames (cycled to ``--frames``; generated frames when the data is
 absent) through the same model: the stream for ``--frames`` frames, the official loop
@@ -48,9 +48,10 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=500)
     ap.add_argument("--official", type=int, default=100)
     ap.add_argument("--prompts", default="car,road")
+    ap.add_argument("--shrink", type=int, default=1, help="keep every N-th pixel of the frames")
     ap.add_argument("-o", "--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args(argv)
-    frames = _frames(args.data)
+    frames = [np.ascontiguousarray(f[:: args.shrink, :: args.shrink]) for f in _frames(args.data)]
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     sam = build_sam3(args.sam, "cpu", random_weights=True)
     proc = psutil.Process()
