@@ -74,7 +74,8 @@ def run_reference(reference, image, multimask, input_masks=None, **prompts):
 def assert_close(ours, ref):
     (masks, iou, low), (rmasks, riou, rlow, rup) = ours, ref
     np.testing.assert_allclose(iou, riou.reshape(iou.shape), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(low, rlow.reshape(low.shape), atol=1e-3, rtol=0)
+    # logits reach |500| on random weights: float32 sums differ by ~1e-5 relative there
+    np.testing.assert_allclose(low, rlow.reshape(low.shape), atol=1e-3, rtol=1e-4)
     clear = np.abs(rup.reshape(masks.shape)) > LOGIT_BAND
     assert np.array_equal(masks[clear], rmasks.reshape(masks.shape)[clear])
     assert (~clear).mean() < 1e-3
@@ -144,8 +145,12 @@ def test_image_encoder_is_shared_with_text_prompts(sam, synthetic_image):
         _ = proposer.image_shape
 
 
-def test_detector_only_model_refuses_prompts(sam):
+def test_detector_only_model_refuses_prompts(sam, synthetic_image):
+    from ovseg.proposals.prompts import make_prompt
+
+    proposer = Sam3TrackerProposer(Sam3Bundle(sam.detector, sam.processor))
+    proposer.set_image(synthetic_image)  # embeds (text prompts share it); prompts refused
     with pytest.raises(ValueError, match="tracker"):
-        Sam3TrackerProposer(Sam3Bundle(sam.detector, sam.processor))
+        proposer.predict(make_prompt(synthetic_image.shape[:2], boxes=[[2, 2, 30, 30]]))
     with pytest.raises(TypeError):
         Sam3TrackerProposer(sam.model)

@@ -35,51 +35,30 @@ with mask IoU >= ``dedup_iou``; background names' instances label nothing.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ovseg.methods.config import MethodConfig, int_at_least, real_in
+from ovseg.methods.protocol import Finished, Method
 from ovseg.proposals.sam3 import Sam3Bundle, Sam3Instances
 from ovseg.proposals.sam3_detector import Sam3Detector
 from ovseg.structures import image_key
 
-__all__ = ["Finished", "Sam3", "Sam3Config"]
-
-
-@dataclass
-class Finished:
-    """What a method's last step leaves (the fields of the method protocol's ``Finished``):
-    labels int64 (H, W) in [0, C); masks bool (N, H, W); mask_classes int (N,); mask_scores
-    float (N,) in [0, 1]; confidence float (H, W) or None."""
-
-    labels: np.ndarray
-    masks: np.ndarray | None = None
-    mask_classes: np.ndarray | None = None
-    mask_scores: np.ndarray | None = None
-    confidence: np.ndarray | None = None
-
-
-def _unit(cfg, name: str, optional: bool = False) -> None:
-    value = getattr(cfg, name)
-    if optional and value is None:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(float(value)) or not 0 <= value <= 1:
-        extra = " or None" if optional else ""
-        raise ValueError(f"{name} must be a float in [0, 1]{extra}, got {value!r}")
+__all__ = ["Sam3", "Sam3Config"]
 
 
 @dataclass(frozen=True)
-class Sam3Config:
+class Sam3Config(MethodConfig):
     """Options of ``method="sam3"``.
 
     Attributes:
-        method, dataset, score_threshold, refine: the options every method has (see the
-            method protocol); ``dataset`` changes nothing for SAM 3.
+        score_threshold: the option every method has (prompted objects' minimum class
+            probability); ``refine`` must stay None (SAM 3's instances are its masks; it has
+            no automatic grid); ``dataset`` changes nothing.
         threshold: instance score threshold in [0, 1] (an instance is kept when
             ``sigmoid(logit) * sigmoid(presence) > threshold``).
         mask_threshold: mask probability threshold in [0, 1] (pixel in the mask when above).
@@ -92,10 +71,6 @@ class Sam3Config:
             the official pipeline bit for bit).
     """
 
-    method: str = "sam3"
-    dataset: str | None = None
-    score_threshold: float = 0.0
-    refine: str | None = None
     threshold: float = 0.5
     mask_threshold: float = 0.5
     prob_threshold: float | None = None
@@ -104,21 +79,19 @@ class Sam3Config:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("score_threshold", "threshold", "mask_threshold", "dedup_iou"):
-            _unit(self, name)
-        _unit(self, "prob_threshold", optional=True)
-        if self.refine not in (None, "masks"):
-            raise ValueError(f"refine must be None or 'masks', got {self.refine!r}")
+        super().__post_init__()
+        if self.refine is not None:
+            raise ValueError(
+                f"refine={self.refine!r} is not an option of method 'sam3': its instances are "
+                "its masks (SAM 3 has no automatic grid); leave refine=None"
+            )
+        for name in ("threshold", "mask_threshold", "dedup_iou"):
+            real_in(self, name, 0.0, 1.0)
+        if self.prob_threshold is not None:
+            real_in(self, "prob_threshold", 0.0, 1.0)
         if not isinstance(self.semantic, bool):
             raise ValueError(f"semantic must be True or False, got {self.semantic!r}")
-        b = self.batch_size
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {b!r}")
-
-    @classmethod
-    def options(cls) -> tuple[str, ...]:
-        """The names a caller may set (every field but ``method`` and ``dataset``)."""
-        return tuple(f.name for f in fields(cls) if f.name not in ("method", "dataset"))
+        int_at_least(self, "batch_size", 1)
 
     @property
     def background_threshold(self) -> float:
@@ -128,7 +101,7 @@ class Sam3Config:
         return float(self.threshold) * float(self.mask_threshold)
 
 
-class Sam3:
+class Sam3(Method):
     """SAM 3 as a segmentation method (see the module docstring).
 
     Args:
@@ -138,35 +111,38 @@ class Sam3:
     name = "sam3"
     needs = frozenset({"sam"})
     Config = Sam3Config
-    defaults: dict = {}
-    per_dataset: dict = {}
     hints = {"sam": "sam3"}
 
     def __init__(self, **options):
-        self.options = dict(options)
         self._detectors: dict[int, Sam3Detector] = {}
         self._queries: OrderedDict[str, tuple] = OrderedDict()  # image -> its last vocabulary
         self._lock = threading.Lock()
-        self.config()
+        super().__init__(**options)
 
-    def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        return f"Sam3({opts})"
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._queries.clear()
+            for det in self._detectors.values():
+                det.clear_cache()
 
     @classmethod
-    def configure(cls, dataset: str | None = None, **options) -> Sam3Config:
-        """The settings on ``dataset`` (the same on every dataset) with ``options`` over them."""
-        allowed = Sam3Config.options()
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
+    def check_specs(cls, specs, flags: bool = False) -> None:
+        """Refuse a missing SAM, or one of another family (SAM 1, SAM 2)."""
+        super().check_specs(specs, flags)
+        family = specs.get("sam_family")
+        if family not in (None, "sam3"):
+            where = "--sam" if flags else "Segmenter(sam=...)"
             raise ValueError(
-                f"unknown option(s) {unknown} for method 'sam3'; its options: {', '.join(allowed)}"
+                f"method 'sam3' needs a SAM 3 model ({where}: 'sam3', a Hugging Face id such "
+                f"as facebook/sam3, a local folder or 'sam3-tiny-random'), got a {family} model"
             )
-        return Sam3Config(dataset=dataset, **{**cls.defaults, **options})
 
-    def config(self, dataset: str | None = None, **overrides) -> Sam3Config:
-        """Settings for one call: the construction options, then ``overrides``."""
-        return self.configure(dataset, **{**self.options, **overrides})
+    def check_models(self, models) -> None:
+        if not isinstance(models.sam, Sam3Bundle):
+            raise ValueError(
+                f"method 'sam3' needs a SAM 3 model (sam='sam3' or 'sam3-tiny-random'), got "
+                f"{type(models.sam).__name__}"
+            )
 
     def detector(self, models, config: Sam3Config) -> Sam3Detector:
         """The :class:`~ovseg.proposals.sam3_detector.Sam3Detector` of ``models.sam`` (one per
@@ -235,14 +211,3 @@ class Sam3:
             raise RuntimeError("finish() needs probabilities() on the same image first")
         found = self._instances(image, queries, models, config)
         return Finished(labels, found.mask, found.class_index, found.score)
-
-    def mask_scores(self, image, masks, probs, vocab, models, config) -> np.ndarray:
-        """Class probabilities float32 (N, K) of bool masks (N, H, W): the mean of the class
-        rows of ``probs()`` inside each mask."""
-        k, n = len(vocab.classes), masks.shape[0]
-        if n == 0:
-            return np.zeros((0, k), np.float32)
-        p = probs()[:k].cpu().numpy().astype(np.float32)
-        flat = masks.reshape(n, -1).astype(np.float32)
-        area = np.maximum(flat.sum(1, keepdims=True), 1.0)
-        return np.clip(flat @ p.reshape(k, -1).T / area, 0.0, 1.0).astype(np.float32)

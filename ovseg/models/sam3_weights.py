@@ -247,7 +247,8 @@ def build_sam3(spec, device=None, *, random_weights: bool = False) -> Sam3Bundle
         ValueError: an unknown name.
         TypeError: a spec of the wrong type.
     """
-    from ovseg.models.build import _RANDOM_WARNING, resolve_device
+    from ovseg.models._device import RANDOM_WARNING as _RANDOM_WARNING
+    from ovseg.models._device import resolve_device
 
     device = resolve_device(device)
     if isinstance(spec, Sam3Bundle):

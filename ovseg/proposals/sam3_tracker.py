@@ -38,7 +38,8 @@ class Sam3TrackerProposer:
     """SAM 3 tracker proposals for one image at a time.
 
     Args:
-        sam: a :class:`~ovseg.proposals.sam3.Sam3Bundle` holding a ``Sam3VideoModel``.
+        sam: a :class:`~ovseg.proposals.sam3.Sam3Bundle` holding a ``Sam3VideoModel`` (a
+            detector alone embeds images but refuses prompts: :meth:`predict` raises).
         cache_size: tracker features kept (an LRU keyed by image content; the ViT features
             themselves live in the bundle's cache).
     """
@@ -46,12 +47,6 @@ class Sam3TrackerProposer:
     def __init__(self, sam: Sam3Bundle, cache_size: int = 4):
         if not isinstance(sam, Sam3Bundle):
             raise TypeError(f"sam must be a Sam3Bundle, got {type(sam).__name__}")
-        if not sam.has_tracker:
-            raise ValueError(
-                f"{sam.name} is SAM 3's detector alone ({type(sam.model).__name__}): point, box "
-                "and mask prompts need its tracker; load a Sam3VideoModel checkpoint such as "
-                "facebook/sam3 (sam='sam3')"
-            )
         self.sam = sam
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple] = OrderedDict()
@@ -113,7 +108,8 @@ class Sam3TrackerProposer:
             if key == self._key:
                 return False
             if key not in self._cache:
-                self._cache[key] = (self._tracker_features(vision), hw)
+                tracked = self._tracker_features(vision) if self.sam.has_tracker else None
+                self._cache[key] = (tracked, hw)
             self._cache.move_to_end(key)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
@@ -210,6 +206,12 @@ class Sam3TrackerProposer:
         the highest predicted IoU; other prompts ask for one mask.
         """
         with self.lock:
+            if not self.sam.has_tracker:
+                raise ValueError(
+                    f"{self.sam.name} is SAM 3's detector alone ({type(self.sam.model).__name__})"
+                    ": point, box and mask prompts need its tracker; load a Sam3VideoModel "
+                    "checkpoint such as facebook/sam3 (sam='sam3')"
+                )
             if self._key is None:
                 raise RuntimeError("no image set: call set_image(image) first")
             points, labels = prompt.all_points()

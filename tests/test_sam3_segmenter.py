@@ -1,0 +1,119 @@
+"""``Segmenter(sam="sam3-tiny-random", method="sam3")``: the dense map, its segments (SAM 3's
+instances), per-pixel probabilities with synonyms and background names, ``instances``, prompts
+through SAM 3's tracker, and the errors, on the tiny random SAM 3 and a CamVid frame.
+
+Label comparisons skip pixels whose best probability lies within 1e-4 of the background
+threshold or whose two best rows are within 1e-4 of each other."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ovseg.models.sam3_weights import SAM3_TINY, build_sam3
+from ovseg.pipeline import Segmenter
+from ovseg.proposals.sam3_detector import Sam3Detector
+
+CLASSES = ["road; street", "car", "tree"]
+BACKGROUND = ["sky"]
+THRESHOLD = 0.2  # instance scores of the tiny model on this frame lie near 0.28-0.37
+MARGIN = 1e-4
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return build_sam3(SAM3_TINY, "cpu")
+
+
+@pytest.fixture(scope="module")
+def seg(sam):
+    return Segmenter(sam=sam, device="cpu", method="sam3", threshold=THRESHOLD, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def image(camvid_dir):
+    from ovseg.image import load_image
+
+    frames = sorted((camvid_dir / "images").glob("*.png"))
+    return load_image(frames[len(frames) // 2])
+
+
+def test_segment_is_the_methods_map_with_its_instances_as_segments(seg, sam, image):
+    result = seg.segment(image, CLASSES, background=BACKGROUND)
+    probs = seg.pixel_probabilities(image, CLASSES, background=BACKGROUND)
+    assert probs.shape == (3, *image.shape[:2]) and probs.dtype == np.float32
+    every = seg.pixel_probabilities(image, [*CLASSES, *BACKGROUND])  # the background as a class
+    np.testing.assert_allclose(every[:3], probs, atol=1e-6)
+    rows = np.concatenate([probs, every[3:]])  # the Segmenter's rows: classes, background
+    top2 = np.sort(rows, axis=0)[-2:]
+    cut = seg.config().background_threshold
+    clear = (np.abs(top2[1] - cut) > MARGIN) & (top2[1] - top2[0] > MARGIN)
+    want = rows.argmax(0)
+    want = np.where((rows.max(0) < cut) | (want == 3), -1, want)
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(result.label_map[clear], want[clear])
+
+    found = seg.instances(image, CLASSES, background=BACKGROUND)
+    ref = Sam3Detector(sam, batch_size=1).instances(
+        image, ["road", "street", "car", "tree", "sky"], [0, 0, 1, 2, 3], num_classes=3,
+        threshold=THRESHOLD, mask_threshold=0.5, dedup_iou=0.5,
+    )  # fmt: skip
+    assert len(found) == len(ref) > 0
+    np.testing.assert_array_equal(found.class_index, ref.class_index)
+    np.testing.assert_allclose(found.score, ref.score, atol=1e-5)
+    assert found.mask.shape == (len(found), *image.shape[:2]) and found.mask.dtype == bool
+    assert found.box.shape == (len(found), 4) and np.all(found.score > THRESHOLD)
+    # segments: the instances that own pixels (each its instance's class and score), then one
+    # segment per class for the labelled pixels left
+    owned = [s for s in result.segments if s.proposal_score > 0]
+    assert owned and len(owned) <= len(found)
+    for s in owned:
+        i = int(np.argmin(np.abs(found.score - s.proposal_score)))
+        assert abs(found.score[i] - s.proposal_score) < 1e-6
+        assert s.class_index == found.class_index[i] and not (s.mask & ~found.mask[i]).any()
+
+
+def test_synonyms_take_the_max_and_options_go_per_call(seg, image):
+    pair = seg.pixel_probabilities(image, ["road", "street"])
+    entry = seg.pixel_probabilities(image, ["road; street"])
+    np.testing.assert_allclose(entry[0], pair.max(0), atol=1e-5)
+    strict = seg.instances(image, ["road; street"], threshold=0.99)
+    assert len(strict) == 0
+    no_sem = seg.pixel_probabilities(image, ["car"], semantic=False)
+    assert (no_sem <= seg.pixel_probabilities(image, ["car"]) + 1e-6).all()
+
+
+def test_prompts_go_through_sam3s_tracker(seg, image):
+    box = [[40, 60, 260, 300]]
+    masks = seg.propose(image, boxes=box)
+    assert len(masks) == 1 and masks.masks.shape[1:] == image.shape[:2]
+    result = seg.segment(image, ["road", "car"], boxes=box)
+    prompted = [s for s in result.segments if s.proposal_score > 0]
+    assert prompted and not (prompted[0].mask & ~masks.masks[0]).any()
+    assert abs(prompted[0].proposal_score - float(masks.scores[0])) < 1e-6
+
+
+def test_errors_name_the_problem(sam, image):
+    with pytest.raises(ValueError, match="method 'sam3' needs a SAM 3 model"):
+        Segmenter(sam="tiny-random", device="cpu", method="sam3")
+    with pytest.raises(ValueError, match="method 'sam3' needs"):
+        Segmenter(sam=None, device="cpu", method="sam3")
+    with pytest.raises(ValueError, match="refine"):
+        Segmenter(sam=sam, device="cpu", method="sam3", refine="masks")
+    with pytest.raises(ValueError, match="unknown option"):
+        Segmenter(sam=sam, device="cpu", method="sam3", coarse_thresh=0.1)
+    naclip = Segmenter(None, "tiny-random", "cpu", method="naclip")
+    with pytest.raises(ValueError, match="finds no instances"):
+        naclip.instances(image, ["car"])
+    with pytest.raises(ValueError, match="automatic mask grid"):
+        Segmenter(sam=sam, device="cpu", method="sam3").propose(image)
+
+
+def test_by_name_and_through_ovseg_segment(image):
+    import ovseg
+
+    small = image[::4, ::4].copy()
+    result = ovseg.segment(
+        small, ["road", "car"], sam=SAM3_TINY, method="sam3", device="cpu", threshold=THRESHOLD
+    )
+    assert result.label_map.shape == small.shape[:2] and result.label_map.dtype == np.int32
