@@ -43,6 +43,13 @@ def sam_names() -> list[str]:
     return [TINY, *SAM_CHECKPOINTS, *SAM2_ARCHS, SAM3, SAM3_TINY]
 
 
+def sam_family(spec) -> str | None:
+    """``"sam1"``, ``"sam2"`` or ``"sam3"``: the SAM family a spec names (None for None)."""
+    if spec is None:
+        return None
+    return "sam3" if is_sam3_spec(spec) else "sam2" if is_sam2_spec(spec) else "sam1"
+
+
 def check_sam_spec(spec) -> None:
     """Raise at once for a SAM spec :func:`build_sam` could never build (wrong type, unknown
     name, a checkpoint path that does not exist), without loading anything."""

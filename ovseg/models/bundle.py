@@ -12,7 +12,14 @@ from dataclasses import fields, replace
 import torch
 
 from ovseg.constants import SAM2_TINY, TINY
-from ovseg.models.build import build_clip, build_dino, build_sam, check_sam_spec, resolve_device
+from ovseg.models.build import (
+    build_clip,
+    build_dino,
+    build_sam,
+    check_sam_spec,
+    resolve_device,
+    sam_family,
+)
 from ovseg.models.sam2_weights import is_sam2_spec
 from ovseg.models.sam3_weights import is_sam3_spec
 from ovseg.proposals.grid import GridOptions
@@ -75,8 +82,9 @@ class Models:
         if grid is not None and not isinstance(grid, GridOptions):
             raise TypeError(f"grid must be a GridOptions, got {type(grid).__name__}")
         check_sam_spec(sam)  # a bad name or path fails now, even though SAM loads on first use
-        sam3 = is_sam3_spec(sam)
-        sam2 = not sam3 and is_sam2_spec(sam)
+        self.sam_family = sam_family(sam)  # "sam1", "sam2", "sam3" or None
+        self.sam3 = is_sam3_spec(sam)
+        sam2 = not self.sam3 and is_sam2_spec(sam)
         if isinstance(grid, Sam2GridOptions) and not sam2:
             raise ValueError("Sam2GridOptions need a SAM 2 model; use GridOptions with SAM 1")
         self.lock = threading.RLock()
@@ -86,8 +94,6 @@ class Models:
             raise TypeError(f"bank must be the path of a bank folder, got {type(bank).__name__}")
         self.specs = {"sam": sam, "clip": clip, "dino": dino, "vfm": vfm, "bank": bank,
                       "aux_clip": aux_clip}  # fmt: skip
-        self.sam3 = sam3
-        self.sam_family = None if sam is None else ("sam3" if sam3 else "sam2" if sam2 else "sam1")
         self.tiny_grid = grid is None and isinstance(sam, str) and sam in (TINY, SAM2_TINY)
         default = Sam2GridOptions() if sam2 else GridOptions()
         self.grid = replace(default, **_NO_FILTERS) if self.tiny_grid else (grid or default)
