@@ -241,7 +241,7 @@ def test_cli_bank_build_and_info(tmp_path, capsys):
     assert main(["bank", "build", str(images), "-o", str(out), *tiny[:4]]) == 1
     assert "--vfm is required" in capsys.readouterr().err
     assert main(["bank", "build", str(images), "-o", str(out), "--vfm", "radiov3"]) == 1
-    assert "RADIO models are not part" in capsys.readouterr().err
+    assert "ovseg weights download c-radio_v3-l" in capsys.readouterr().err  # not shipped
     assert main(["bank", "build", str(tmp_path / "none"), "-o", str(out), *tiny]) == 1
     assert "image folder not found" in capsys.readouterr().err
     masks = tmp_path / "masks"

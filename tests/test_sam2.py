@@ -302,10 +302,11 @@ def test_automatic_masks_equal_meta_generator(meta, pair, image, case, monkeypat
     expected = generator.generate(image)
     got = automatic_masks_sam2(ours, Sam2GridOptions(**options))
     candidates = torch.cat(seen["iou"]).numpy()
-    assert np.diff(np.sort(candidates)).min() > 2e-5  # NMS visits them in the same order
+    if len(candidates) > 1:  # NMS visits them in the same order
+        assert np.diff(np.sort(candidates)).min() > 2e-5
     stability = torch.cat(seen["stability"]).numpy()
     o = Sam2GridOptions(**options)
-    if o.stability_score_thresh > 0:
+    if o.stability_score_thresh > 0 and len(stability):  # none reach it when IoU drops all
         assert np.abs(stability - o.stability_score_thresh).min() > 0.01
     assert len(got) == len(expected)
     assert len(got) > 0 or case == "defaults"  # random weights rarely pass Meta's defaults

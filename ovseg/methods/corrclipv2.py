@@ -309,12 +309,12 @@ class CorrCLIPv2(CorrClip):
         text = vocab.text_embeddings(clip)
         bank = None
         if config.use_bank:
-            if models.specs.get("bank") is None:
+            bank = models.bank
+            if bank is None:
                 raise ValueError(
                     "method 'corrclipv2' needs a memory bank: Segmenter(bank='BANK/') (build "
                     "one with `ovseg bank build IMAGES -o BANK/`), or use_bank=False"
                 )
-            bank = models.bank
         aux_clip = getattr(bank, "aux_clip", None) if bank is not None else None
         aux_text = vocab.text_embeddings(aux_clip) if aux_clip is not None else None
         mean, std = self.mean_std(models)

@@ -18,10 +18,18 @@ fail at once with the command that fetches them.
 
 ``random_weights=True`` builds a registered architecture (``sam="vit_b"``, ``clip="ViT-B-16"``)
 with random weights, for timing only: it warns, and its labels are meaningless.
+
+Precision: :func:`resolve_dtype` reads ``"float32" | "bfloat16" | "float16"`` (also ``"fp32"``,
+``"bf16"``, ``"fp16"``, ``"half"``, or a ``torch.dtype``), and :func:`inference_precision` is
+the context ovseg's models run in for it: ``torch.autocast`` in that dtype (matrix products,
+convolutions and attention in half precision; norms, softmaxes and ovseg's region scores in
+float32), nothing for float32. The weights stay float32, so every input path keeps working.
+:func:`compile_modules` compiles the modules whose ``forward`` ovseg calls (opt-in).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -35,6 +43,76 @@ from ovseg.models.sam3_weights import SAM3, SAM3_TINY, build_sam3, check_sam3_sp
 from ovseg.scoring.backends import ClipBackend, HFClipBackend, OpenClipBackend
 
 _SAM_WIDTH_TO_ARCH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def resolve_dtype(dtype, device=None) -> torch.dtype:
+    """``None`` (float32), a name of :data:`DTYPES` or an alias (``fp32``, ``bf16``, ``fp16``,
+    ``half``), or one of those three ``torch.dtype`` -> the ``torch.dtype``.
+
+    Raises:
+        ValueError: another value, or float16 on a CPU ``device`` (PyTorch's CPU kernels are
+            slow or missing in float16; bfloat16 runs there).
+    """
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype if dtype in DTYPES.values() else None
+    elif isinstance(dtype, str):
+        resolved = DTYPES.get(_DTYPE_ALIASES.get(dtype.lower(), dtype.lower()))
+    else:
+        resolved = None
+    if resolved is None:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or fp32, bf16, fp16, half), "
+                         f"got {dtype!r}")  # fmt: skip
+    if resolved == torch.float16 and device is not None and resolve_device(device).type == "cpu":
+        raise ValueError("float16 needs a CUDA device (slow or unsupported on the CPU); use "
+                         "bfloat16 or float32 there")  # fmt: skip
+    return resolved
+
+
+def inference_precision(device, dtype=None) -> contextlib.AbstractContextManager:
+    """The context to run ovseg's models in for ``dtype`` (see :func:`resolve_dtype`) on
+    ``device``: ``torch.autocast(device type, dtype)`` for bfloat16 and float16, a no-op for
+    float32. Use it around ``Segmenter`` calls (``set_image``, ``propose``, ``segment``...)."""
+    dtype = resolve_dtype(dtype, device)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(resolve_device(device).type, dtype=dtype)
+
+
+def compile_modules(*models, **options) -> list[str]:
+    """``torch.compile`` (in place, ``nn.Module.compile(**options)``) the modules of ``models``
+    whose ``forward`` ovseg calls: SAM's image encoder, SAM 2's vision encoder, each block of an
+    open_clip ViT (the dense methods run the blocks one by one), and each block's MLP of a DINO
+    ViT (its blocks run through :func:`ovseg.methods.dino.dino_block`). Accepts SAM
+    and SAM 2 models, :class:`ClipBackend` objects, open_clip models and DINO ViTs; returns the
+    names of what was compiled. Opt-in: the first call per input shape pays the compilation.
+    """
+    names = []
+
+    def compile_(module, name):
+        module.compile(**options)
+        names.append(name)
+
+    for model in models:
+        model = getattr(model, "model", model)  # a ClipBackend
+        if hasattr(model, "image_encoder"):
+            compile_(model.image_encoder, "sam.image_encoder")
+        elif hasattr(model, "vision_encoder"):
+            compile_(model.vision_encoder, "sam2.vision_encoder")
+        elif hasattr(getattr(model, "visual", None), "transformer"):
+            for i, block in enumerate(model.visual.transformer.resblocks):
+                compile_(block, f"clip.visual.transformer.resblocks.{i}")
+        elif hasattr(model, "blocks") and hasattr(model, "patch_embed"):
+            for i, block in enumerate(model.blocks):
+                compile_(block.mlp, f"dino.blocks.{i}.mlp")
+        else:
+            raise TypeError(f"compile_modules: no known encoder in {type(model).__name__}")
+    return names
 
 
 def sam_names() -> list[str]:

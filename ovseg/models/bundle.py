@@ -149,14 +149,14 @@ class Models:
 
     @property
     def bank(self):
-        """The memory bank (:class:`~ovseg.methods.bank.MemoryBank`) opened for these models:
-        a bank built with another CLIP or VFM is refused."""
+        """The memory bank (:class:`~ovseg.methods.bank.MemoryBank`) opened for these models
+        (a bank built with another CLIP or VFM is refused), or None without a ``bank=``."""
+        if self.specs["bank"] is None:
+            return None
 
         def open_bank():
             from ovseg.methods.bank import open_for_run
 
-            if self.specs["bank"] is None:
-                raise ValueError("no memory bank: give Segmenter(bank='BANK/')")
             return open_for_run(self.specs["bank"], self.clip, self.vfm, self.aux_clip)
 
         return self._get("bank", open_bank)
