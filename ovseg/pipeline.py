@@ -292,11 +292,9 @@ class Segmenter:
         SAM 3 a :class:`~ovseg.proposals.sam3.Sam3Instances` (``class_index`` int64 (N,),
         ``score`` float32 (N,) in [0, 1], ``box`` float32 (N, 4) XYXY pixels, ``mask`` bool
         (N, H, W)). Raises ``ValueError`` for a method without instances of its own."""
-        find = getattr(self.method, "instances", None)
-        if not callable(find):
+        if not callable(find := getattr(self.method, "instances", None)):
             raise ValueError(f"method {self.method.name!r} finds no instances: use method='sam3'")
-        vocab = self.vocabulary(classes, background, templates)
-        config = self.config(**options)
+        vocab, config = self.vocabulary(classes, background, templates), self.config(**options)
         with self.lock:
             return find(self._use(image, sam=False), vocab, self.models, config)
 
