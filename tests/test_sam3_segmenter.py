@@ -165,3 +165,24 @@ def test_cli_segment_writes_instances_and_a_map(image, tmp_path):
     coco = json.loads((out / "instances.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["car", "traffic light", "road"]
     assert coco["annotations"] and all(a["score"] > 0 for a in coco["annotations"])
+
+
+def test_ground_returns_sam3s_instances_of_the_phrase(seg, image):
+    import ovseg
+
+    found = seg.instances(image, ["road; street"])
+    result = ovseg.ground(image, "road; street", segmenter=seg)
+    order = np.argsort(-found.score, kind="stable")
+    assert len(result.candidates) == len(found) > 1
+    np.testing.assert_allclose([r.score for r in result.candidates], found.score[order])
+    for r, i in zip(result.candidates, order, strict=True):
+        assert np.array_equal(r.mask, found.mask[i]) and np.isnan(r.similarity)
+    assert result.matches == result.candidates[:1]
+    cut = float(np.median(found.score))
+    some = ovseg.ground(image, "road; street", segmenter=seg, threshold=cut)
+    assert [r.score for r in some.matches] == [r.score for r in result.candidates if r.score >= cut]
+    both = ovseg.ground(image, ["road; street", "tree"], segmenter=seg, negatives="car")
+    want = seg.instances(image, ["road; street", "tree"], background=["car"])
+    assert [len(r.candidates) for r in both] == [(want.class_index == k).sum() for k in (0, 1)]
+    with pytest.raises(ValueError, match="own instances"):
+        ovseg.ground(image, "road", segmenter=seg, category="road")
