@@ -186,3 +186,17 @@ def test_ground_returns_sam3s_instances_of_the_phrase(seg, image):
     assert [len(r.candidates) for r in both] == [(want.class_index == k).sum() for k in (0, 1)]
     with pytest.raises(ValueError, match="own instances"):
         ovseg.ground(image, "road", segmenter=seg, category="road")
+
+
+def test_cli_eval_runs_sam3(camvid_dir, tmp_path):
+    import json
+
+    from ovseg.cli import main
+
+    report = tmp_path / "r.json"
+    code = main(["eval", "--data", str(camvid_dir), "--dataset", "camvid", "--out", str(report),
+                 "--sam", SAM3_TINY, "--method", "sam3", "--option", f"threshold={THRESHOLD}",
+                 "--limit", "1", "--no-progress"])  # fmt: skip
+    got = json.loads(report.read_text())
+    assert code == 0 and got["config"]["method"] == "sam3" and got["counts"]["computed"] == 1
+    assert 0.0 <= got["miou"] <= 1.0
