@@ -36,7 +36,8 @@ class Segmenter:
     Args:
         sam: a SAM registry name (``"vit_b"``, ``"sam2.1_hiera_tiny"``...), ``"NAME:/path"``,
             a checkpoint path, a hub id, a built model, ``"tiny-random"`` /
-            ``"sam2-tiny-random"``, or None (no prompts). Built on first use.
+            ``"sam2-tiny-random"``; SAM 3: ``"sam3"``, ``"facebook/sam3"``, a local folder,
+            a built model, ``"sam3-tiny-random"``; or None (no prompts). Built on first use.
         clip: an open_clip ``"ARCH/TAG"``, ``"ARCH:PATH"``, ``"hf:ORG/NAME"``, a built model,
             or ``"tiny-random"`` / ``"hf-tiny-random"``.
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
@@ -284,6 +285,18 @@ class Segmenter:
             array = self._use(image, sam=False)
             probs = self.probabilities(array, vocab, config, masks)
         return probs[: len(vocab)].cpu().numpy().astype(np.float32)
+
+    def instances(self, image, classes, *, background=(), templates=None, **options):
+        """Every instance of every class, from a method that finds instances itself
+        (``method="sam3"``, options such as ``threshold`` and ``mask_threshold`` per call): for
+        SAM 3 a :class:`~ovseg.proposals.sam3.Sam3Instances` (``class_index`` int64 (N,),
+        ``score`` float32 (N,) in [0, 1], ``box`` float32 (N, 4) XYXY pixels, ``mask`` bool
+        (N, H, W)). Raises ``ValueError`` for a method without instances of its own."""
+        if not callable(find := getattr(self.method, "instances", None)):
+            raise ValueError(f"method {self.method.name!r} finds no instances: use method='sam3'")
+        vocab, config = self.vocabulary(classes, background, templates), self.config(**options)
+        with self.lock:
+            return find(self._use(image, sam=False), vocab, self.models, config)
 
     @torch.inference_mode()
     def score(

@@ -293,8 +293,7 @@ def method_settings(args: argparse.Namespace, grid_used: bool = False) -> dict:
         ValueError, TypeError: what is wrong, in words.
     """
     from ovseg.methods.registry import method_class
-    from ovseg.models.build import check_sam_spec
-    from ovseg.models.sam2_weights import is_sam2_spec
+    from ovseg.models.build import check_sam_spec, sam_family
 
     models = model_choice(args)
     try:
@@ -308,8 +307,7 @@ def method_settings(args: argparse.Namespace, grid_used: bool = False) -> dict:
     config = cls.configure(None, **options)
     sam = models["sam"]
     check_sam_spec(sam)
-    family = None if sam is None else ("sam2" if is_sam2_spec(sam) else "sam1")
-    cls.check_specs({**models, "sam_family": family}, flags=True)
+    cls.check_specs({**models, "sam_family": sam_family(sam)}, flags=True)
     grid = grid_options(args)
     if grid and not config.refine and not grid_used:
         flags = ", ".join("--" + k.replace("_", "-") for k in grid)

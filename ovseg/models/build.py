@@ -4,7 +4,9 @@ SAM specs: ``"vit_b" | "vit_l" | "vit_h"`` (official checkpoints from the weight
 path to a SAM ``.pth``/``.safetensors`` file (architecture read from the weights), a
 ``segment_anything.modeling.Sam``, or ``"tiny-random"``; SAM 2 specs (``"sam2.1_hiera_tiny"``,
 ``"NAME:/path.pt"``, ``"facebook/sam2.1-hiera-tiny"``, a ``transformers`` ``Sam2Model``,
-``"sam2-tiny-random"``) go to :func:`ovseg.models.sam2_weights.build_sam2`.
+``"sam2-tiny-random"``) go to :func:`ovseg.models.sam2_weights.build_sam2`; SAM 3 specs
+(``"sam3"``, ``"facebook/sam3"`` or a local folder, a ``transformers`` SAM 3 model,
+``"sam3-tiny-random"``) to :func:`ovseg.models.sam3_weights.build_sam3`.
 
 CLIP specs: ``"ARCH/TAG"`` (an open_clip architecture and pretrained tag, e.g.
 ``"ViT-B-16/openai"``), ``"ARCH:PATH"`` (open_clip architecture, local checkpoint file),
@@ -37,6 +39,7 @@ from ovseg.constants import HF_TINY, TINY
 from ovseg.models._device import RANDOM_WARNING as _RANDOM_WARNING
 from ovseg.models._device import resolve_device
 from ovseg.models.sam2_weights import SAM2_ARCHS, build_sam2, check_sam2_spec, is_sam2_spec
+from ovseg.models.sam3_weights import SAM3, SAM3_TINY, build_sam3, check_sam3_spec, is_sam3_spec
 from ovseg.scoring.backends import ClipBackend, HFClipBackend, OpenClipBackend
 
 _SAM_WIDTH_TO_ARCH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -115,7 +118,14 @@ def compile_modules(*models, **options) -> list[str]:
 def sam_names() -> list[str]:
     from ovseg.models.weights import SAM_CHECKPOINTS
 
-    return [TINY, *SAM_CHECKPOINTS, *SAM2_ARCHS]
+    return [TINY, *SAM_CHECKPOINTS, *SAM2_ARCHS, SAM3, SAM3_TINY]
+
+
+def sam_family(spec) -> str | None:
+    """``"sam1"``, ``"sam2"`` or ``"sam3"``: the SAM family a spec names (None for None)."""
+    if spec is None:
+        return None
+    return "sam3" if is_sam3_spec(spec) else "sam2" if is_sam2_spec(spec) else "sam1"
 
 
 def check_sam_spec(spec) -> None:
@@ -125,6 +135,8 @@ def check_sam_spec(spec) -> None:
 
     if spec is None or isinstance(spec, torch.nn.Module):
         return
+    if is_sam3_spec(spec):
+        return check_sam3_spec(spec)
     if is_sam2_spec(spec):
         return check_sam2_spec(spec)
     if isinstance(spec, Path):
@@ -145,13 +157,16 @@ def check_sam_spec(spec) -> None:
 
 def build_sam(spec, device=None, *, random_weights: bool = False):
     """Return a ``segment_anything.modeling.Sam`` (or, for a SAM 2 spec, a ``transformers``
-    ``Sam2Model``) in eval mode on ``device``."""
+    ``Sam2Model``; for a SAM 3 spec, a :class:`~ovseg.proposals.sam3.Sam3Bundle`) in eval
+    mode on ``device``."""
     from segment_anything import sam_model_registry
     from segment_anything.modeling import Sam
 
     from ovseg.models import weights
 
     device = resolve_device(device)
+    if is_sam3_spec(spec):
+        return build_sam3(spec, device, random_weights=random_weights)
     if is_sam2_spec(spec):
         return build_sam2(spec, device, random_weights=random_weights)
     if isinstance(spec, Sam):
