@@ -18,6 +18,7 @@ from ovseg.constants import (
     SAM2_TINY,
     TINY,
 )
+from ovseg.methods.registry import method_names
 
 GRID_FLAGS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
 
@@ -61,9 +62,8 @@ def add_model_arguments(
         "--method",
         default=None,
         metavar="NAME",
-        help=f"the method: {DEFAULT_METHOD}, sclip, clearclip, proxyclip, trident, corrclip "
-        f"(these three need --dino), or {REGION_METHOD} (SAM's automatic masks, each scored by "
-        f"CLIP); default: the --quality preset's, {DEFAULT_METHOD} when models are given",
+        help=f"the method: {', '.join(method_names())} (one missing a model it needs names it); "
+        f"default: the --quality preset's, {DEFAULT_METHOD} when models are given",
     )
     p.add_argument(
         "--dino",
