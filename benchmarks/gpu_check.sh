@@ -6,10 +6,20 @@
 # 1. installs the wheels of .whl/ (repo root; see benchmarks/README.md, "GPU check") into
 #    /tmp/site with pip --no-index, and puts /tmp/site and the repository on PYTHONPATH;
 # 2. checks CUDA and every module ovseg needs, naming what is missing;
-# 3. runs the tests marked gpu (pytest -m gpu): CUDA equals the CPU on the tiny models;
-# 4. ovseg bench on CUDA with the tiny models and with the real architectures (SAM vit_b +
-#    CLIP ViT-B-16, random weights, --images 1 --repeats 2), each in float32 and with --half;
-# 5. ovseg segment on CUDA (tiny models) over the bundled images.
+# 3. runs the tests marked gpu (pytest -m gpu): CUDA equals the CPU on the tiny models, and
+#    SAM's encoder keeps the memory-efficient attention kernel in float16 and bfloat16;
+# 4. benchmarks/gpu_speed.py: the encoders (SAM ViT-B, SAM 2.1 hiera-tiny and -large, CLIP
+#    ViT-B/16, DINO ViT-B/8) in float32, bfloat16 and float16 on batches of 8 (images/s, ratio
+#    to float32, distance to float32, the attention kernels that ran), and images/s of every
+#    preset and method at 480x360 with the labels' agreement with float32;
+# 5. benchmarks/sam2_grid.py: SAM 2.1 hiera-tiny's 32x32 automatic masks, ovseg against Meta's
+#    generator on the same weights (when Meta's sam2 package imports);
+# 6. ovseg bench on CUDA with the tiny models and with the real architectures (SAM vit_b +
+#    CLIP ViT-B-16, random weights, --images 1 --repeats 2), in float32, float16 (--half) and
+#    bfloat16 (--dtype bfloat16);
+# 7. ovseg segment on CUDA (tiny models) over the bundled images;
+# 8. with GPU_CHECK_COMPILE=1 only: gpu_speed's encoders again with torch.compile (each
+#    compilation takes minutes).
 #
 # Everything lands in benchmarks/results/gpu_check_<UTC time>/ (log, environment, pytest
 # report, bench JSON/markdown, segment outputs), copied to $OUT when that is set. Every step
@@ -17,8 +27,9 @@
 # module missing, nothing run).
 #
 # Environment: PYTHON (default python3), OUT, GPU_CHECK_SITE (default /tmp/site),
-# GPU_CHECK_DEVICE (default cuda; cpu rehearses the script here: half precision and the
-# real-architecture runs are then skipped), GPU_CHECK_STEP_TIMEOUT (seconds, default 1800).
+# GPU_CHECK_DEVICE (default cuda; cpu rehearses the script here: float16 and the
+# real-architecture runs are then skipped, gpu_speed and sam2_grid run on the tiny models),
+# GPU_CHECK_STEP_TIMEOUT (seconds, default 1800), GPU_CHECK_COMPILE (1: step 8).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -144,7 +155,28 @@ then
     FAILED+=("gpu tests did not run")
 fi
 
-# 4. The benchmark: tiny models, then the real architectures with random weights.
+# 4. Precision and throughput (the goals: half precision at least 1.5x float32 for the
+#    encoders; the fast preset above 30 images/s at 480x360 on an H100/H200).
+if [ "$DEVICE" = cuda ]; then
+    step "gpu_speed" "$PY" benchmarks/gpu_speed.py --device cuda -o "$RESULTS"
+else
+    step "gpu_speed (tiny models)" "$PY" benchmarks/gpu_speed.py --device "$DEVICE" --smoke \
+        -o "$RESULTS"
+fi
+
+# 5. SAM 2's automatic masks against Meta's generator (needs Meta's sam2 package).
+if "$PY" -c "import sam2.build_sam" >/dev/null 2>&1; then
+    if [ "$DEVICE" = cuda ]; then
+        step "sam2 grid" "$PY" benchmarks/sam2_grid.py --device cuda --repeats 3 -o "$RESULTS"
+    else
+        step "sam2 grid (tiny model)" "$PY" benchmarks/sam2_grid.py --device "$DEVICE" \
+            --sam sam2-tiny-random --points-per-side 4 --repeats 1 -o "$RESULTS"
+    fi
+else
+    echo "sam2 grid: skipped (Meta's sam2 package does not import: add its wheel and hydra-core)"
+fi
+
+# 6. The benchmark: tiny models, then the real architectures with random weights.
 bench() {  # bench STEM ARGS...
     local stem=$1
     shift
@@ -155,13 +187,22 @@ if [ "$DEVICE" = cuda ]; then
     bench "tiny_cuda_fp16" --tiny --half
     bench "vit_b_ViT-B-16_cuda_fp32" --sam vit_b --clip ViT-B-16 --images 1 --repeats 2
     bench "vit_b_ViT-B-16_cuda_fp16" --sam vit_b --clip ViT-B-16 --images 1 --repeats 2 --half
+    bench "vit_b_ViT-B-16_cuda_bf16" --sam vit_b --clip ViT-B-16 --images 1 --repeats 2 \
+        --dtype bfloat16
 else
     echo "device $DEVICE: half precision and the real-architecture runs skipped (CUDA only)"
 fi
 
-# 5. The command line on the device, tiny models, the bundled images.
+# 7. The command line on the device, tiny models, the bundled images.
 step "segment" "$PY" -m ovseg segment ovseg/assets --classes road car sky building tree \
     -o "$RESULTS/segment_$DEVICE" --sam tiny-random --clip tiny-random --device "$DEVICE" \
     --no-progress
+
+# 8. torch.compile, opt-in (compiling each encoder per dtype takes minutes).
+if [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then
+    mkdir -p "$RESULTS/compile"
+    step "gpu_speed --compile" "$PY" benchmarks/gpu_speed.py --device "$DEVICE" --compile \
+        --sections encoders --dtypes float32,bfloat16 -o "$RESULTS/compile"
+fi
 
 if [ ${#FAILED[@]} -eq 0 ]; then finish 0; else finish 1; fi

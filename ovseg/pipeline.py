@@ -20,7 +20,7 @@ from ovseg.fusion import compose
 from ovseg.image import load_image
 from ovseg.methods.protocol import Finished, Method, with_background
 from ovseg.methods.registry import method_class
-from ovseg.models.bundle import GRID_OPTIONS, Models
+from ovseg.models.bundle import GRID_OPTIONS, Models, split_options
 from ovseg.proposals.grid import GridOptions
 from ovseg.proposals.prompts import make_prompt
 from ovseg.result import UNLABELED, SegmentationResult
@@ -30,37 +30,22 @@ from ovseg.structures import Masks, image_key
 __all__ = ["Segmenter"]
 
 
-def _split(method: type[Method], options: dict) -> tuple[dict, dict]:
-    """``options`` -> ``(method options, grid options)``; unknown names raise, naming both
-    kinds of option the method takes."""
-    known = method.options_names()
-    unknown = sorted(set(options) - set(known) - set(GRID_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for method {method.name!r}; its options: "
-            f"{', '.join(known)}; grid options: {', '.join(GRID_OPTIONS)}"
-        )
-    return (
-        {k: v for k, v in options.items() if k in known},
-        {k: v for k, v in options.items() if k in GRID_OPTIONS},
-    )
-
-
 class Segmenter:
     """Open-vocabulary segmentation with one method, its models, and SAM prompts.
 
     Args:
         sam: a SAM registry name (``"vit_b"``, ``"sam2.1_hiera_tiny"``...), ``"NAME:/path"``,
             a checkpoint path, a hub id, a built model, ``"tiny-random"`` /
-            ``"sam2-tiny-random"``, or None (no prompts). Built on first use.
+            ``"sam2-tiny-random"``; SAM 3: ``"sam3"``, ``"facebook/sam3"``, a local folder,
+            a built model, ``"sam3-tiny-random"``; or None (no prompts). Built on first use.
         clip: an open_clip ``"ARCH/TAG"``, ``"ARCH:PATH"``, ``"hf:ORG/NAME"``, a built model,
             or ``"tiny-random"`` / ``"hf-tiny-random"``.
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
         dino: DINO for ProxyCLIP, Trident and CorrCLIP: ``"dino_vitb8"``, ``"dino_vitb16"``,
             ``"NAME:/path.pth"``, a built module, or ``"tiny-random"``.
-        vfm, bank, aux_clip: CorrCLIPv2's vision foundation model (``"radiov3"``...: see
-            :func:`ovseg.models.vfm.build_vfm`), memory bank folder (``ovseg bank build``) and
-            the auxiliary CLIP of the bank's second store (``"ViT-B-16/dfn2b"``).
+        vfm: CorrCLIPv2's vision foundation model (:func:`ovseg.models.vfm.build_vfm`).
+        bank: CorrCLIPv2's memory bank folder (``ovseg bank build``).
+        aux_clip: CorrCLIPv2's auxiliary CLIP, of the bank's second store (``"ViT-B-16/dfn2b"``).
         method: a registered method name (:func:`ovseg.methods.registry.method_names`;
             ``"naclip"`` by default) or a built :class:`~ovseg.methods.protocol.Method`.
         random_weights: build registered architectures with random weights (timing only; warns).
@@ -92,7 +77,7 @@ class Segmenter:
         **options,
     ):
         cls = type(method) if isinstance(method, Method) else method_class(method)
-        method_options, grid_options = _split(cls, options)
+        method_options, grid_options = split_options(cls, options)
         if isinstance(method, Method) and method_options:
             raise ValueError(
                 f"options {sorted(method_options)} go with a method given by name; this "
@@ -118,8 +103,11 @@ class Segmenter:
         if self.method.config().refine and not self.models.has_sam:
             raise ValueError(f"refine={self.method.config().refine!r} needs a SAM model")
         self.models.grid = self.models.grid_options(**grid_options)
-        for kind in sorted(self.method.needs & {"clip", "dino", "vfm"}):
-            getattr(self.models, kind)  # a missing checkpoint fails now, not on the first image
+        eager = sorted(self.method.needs & {"clip", "dino", "vfm"})
+        if "sam" in self.method.needs or self.method.config().refine:
+            eager.append("proposer")
+        for kind in eager:  # a missing checkpoint fails now, not on the first image
+            getattr(self.models, kind)
         self.method.check_models(self.models)
         self._image: np.ndarray | None = None
         self._probs_cache: tuple | None = None
@@ -166,7 +154,7 @@ class Segmenter:
 
     def options(self, options: dict):
         """Per-call ``options`` -> ``(method config, grid options)``, validated."""
-        method_options, grid_options = _split(type(self.method), options)
+        method_options, grid_options = split_options(type(self.method), options)
         return self.config(**method_options), self.models.grid_options(**grid_options)
 
     @property
@@ -297,6 +285,18 @@ class Segmenter:
             array = self._use(image, sam=False)
             probs = self.probabilities(array, vocab, config, masks)
         return probs[: len(vocab)].cpu().numpy().astype(np.float32)
+
+    def instances(self, image, classes, *, background=(), templates=None, **options):
+        """Every instance of every class, from a method that finds instances itself
+        (``method="sam3"``, options such as ``threshold`` and ``mask_threshold`` per call): for
+        SAM 3 a :class:`~ovseg.proposals.sam3.Sam3Instances` (``class_index`` int64 (N,),
+        ``score`` float32 (N,) in [0, 1], ``box`` float32 (N, 4) XYXY pixels, ``mask`` bool
+        (N, H, W)). Raises ``ValueError`` for a method without instances of its own."""
+        if not callable(find := getattr(self.method, "instances", None)):
+            raise ValueError(f"method {self.method.name!r} finds no instances: use method='sam3'")
+        vocab, config = self.vocabulary(classes, background, templates), self.config(**options)
+        with self.lock:
+            return find(self._use(image, sam=False), vocab, self.models, config)
 
     @torch.inference_mode()
     def score(

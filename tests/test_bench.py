@@ -134,9 +134,22 @@ def test_bad_method_names_are_one_line_errors(tmp_path, capsys, value):
     assert "naclip, sclip, clearclip, proxyclip" in err and not list(tmp_path.iterdir())
 
 
-def test_half_needs_cuda(tmp_path, capsys):
-    assert main(["bench", "--tiny", "--half", "--device", "cpu", "-o", str(tmp_path)]) == 2
+@pytest.mark.parametrize("flags", [["--half"], ["--dtype", "float16"]])
+def test_half_needs_cuda(tmp_path, capsys, flags):
+    assert main(["bench", "--tiny", *flags, "--device", "cpu", "-o", str(tmp_path)]) == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+def test_bench_config_dtype():
+    from ovseg.bench.runner import BenchConfig
+
+    assert BenchConfig().dtype == "float32" and not BenchConfig().half
+    assert BenchConfig(half=True).dtype == "float16"
+    assert BenchConfig(dtype="bf16").dtype == "bfloat16"
+    with pytest.raises(ValueError, match="contradicts"):
+        BenchConfig(half=True, dtype="bfloat16")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        BenchConfig(dtype="int8")
 
 
 @pytest.mark.parametrize("data", ["camvid", "generated"])

@@ -196,24 +196,24 @@ def test_blend_and_retrieval_change_the_map(tiny, tmp_path):
 
 
 def test_presets_and_config_checks():
-    from ovseg.methods.corrclipv2 import CorrCLIPv2Config
+    from ovseg.methods.corrclipv2 import CorrCLIPv2, CorrCLIPv2Config
 
-    base = CorrCLIPv2Config.preset()
+    base = CorrCLIPv2.configure()
     assert (base.short_side, base.slide_crop, base.slide_stride) == (336, 336, 112)
     assert (base.logit_scale, base.num_support, base.alpha, base.prob_threshold) == (
         40.0, 20, 0.5, 0.0,
     )  # fmt: skip
-    assert CorrCLIPv2Config.preset("voc21").prob_threshold == 0.2
-    assert CorrCLIPv2Config.preset("context60").prob_threshold == 0.15
-    assert CorrCLIPv2Config.preset("coco_object").prob_threshold == 0.25
-    city = CorrCLIPv2Config.preset("cityscapes")
+    assert CorrCLIPv2.configure("voc21").prob_threshold == 0.2
+    assert CorrCLIPv2.configure("context60").prob_threshold == 0.15
+    assert CorrCLIPv2.configure("coco_object").prob_threshold == 0.25
+    city = CorrCLIPv2.configure("cityscapes")
     assert (city.short_side, city.slide_crop, city.slide_stride) == (784, 224, 112)
-    assert CorrCLIPv2Config.preset("ade20k").short_side == 448
-    assert CorrCLIPv2Config.preset("voc21", num_support=5).num_support == 5
-    with pytest.raises(ValueError, match="unknown dataset"):
-        CorrCLIPv2Config.preset("mars")
-    with pytest.raises(ValueError, match="unknown CorrCLIPv2 option"):
-        CorrCLIPv2Config.preset(topk=3)
+    assert CorrCLIPv2.configure("ade20k").short_side == 448
+    assert CorrCLIPv2.configure("voc21", num_support=5).num_support == 5
+    with pytest.raises(ValueError, match="dataset must be"):
+        CorrCLIPv2.configure("mars")
+    with pytest.raises(ValueError, match="unknown option"):
+        CorrCLIPv2.configure(topk=3)
     for bad in ({"num_support": 0}, {"alpha": 1.5}, {"slide_crop": 50, "slide_stride": 60},
                 {"logit_scale": 0}, {"use_aux": "yes"}):  # fmt: skip
         with pytest.raises(ValueError):
@@ -231,7 +231,7 @@ def test_method_steps(tiny, tmp_path):
     img, ids = _image_and_regions()
     bank, _ = _bank(tmp_path)
     bank.aux_clip = tiny.aux
-    models = SimpleNamespace(clip=tiny.clip, vfm=tiny.vfm, bank=bank, proposer=None)
+    models = SimpleNamespace(clip=tiny.clip, vfm=tiny.vfm, bank=bank, proposer=None, has_sam=False)
     vocab = Vocabulary(["road; street", "car"], templates="simple", background=["sky"])
     config = CorrCLIPv2Config(short_side=56, slide_crop=56, slide_stride=28, prob_threshold=0.4)
     method = CorrCLIPv2()
@@ -246,7 +246,7 @@ def test_method_steps(tiny, tmp_path):
     np.testing.assert_array_equal(final.labels, region_vote(labels, ids))
     masks = np.zeros((2, 48, 80), bool)
     masks[0, :10], masks[1, 40:] = True, True
-    scores = method.mask_scores(img, masks, probs, vocab, models, config)
+    scores = method.mask_scores(img, masks, lambda: probs, vocab, models, config)
     assert scores.shape == (2, 2)
     np.testing.assert_allclose(scores[0], probs[:2, :10].mean((1, 2)).numpy(), rtol=1e-5)
     # the auxiliary store is read only with its CLIP; asked for without one: a clear error

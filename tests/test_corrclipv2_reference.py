@@ -171,7 +171,7 @@ def test_bank_equals_the_reference_builders(setup):
 
 def test_probabilities_and_maps_equal_the_reference(setup):
     from ovseg.methods.bank import MemoryBank
-    from ovseg.methods.corrclipv2 import CorrCLIPv2, CorrCLIPv2Config
+    from ovseg.methods.corrclipv2 import CorrCLIPv2
     from ovseg.scoring.vocabulary import Vocabulary
 
     m = setup.m
@@ -180,7 +180,7 @@ def test_probabilities_and_maps_equal_the_reference(setup):
     bank.aux_clip = m.aux
     models = SimpleNamespace(clip=m.clip, vfm=m.vfm, bank=bank, proposer=None)
     vocab = Vocabulary(CLASSES, templates="imagenet")
-    config = CorrCLIPv2Config.preset("voc21")  # prob_threshold 0.2, 336 / 112 windows
+    config = CorrCLIPv2.configure("voc21")  # prob_threshold 0.2, 336 / 112 windows
     method = CorrCLIPv2()
     for stem, image, ids in setup.tests:
         probs = method.probabilities(image, vocab, models, config, regions=ids)

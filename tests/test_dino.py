@@ -305,3 +305,25 @@ def test_bad_arguments(dino8):
         dino_embed(dino8, torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     with pytest.raises(TypeError):
         dino_embed(torch.nn.Linear(2, 2), torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("cast", ["autocast", "model"])
+def test_bfloat16_runs_fused_attention_and_agrees_with_float32(dino8, cast):
+    """Half precision goes through scaled_dot_product_attention (counted) and stays within 2%
+    (L2, relative) of the float32 explicit forward."""
+    import copy
+    from unittest import mock
+
+    x = torch.randn(2, 3, 64, 72, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = dino_last_features(dino8, x)
+        fused = F.scaled_dot_product_attention
+        with mock.patch.object(F, "scaled_dot_product_attention", wraps=fused) as sdpa:
+            if cast == "autocast":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    half = dino_last_features(dino8, x)
+            else:
+                half = dino_last_features(copy.deepcopy(dino8).bfloat16(), x.bfloat16())
+    assert sdpa.call_count == len(dino8.blocks)
+    error = (half.float() - reference).norm() / reference.norm()
+    assert error < 0.02

@@ -85,3 +85,27 @@ def test_cli_segment_on_cuda(tmp_path, synthetic_image):
     assert main([*argv, str(tmp_path / "out"), *tiny, "--device", "cuda"]) == 0
     assert (tmp_path / "out" / "x.png_labels.png").is_file()
     assert (tmp_path / "out" / "instances.json").is_file()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sam_encoder_in_half_keeps_the_memory_efficient_kernel(dtype):
+    """SAM's biased attention in half precision runs the memory-efficient kernel (not cuDNN's,
+    which made it 8x slower than float32 on an H200) and stays within 2% of float32."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ovseg.models.tiny import tiny_sam
+    from ovseg.proposals.grid import fused_attention
+
+    sam = tiny_sam().cuda()
+    fused_attention(sam)
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.inference_mode():
+        reference = sam.image_encoder(x)
+        with torch.autocast("cuda", dtype=dtype):
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                half = sam.image_encoder(x)
+            torch.cuda.synchronize()
+    names = {e.key for e in prof.key_averages()}
+    assert any("efficient_attention" in n for n in names), sorted(names)
+    assert not any("cudnn_attention" in n for n in names), sorted(names)
+    assert (half.float() - reference).norm() / reference.norm() < 0.02

@@ -255,3 +255,16 @@ def test_the_method_check_catches_a_branch(tmp_path):
     )
     found = {line for line, _ in _method_name_tests(bad, set(method_names()), set())}
     assert found == {2, 4, 6}
+
+
+MAX_LINES = 400
+
+
+def test_modules_stay_short():
+    """A module that outgrows ``MAX_LINES`` is two rooms: split it."""
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in ROOT.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"

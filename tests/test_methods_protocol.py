@@ -5,7 +5,7 @@ registry line runs everywhere a method runs."""
 from __future__ import annotations
 
 import dataclasses
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,48 +93,34 @@ def test_grid_options_need_a_mask_source(image):
     assert result.label_map.shape == image.shape[:2]
 
 
-EXAMPLE = '''
-"""PatchCosine: CLIP's patch features (ClearCLIP's last block, one pass over the image) against
-the text, upsampled: the simplest training-free map."""
-
-import torch
-import torch.nn.functional as F
-
-from ovseg.methods.config import MethodConfig
-from ovseg.methods.protocol import Method
-
-
-class PatchCosine(Method):
-    name = "patch-cosine"
-    needs = frozenset({"clip"})
-    Config = MethodConfig
-
-    def probabilities(self, image, vocab, models, config, regions=None):
-        clip = models.clip
-        pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
-        side = clip.image_size
-        pixels = F.interpolate(pixels, size=(side, side), mode="bilinear", align_corners=False)
-        feats = clip.dense_features(clip.normalize(pixels))[0]  # (h, w, D), unit norm
-        text = vocab.text_embeddings(clip).to(feats.device)
-        logits = torch.einsum("hwd,qd->qhw", feats, text)[None]
-        logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear")[0]
-        probs = torch.softmax(clip.logit_scale * logits, dim=0)
-        owners = torch.as_tensor(vocab.owners, device=probs.device)
-        entries = len(vocab.classes) + len(vocab.background)
-        return torch.stack([probs[owners == e].amax(0) for e in range(entries)])
-'''
+ADDING = Path(__file__).resolve().parents[1] / "docs" / "methods" / "adding.md"
 
 
 @pytest.fixture
-def example_method(tmp_path, monkeypatch):
-    """The worked example of the docs: one module plus one registry line."""
-    (tmp_path / "patch_cosine.py").write_text(textwrap.dedent(EXAMPLE))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(METHODS, "patch-cosine", "patch_cosine:PatchCosine")
-    return "patch-cosine"
+def example_method(monkeypatch):
+    """The worked example of the docs page "Adding a method", read from the page: its module
+    (the block marked ``file: ovseg/methods/patch_cosine.py``) loaded under that name, and its
+    registry line (the ``+`` line of the registry diff) added to the registry."""
+    import importlib.util
+    import sys
+
+    from docs_examples import import_file_block, registry_entries
+
+    module_block = import_file_block(ADDING, "ovseg/methods/patch_cosine.py")
+    ((name, target),) = registry_entries(import_file_block(ADDING, "ovseg/methods/registry.py"))
+    module_name = target.partition(":")[0]
+    assert module_name == "ovseg.methods.patch_cosine"
+    module = importlib.util.module_from_spec(
+        importlib.util.spec_from_loader(module_name, loader=None)
+    )
+    exec(compile(module_block.code, module_block.where, "exec"), module.__dict__)
+    monkeypatch.setitem(sys.modules, module_name, module)
+    monkeypatch.setitem(METHODS, name, target)
+    return name
 
 
 def test_a_new_method_is_one_module_and_one_registry_line(example_method, image, tmp_path):
+    assert example_method == "patch-cosine"
     import ovseg
     from ovseg.cli import main
     from ovseg.video import segment_video

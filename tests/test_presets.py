@@ -32,17 +32,24 @@ def test_nothing_given_is_the_default_preset():
     best = PRESETS[DEFAULT_QUALITY]
     assert resolve_models(None, {}) == {
         "method": best.method, "clip": best.clip, "sam": best.sam, "dino": best.dino,
+        "vfm": best.vfm, "aux_clip": best.aux_clip,
     }  # fmt: skip
 
 
 def test_a_preset_fills_what_is_not_given():
     got = resolve_models("balanced", {"clip": TINY, "sam": None})
-    assert got == {"method": "trident", "clip": TINY, "sam": None, "dino": "dino_vitb16"}
+    assert got == {
+        "method": "trident", "clip": TINY, "sam": None, "dino": "dino_vitb16", "vfm": None,
+        "aux_clip": None,
+    }  # fmt: skip
 
 
 def test_models_given_without_a_preset_get_the_plain_defaults():
     got = resolve_models(None, {"sam": TINY})
-    assert got == {"method": DEFAULT_METHOD, "clip": DEFAULT_CLIP, "sam": TINY, "dino": None}
+    assert got == {
+        "method": DEFAULT_METHOD, "clip": DEFAULT_CLIP, "sam": TINY, "dino": None, "vfm": None,
+        "aux_clip": None,
+    }  # fmt: skip
     assert resolve_models(None, {"method": "sclip"})["sam"] == DEFAULT_SAM
 
 

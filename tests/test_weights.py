@@ -367,3 +367,28 @@ def test_cli_download_a_preset_fetches_each_of_its_models(monkeypatch, capsys):
     fetched.clear()
     assert _cli(["weights", "download", "fast"]) == 1
     assert fetched == [PRESETS["fast"].sam]  # stops at the first failure
+
+
+def test_cli_sam3_is_listed_and_its_download_says_it_is_gated(monkeypatch, capsys, tmp_path):
+    import httpx2
+    import huggingface_hub
+    import huggingface_hub.constants as hub
+    from huggingface_hub.errors import GatedRepoError
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    assert _cli(["weights", "list"]) == 0
+    assert re.search(r"sam3\s+Hugging Face facebook/sam3 .*gated.*missing", capsys.readouterr().out)
+
+    def refuse(repo, **kwargs):
+        request = httpx2.Request("GET", f"https://huggingface.co/{repo}")
+        raise GatedRepoError("403", response=httpx2.Response(403, request=request))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    assert _cli(["weights", "download", "sam3"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ovseg weights: error:") and "gated repository" in err
+    assert "hf auth login" in err and "ovseg weights download sam3" in err
+    fetched = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **k: fetched.append(k))
+    assert _cli(["weights", "download", "sam3"]) == 0
+    assert fetched == [{"ignore_patterns": ["*.pt", "*.pth"]}]

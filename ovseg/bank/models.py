@@ -92,9 +92,10 @@ def bank_models(
     from ovseg.models.build import build_clip, build_dino, resolve_device
 
     device = resolve_device(device)
+    vfm = resolve_vfm(vfm, device, key=vfm_key, random_weights=random_weights)  # its file first
     return BankModels(
         {s: build_clip(s, device, random_weights=random_weights) for s in clips},
-        resolve_vfm(vfm, device, key=vfm_key, random_weights=random_weights),
+        vfm,
         build_dino(dino, device, random_weights=random_weights),
         sam_mask_fn(sam, device, random_weights) if sam else None,
     )

@@ -155,6 +155,8 @@ def to_markdown(results: dict) -> str:
         f"- Machine: {where}; {m['platform']}; torch {m['torch']}.",
         f"- Data: {results['data']}, {len(results['records'])} image(s) x {c['repeats']} "
         f"repeat(s); medians over all runs.",
+        f"- Precision: plain float32; ovseg and the methods {c.get('dtype') or 'float32'}"
+        + (" (autocast)." if c.get("dtype") not in (None, "float32") else "."),
         "- Weights: "
         + (
             "tiny random test models"

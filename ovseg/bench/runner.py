@@ -25,7 +25,6 @@ The plain pipeline lives in :mod:`ovseg.bench.plain`; reports in :mod:`ovseg.ben
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from ovseg.bench.plain import PlainPipeline, label_components, synthetic_scene
 from ovseg.bench.report import machine_info, summarize
 from ovseg.bench.timing import Counter, Peak, timed
 from ovseg.constants import DEFAULT_SAM
+from ovseg.models.build import inference_precision
 from ovseg.proposals.sam2_grid import Sam2GridOptions
 
 CAMVID = Path("../shared/data/camvid-val")
@@ -67,7 +67,8 @@ class BenchConfig:
     filters: bool = True
     scorers: tuple[str, ...] = ("crop", "dense")
     fused: bool = True
-    half: bool = False
+    half: bool = False  # the same as dtype="float16"
+    dtype: str | None = None  # float32 (default), bfloat16, float16: autocast on the ovseg side
     adaptive: bool = True
     clicks: int = 3
     min_area: int = 64
@@ -86,6 +87,12 @@ class BenchConfig:
         self.methods = parse_methods(",".join(self.methods) or "none")
         if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_windows):
             raise ValueError(f"batch_windows must be ints >= 1, got {self.batch_windows}")
+        from ovseg.models.build import resolve_dtype
+
+        if self.half and self.dtype not in (None, "float16"):
+            raise ValueError(f"--half is float16; it contradicts --dtype {self.dtype}")
+        self.dtype = str(resolve_dtype("float16" if self.half else self.dtype)).split(".")[-1]
+        self.half = self.dtype == "float16"
 
     @property
     def tiny(self) -> bool:
@@ -136,8 +143,9 @@ def build(config: BenchConfig):
     from ovseg.proposals.grid import GridOptions
 
     device = resolve_device(config.device)
-    if config.half and device.type != "cuda":
-        raise ValueError("--half needs a CUDA device (float16 is slow or unsupported on CPU)")
+    if config.dtype == "float16" and device.type != "cuda":
+        raise ValueError("--half / --dtype float16 needs a CUDA device (slow or unsupported on "
+                         "the CPU; bfloat16 runs there)")  # fmt: skip
     sam2 = is_sam2_spec(config.sam)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights: timing only, stated below
@@ -177,9 +185,7 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
     methods, method_errors = build_methods(config, seg.clip, device)
     rows = method_rows(config)
     scorers = {k: make_scorer(k, seg.clip) for k in config.scorers}
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16) if config.half else contextlib.nullcontext()
-    )
+    autocast = inference_precision(device, config.dtype)
     text = plain.text_features(classes)  # per vocabulary, once, untimed on both sides
     seg.vocabulary(classes).text_embeddings(seg.clip)
     records = []
@@ -187,8 +193,9 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
         fixed = Masks.from_masks(label_components(label, ignore, config.min_area))
         if i == 0:
             progress(f"[{name}] warm-up (untimed) ...")
-            _warmup(plain, seg, scorers, image, fixed, classes, text, config.fused)
-            warmup_methods(methods, rows, method_errors, image, classes, progress)
+            _warmup(plain, seg, scorers, image, fixed, classes, text, config.fused, autocast)
+            with autocast:
+                warmup_methods(methods, rows, method_errors, image, classes, progress)
         rec = {
             "image": name,
             "shape": list(image.shape[:2]),
@@ -224,7 +231,8 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
                 progress(f"[{name} {r + 1}/{config.repeats}] {key} ...")
                 try:
                     regions = fixed.masks if "regions" in methods[m].method.needs else None
-                    run = run_method(methods[m], image, classes, opts, device, regions)
+                    with autocast:
+                        run = run_method(methods[m], image, classes, opts, device, regions)
                 except Exception as e:  # noqa: BLE001 - reported in the results
                     method_errors[m] = method_error(e)
                     progress(f"  {key} failed: {method_errors[m]}")
@@ -294,7 +302,7 @@ def _run_ovseg(config, seg, scorers, image, fixed, classes, device, autocast):
     return run, ours
 
 
-def _warmup(plain, seg, scorers, image, fixed, classes, text, seg_fused: bool) -> None:
+def _warmup(plain, seg, scorers, image, fixed, classes, text, seg_fused: bool, autocast) -> None:
     """One untimed pass through each code path (the encoder with each attention), so no timed
     stage pays first-call costs (allocator growth, thread pools, lazy initialisation)."""
     from ovseg.proposals.grid import fused_attention
@@ -305,10 +313,11 @@ def _warmup(plain, seg, scorers, image, fixed, classes, text, seg_fused: bool) -
     plain.click(point, image, text)
     plain.score(image, fixed.masks[:2], text)
     fused_attention(seg.proposer.model, seg_fused)
-    seg.set_image(image)
-    for scorer in scorers.values():
-        seg.score(seg.propose(points=[point]), classes, scorer=scorer)
-        seg.score(fixed[:2], classes, scorer=scorer)
+    with autocast:
+        seg.set_image(image)
+        for scorer in scorers.values():
+            seg.score(seg.propose(points=[point]), classes, scorer=scorer)
+            seg.score(fixed[:2], classes, scorer=scorer)
     _forget(seg, scorers.values())
 
 

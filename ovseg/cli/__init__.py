@@ -1,4 +1,5 @@
-"""The ``ovseg`` command line: ``ovseg segment | eval | weights | app | bench | video | bank``.
+"""The ``ovseg`` command line: ``ovseg segment | eval | weights | app | bench | video | bank |
+cache``.
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; the options shared
 by several subcommands and their checks are in :mod:`ovseg.cli._args`.
@@ -11,7 +12,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("segment", "eval", "weights", "app", "bench", "video", "bank")
+SUBCOMMANDS = ("segment", "eval", "weights", "app", "bench", "video", "bank", "cache")
 
 
 def build_parser() -> argparse.ArgumentParser:

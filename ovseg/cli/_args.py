@@ -18,6 +18,7 @@ from ovseg.constants import (
     SAM2_TINY,
     TINY,
 )
+from ovseg.methods.registry import method_names
 
 GRID_FLAGS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
 
@@ -61,9 +62,8 @@ def add_model_arguments(
         "--method",
         default=None,
         metavar="NAME",
-        help=f"the method: {DEFAULT_METHOD}, sclip, clearclip, proxyclip, trident, corrclip "
-        f"(these three need --dino), or {REGION_METHOD} (SAM's automatic masks, each scored by "
-        f"CLIP); default: the --quality preset's, {DEFAULT_METHOD} when models are given",
+        help=f"the method: {', '.join(method_names())} (one missing a model it needs names it); "
+        f"default: the --quality preset's, {DEFAULT_METHOD} when models are given",
     )
     p.add_argument(
         "--dino",
@@ -293,8 +293,7 @@ def method_settings(args: argparse.Namespace, grid_used: bool = False) -> dict:
         ValueError, TypeError: what is wrong, in words.
     """
     from ovseg.methods.registry import method_class
-    from ovseg.models.build import check_sam_spec
-    from ovseg.models.sam2_weights import is_sam2_spec
+    from ovseg.models.build import check_sam_spec, sam_family
 
     models = model_choice(args)
     try:
@@ -308,8 +307,7 @@ def method_settings(args: argparse.Namespace, grid_used: bool = False) -> dict:
     config = cls.configure(None, **options)
     sam = models["sam"]
     check_sam_spec(sam)
-    family = None if sam is None else ("sam2" if is_sam2_spec(sam) else "sam1")
-    cls.check_specs({**models, "sam_family": family}, flags=True)
+    cls.check_specs({**models, "sam_family": sam_family(sam)}, flags=True)
     grid = grid_options(args)
     if grid and not config.refine and not grid_used:
         flags = ", ".join("--" + k.replace("_", "-") for k in grid)

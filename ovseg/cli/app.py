@@ -144,9 +144,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"ovseg app: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
-        settings = method_settings(args, grid_used=True)
         auth = _auth(args.auth)
         max_file_size = _max_file_size(args.max_file_size)
+        settings = method_settings(args, grid_used=True)
         _check_port(args.host, args.port)  # before the models load
         from ovseg.app.tempfiles import clean_stale
 

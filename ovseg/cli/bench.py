@@ -56,7 +56,14 @@ def register(subparsers) -> None:
         action="store_true",
         help="keep segment_anything's own encoder attention on the ovseg side",
     )
-    p.add_argument("--half", action="store_true", help="float16 autocast on the ovseg side (CUDA)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="precision of the ovseg side and the methods: autocast in bfloat16 or float16 "
+        "(float16: CUDA only); default float32",
+    )
+    p.add_argument("--half", action="store_true", help="the same as --dtype float16")
     p.add_argument(
         "--adaptive",
         action=argparse.BooleanOptionalAction,
@@ -126,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             scorers=tuple(s.strip() for s in args.scorers.split(",") if s.strip()),
             fused=not args.no_fused,
             half=args.half,
+            dtype=args.dtype,
             adaptive=args.tiny if args.adaptive is None else args.adaptive,
             clicks=args.clicks,
             threads=args.threads,

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from ovseg.models import weights
+from ovseg.models.hub import SAM3_HUB_MODELS
 from ovseg.models.presets import PRESETS
 
 CLIP_NOTE = (
@@ -45,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "names",
         nargs="+",
         metavar="NAME",
-        help=f"one or more of: {', '.join(weights.all_checkpoints())}, a CLIP spec "
+        help=f"one or more of: {', '.join([*weights.all_checkpoints(), *SAM3_HUB_MODELS])}, "
+        "a CLIP spec "
         "(ARCH/TAG for open_clip, hf:ORG/NAME), or a quality preset "
         f"({', '.join(PRESETS)}: every model it uses)",
     )
@@ -120,6 +122,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
         print("  " + "  ".join([*cells, row[4]]))
+    for name, hub in SAM3_HUB_MODELS.items():
+        gated = ", gated: `hf auth login` first" if hub.gated else ""
+        print(f"  {name}  Hugging Face {hub.repo} ({hub.licence}{gated}): {_hub_status(hub)}")
     print()
     print(CLIP_NOTE)
     try:
@@ -157,7 +162,22 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hub_status(hub) -> str:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(hub.repo, hub.weights_file)
+    return f"cached, {found}" if isinstance(found, str) else "missing"
+
+
 def _download_one(name: str, args: argparse.Namespace) -> int:
+    if name in SAM3_HUB_MODELS:
+        from ovseg.models.sam3_weights import fetch_sam3
+
+        try:
+            print(fetch_sam3(name))
+        except OSError as e:
+            return _error(e)
+        return 0
     if name not in weights.all_checkpoints() and ("/" in name or ":" in name):
         return _download_clip(name)
     try:

@@ -10,7 +10,8 @@ __all__ = ["namespace", "prepare_on_driver"]
 
 
 def prepare_on_driver(args: argparse.Namespace, prepare, collect):
-    """``prepare(args, collect)`` with the device check left to :func:`check_worker_device`."""
+    """``prepare(args, collect)`` with the device check left to
+    :func:`~ovseg.cli._ray_args.check_worker_device`."""
     device, args.device = args.device, None
     try:
         return prepare(args, collect)

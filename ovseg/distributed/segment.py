@@ -328,8 +328,15 @@ def segment_dataset(
         classes: class names (``"a; b"`` makes synonyms).
         out: output folder; on a cluster of several machines it must be a folder every worker
             can write (a shared file system).
-        address, workers, gpus_per_worker, cpus_per_worker, batch_size, threads_per_worker:
-            see :class:`~ovseg.distributed._ray.RayOptions`.
+        address: None starts a local Ray here, ``"auto"`` joins this machine's cluster,
+            ``"ray://HOST:10001"`` a remote one (this and the five below: see
+            :class:`~ovseg.distributed._ray.RayOptions`).
+        workers: model copies (Ray actors); None: as many as the cluster's CPUs (or GPUs)
+            allow.
+        gpus_per_worker: GPUs each worker reserves (a fraction shares a GPU).
+        cpus_per_worker: CPUs each worker reserves.
+        batch_size: images per call of a worker.
+        threads_per_worker: torch CPU threads per worker; None: as many as a local run uses.
         formats: extra exports, ``"coco-panoptic"``, ``"yolo"``.
         **options: the options of ``ovseg segment`` by their Python names: ``sam``, ``clip``,
             ``method``, ``dino``, ``device``, ``random_weights``, ``scorer``, ``templates``,

@@ -128,6 +128,13 @@ def evaluate(
         data: dataset folder; ``kind`` as in :data:`ovseg.eval.KINDS` (None: detected).
         out: path of the JSON report; the markdown report (``.md``), the confusion plot
             (``_confusion.png``) and the prediction cache (``_cache/``) go next to it.
+        options: the options as one :class:`EvalOptions` (None: its defaults).
+        segmenter: an already built Segmenter to use (its models must match ``sam``/``clip``).
+        progress: show a progress bar.
+        **overrides: fields of :class:`EvalOptions` by name, over ``options``; the main ones
+            are listed below.
+
+    Other Parameters:
         predictions: folder of label PNGs to score instead of running a model.
         method: a registered method. Where it has class-name files for the benchmark (the
             training-free methods on the eight benchmarks) its published protocol applies: its
@@ -149,7 +156,6 @@ def evaluate(
         window: sliding-window dense scoring, windows of this many pixels (e.g. 224; stride half
             a window); ``scorer="dense"`` only. None: one dense pass over the whole input.
         limit: evaluate only the first ``limit`` images.
-        segmenter: an already built Segmenter to use (its models must match ``sam``/``clip``).
 
     Returns:
         The report dict (also written as JSON): ``miou``, ``per_class_iou``... in [0, 1].

@@ -29,6 +29,11 @@ Rules:
   grid or the prompts kept no region, or every candidate is filtered out) the result is empty
   (``found`` is False, ``mask``/``box``/``score``/``point`` are None).
 
+With a segmenter whose method finds instances itself (``method="sam3"``) and no
+``candidates``, the regions are that method's instances of the phrase (SAM 3's detector: its
+score with the presence term ranks them; negatives are its background names; ``background``,
+``category`` and grid options do not apply).
+
 ``Segmenter.ground`` and ``Segmenter.heatmap`` are the same functions bound to a segmenter.
 """
 
@@ -219,8 +224,9 @@ def ground(
             ``point_labels``, ``boxes``, ``mask_input``, ``scribble``, as for
             ``Segmenter.propose``), or a list of prompt dicts (one proposal set each).
         negatives: names a region must not be (``["person"]``).
-        category, distractors: category mode: keep regions whose best entry among
+        category: category mode: keep regions whose best entry among
             ``[category, *distractors, *background]`` is ``category``.
+        distractors: the names ``category`` competes with in category mode.
         background: names that compete in every softmax (default ``("background",)``).
         threshold: None for the best region, or a score in [0, 1]: every region at or above it.
         drop_negatives: remove regions a negative beats (True) or only down-weight them.
@@ -253,6 +259,14 @@ def ground(
         threshold = float(threshold)
     seg = _segmenter(segmenter, sam, clip, device)
     templates = seg.templates if templates is None else templates
+    if candidates is None and callable(getattr(seg.method, "instances", None)):
+        if category is not None or grid_options:
+            raise ValueError(
+                f"method {seg.method.name!r} grounds a phrase by its own instances: category= "
+                "and grid options apply to SAM's candidate masks scored by CLIP"
+            )
+        results = _by_instances(seg, image, phrases, negatives, threshold, templates)
+        return results[0] if single else results
     with seg.lock, torch.inference_mode():
         array = seg.set_image(image)
         masks = _candidates(seg, array, candidates, grid_options)
@@ -286,6 +300,32 @@ def ground(
         for p in phrases
     ]
     return results[0] if single else results
+
+
+def _by_instances(seg, image, phrases, negatives, threshold, templates) -> list[GroundingResult]:
+    """Grounding by a method that finds instances itself (``method="sam3"``): every phrase's
+    instances in one pass, the negatives as background names (an instance that a
+    higher-scoring instance of a negative covers is dropped), ranked by the method's score;
+    ``similarity`` is NaN (no embedding), ``proposal_score`` the instance score."""
+    from ovseg.image import load_image
+
+    for p in phrases:
+        _competitors(p, negatives, [])
+    array = load_image(image)
+    found = seg.instances(array, phrases, background=negatives, templates=templates)
+    boxes = Masks.from_masks(found.mask).boxes
+    results = []
+    for k, phrase in enumerate(phrases):
+        idx = np.flatnonzero(found.class_index == k)
+        idx = idx[np.argsort(-found.score[idx], kind="stable")]
+        ranked = [
+            Region(int(i), found.mask[i], tuple(int(v) for v in boxes[i]), float(found.score[i]),
+                   float("nan"), float(found.score[i]))
+            for i in idx
+        ]  # fmt: skip
+        matches = ranked[:1] if threshold is None else [r for r in ranked if r.score >= threshold]
+        results.append(GroundingResult(phrase, ranked, matches, {}, threshold, array))
+    return results
 
 
 def heatmap(

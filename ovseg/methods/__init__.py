@@ -7,8 +7,9 @@
   :mod:`~ovseg.methods.naclip` (on an open_clip ViT, :mod:`~ovseg.methods.training_free`),
   :mod:`~ovseg.methods.proxyclip`, :mod:`~ovseg.methods.trident`,
   :mod:`~ovseg.methods.corrclip` (with DINO, Trident also with SAM, CorrCLIP with regions),
-  :mod:`~ovseg.methods.corrclipv2` and :mod:`~ovseg.methods.samclip`; the training-free ones
-  follow each reference repository's mmseg protocol number for number.
+  :mod:`~ovseg.methods.corrclipv2`, :mod:`~ovseg.methods.samclip` and
+  :mod:`~ovseg.methods.sam3` (SAM 3's instances and dense map; trained, not training-free);
+  the training-free ones follow each reference repository's mmseg protocol number for number.
 
 Their building blocks:
 

@@ -39,7 +39,7 @@ Reference defaults (``configs/base_config.py``): CLIP MetaCLIP ViT-L/14 QuickGEL
 (``metaclip_fullcc``; ViT-B/16 for the B rows), VFM C-RADIOv3-L (``radiov3``), bank ``coco``,
 auxiliary CLIP ``hf-hub:apple/DFN2B-CLIP-ViT-B-16`` (store ``dfnclip_b``), ``num_support`` 20,
 mask generator EntitySeg (pre-computed masks for the published rows). Per dataset
-(:meth:`Config.preset`, from ``configs/cfg_*.py``): short side 336 (ADE20K, ADE-847 448;
+(:meth:`CorrCLIPv2.configure`, from ``configs/cfg_*.py``): short side 336 (ADE20K, ADE-847 448;
 Cityscapes 784), windows 336 / 112 (Cityscapes 224 / 112), ``prob_threshold`` VOC21 0.2,
 Context60 0.15, COCO-Object 0.25, else 0.
 """
@@ -309,12 +309,12 @@ class CorrCLIPv2(CorrClip):
         text = vocab.text_embeddings(clip)
         bank = None
         if config.use_bank:
-            if models.specs.get("bank") is None:
+            bank = models.bank
+            if bank is None:
                 raise ValueError(
                     "method 'corrclipv2' needs a memory bank: Segmenter(bank='BANK/') (build "
                     "one with `ovseg bank build IMAGES -o BANK/`), or use_bank=False"
                 )
-            bank = models.bank
         aux_clip = getattr(bank, "aux_clip", None) if bank is not None else None
         aux_text = vocab.text_embeddings(aux_clip) if aux_clip is not None else None
         mean, std = self.mean_std(models)

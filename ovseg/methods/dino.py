@@ -321,19 +321,26 @@ def dino_embed(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def dino_block(blk: nn.Module, x: Tensor) -> Tensor:
-    """One timm ViT block computed as DINO's ``Block.forward`` does (explicit attention).
+    """One timm ViT block computed as DINO's ``Block.forward`` does.
 
-    ``softmax((q @ k^T) * scale) @ v`` per head, no fused kernel, so the numbers are DINO's own
-    (bit-identical for head width 64). Layer scale, drop path and q/k norms are applied as the
-    block defines them (all identities for DINO configurations). ``x``: ``(B, N, D)``.
+    In float32 the attention is DINO's explicit ``softmax((q @ k^T) * scale) @ v`` per head, no
+    fused kernel, so the numbers are DINO's own (bit-identical for head width 64). In bfloat16
+    or float16 (a half model, or autocast) it runs through PyTorch's fused
+    ``scaled_dot_product_attention`` (no mask: the flash and memory-efficient kernels apply):
+    the explicit form would write the ``N x N`` weights per head in half precision. Layer scale,
+    drop path and q/k norms are applied as the block defines them (all identities for DINO
+    configurations). ``x``: ``(B, N, D)``.
     """
     a = blk.attn
     b, n, _ = x.shape
     qkv = a.qkv(blk.norm1(x)).reshape(b, n, 3, a.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
     q, k = a.q_norm(q), a.k_norm(k)
-    attn = ((q @ k.transpose(-2, -1)) * a.scale).softmax(dim=-1)
-    y = (attn @ v).transpose(1, 2).reshape(b, n, -1)
+    if q.dtype in (torch.bfloat16, torch.float16):
+        y = F.scaled_dot_product_attention(q, k, v, scale=a.scale)
+    else:
+        y = ((q @ k.transpose(-2, -1)) * a.scale).softmax(dim=-1) @ v
+    y = y.transpose(1, 2).reshape(b, n, -1)
     y = a.proj_drop(a.proj(a.norm(y)))
     x = x + blk.drop_path1(blk.ls1(y))
     return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))

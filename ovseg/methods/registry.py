@@ -19,6 +19,7 @@ METHODS: dict[str, str] = {
     "corrclip": "ovseg.methods.corrclip:CorrClip",
     "corrclipv2": "ovseg.methods.corrclipv2:CorrCLIPv2",
     "sam-clip": "ovseg.methods.samclip:SamClip",
+    "sam3": "ovseg.methods.sam3:Sam3",
 }
 
 

@@ -4,7 +4,9 @@ SAM specs: ``"vit_b" | "vit_l" | "vit_h"`` (official checkpoints from the weight
 path to a SAM ``.pth``/``.safetensors`` file (architecture read from the weights), a
 ``segment_anything.modeling.Sam``, or ``"tiny-random"``; SAM 2 specs (``"sam2.1_hiera_tiny"``,
 ``"NAME:/path.pt"``, ``"facebook/sam2.1-hiera-tiny"``, a ``transformers`` ``Sam2Model``,
-``"sam2-tiny-random"``) go to :func:`ovseg.models.sam2_weights.build_sam2`.
+``"sam2-tiny-random"``) go to :func:`ovseg.models.sam2_weights.build_sam2`; SAM 3 specs
+(``"sam3"``, ``"facebook/sam3"`` or a local folder, a ``transformers`` SAM 3 model,
+``"sam3-tiny-random"``) to :func:`ovseg.models.sam3_weights.build_sam3`.
 
 CLIP specs: ``"ARCH/TAG"`` (an open_clip architecture and pretrained tag, e.g.
 ``"ViT-B-16/openai"``), ``"ARCH:PATH"`` (open_clip architecture, local checkpoint file),
@@ -16,10 +18,18 @@ fail at once with the command that fetches them.
 
 ``random_weights=True`` builds a registered architecture (``sam="vit_b"``, ``clip="ViT-B-16"``)
 with random weights, for timing only: it warns, and its labels are meaningless.
+
+Precision: :func:`resolve_dtype` reads ``"float32" | "bfloat16" | "float16"`` (also ``"fp32"``,
+``"bf16"``, ``"fp16"``, ``"half"``, or a ``torch.dtype``), and :func:`inference_precision` is
+the context ovseg's models run in for it: ``torch.autocast`` in that dtype (matrix products,
+convolutions and attention in half precision; norms, softmaxes and ovseg's region scores in
+float32), nothing for float32. The weights stay float32, so every input path keeps working.
+:func:`compile_modules` compiles the modules whose ``forward`` ovseg calls (opt-in).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -29,15 +39,93 @@ from ovseg.constants import HF_TINY, TINY
 from ovseg.models._device import RANDOM_WARNING as _RANDOM_WARNING
 from ovseg.models._device import resolve_device
 from ovseg.models.sam2_weights import SAM2_ARCHS, build_sam2, check_sam2_spec, is_sam2_spec
+from ovseg.models.sam3_weights import SAM3, SAM3_TINY, build_sam3, check_sam3_spec, is_sam3_spec
 from ovseg.scoring.backends import ClipBackend, HFClipBackend, OpenClipBackend
 
 _SAM_WIDTH_TO_ARCH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def resolve_dtype(dtype, device=None) -> torch.dtype:
+    """``None`` (float32), a name of :data:`DTYPES` or an alias (``fp32``, ``bf16``, ``fp16``,
+    ``half``), or one of those three ``torch.dtype`` -> the ``torch.dtype``.
+
+    Raises:
+        ValueError: another value, or float16 on a CPU ``device`` (PyTorch's CPU kernels are
+            slow or missing in float16; bfloat16 runs there).
+    """
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype if dtype in DTYPES.values() else None
+    elif isinstance(dtype, str):
+        resolved = DTYPES.get(_DTYPE_ALIASES.get(dtype.lower(), dtype.lower()))
+    else:
+        resolved = None
+    if resolved is None:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or fp32, bf16, fp16, half), "
+                         f"got {dtype!r}")  # fmt: skip
+    if resolved == torch.float16 and device is not None and resolve_device(device).type == "cpu":
+        raise ValueError("float16 needs a CUDA device (slow or unsupported on the CPU); use "
+                         "bfloat16 or float32 there")  # fmt: skip
+    return resolved
+
+
+def inference_precision(device, dtype=None) -> contextlib.AbstractContextManager:
+    """The context to run ovseg's models in for ``dtype`` (see :func:`resolve_dtype`) on
+    ``device``: ``torch.autocast(device type, dtype)`` for bfloat16 and float16, a no-op for
+    float32. Use it around ``Segmenter`` calls (``set_image``, ``propose``, ``segment``...)."""
+    dtype = resolve_dtype(dtype, device)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(resolve_device(device).type, dtype=dtype)
+
+
+def compile_modules(*models, **options) -> list[str]:
+    """``torch.compile`` (in place, ``nn.Module.compile(**options)``) the modules of ``models``
+    whose ``forward`` ovseg calls: SAM's image encoder, SAM 2's vision encoder, each block of an
+    open_clip ViT (the dense methods run the blocks one by one), and each block's MLP of a DINO
+    ViT (its blocks run through :func:`ovseg.methods.dino.dino_block`). Accepts SAM
+    and SAM 2 models, :class:`ClipBackend` objects, open_clip models and DINO ViTs; returns the
+    names of what was compiled. Opt-in: the first call per input shape pays the compilation.
+    """
+    names = []
+
+    def compile_(module, name):
+        module.compile(**options)
+        names.append(name)
+
+    for model in models:
+        model = getattr(model, "model", model)  # a ClipBackend
+        if hasattr(model, "image_encoder"):
+            compile_(model.image_encoder, "sam.image_encoder")
+        elif hasattr(model, "vision_encoder"):
+            compile_(model.vision_encoder, "sam2.vision_encoder")
+        elif hasattr(getattr(model, "visual", None), "transformer"):
+            for i, block in enumerate(model.visual.transformer.resblocks):
+                compile_(block, f"clip.visual.transformer.resblocks.{i}")
+        elif hasattr(model, "blocks") and hasattr(model, "patch_embed"):
+            for i, block in enumerate(model.blocks):
+                compile_(block.mlp, f"dino.blocks.{i}.mlp")
+        else:
+            raise TypeError(f"compile_modules: no known encoder in {type(model).__name__}")
+    return names
+
+
 def sam_names() -> list[str]:
     from ovseg.models.weights import SAM_CHECKPOINTS
 
-    return [TINY, *SAM_CHECKPOINTS, *SAM2_ARCHS]
+    return [TINY, *SAM_CHECKPOINTS, *SAM2_ARCHS, SAM3, SAM3_TINY]
+
+
+def sam_family(spec) -> str | None:
+    """``"sam1"``, ``"sam2"`` or ``"sam3"``: the SAM family a spec names (None for None)."""
+    if spec is None:
+        return None
+    return "sam3" if is_sam3_spec(spec) else "sam2" if is_sam2_spec(spec) else "sam1"
 
 
 def check_sam_spec(spec) -> None:
@@ -47,6 +135,8 @@ def check_sam_spec(spec) -> None:
 
     if spec is None or isinstance(spec, torch.nn.Module):
         return
+    if is_sam3_spec(spec):
+        return check_sam3_spec(spec)
     if is_sam2_spec(spec):
         return check_sam2_spec(spec)
     if isinstance(spec, Path):
@@ -67,13 +157,16 @@ def check_sam_spec(spec) -> None:
 
 def build_sam(spec, device=None, *, random_weights: bool = False):
     """Return a ``segment_anything.modeling.Sam`` (or, for a SAM 2 spec, a ``transformers``
-    ``Sam2Model``) in eval mode on ``device``."""
+    ``Sam2Model``; for a SAM 3 spec, a :class:`~ovseg.proposals.sam3.Sam3Bundle`) in eval
+    mode on ``device``."""
     from segment_anything import sam_model_registry
     from segment_anything.modeling import Sam
 
     from ovseg.models import weights
 
     device = resolve_device(device)
+    if is_sam3_spec(spec):
+        return build_sam3(spec, device, random_weights=random_weights)
     if is_sam2_spec(spec):
         return build_sam2(spec, device, random_weights=random_weights)
     if isinstance(spec, Sam):

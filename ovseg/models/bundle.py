@@ -12,17 +12,41 @@ from dataclasses import fields, replace
 import torch
 
 from ovseg.constants import SAM2_TINY, TINY
-from ovseg.models.build import build_clip, build_dino, build_sam, check_sam_spec, resolve_device
+from ovseg.models.build import (
+    build_clip,
+    build_dino,
+    build_sam,
+    check_sam_spec,
+    resolve_device,
+    sam_family,
+)
 from ovseg.models.sam2_weights import is_sam2_spec
+from ovseg.models.sam3_weights import is_sam3_spec
 from ovseg.proposals.grid import GridOptions
 from ovseg.proposals.grid import fused_attention as use_fused_attention
 from ovseg.proposals.sam2_grid import Sam2GridOptions
 
-__all__ = ["GRID_OPTIONS", "Models"]
+__all__ = ["GRID_OPTIONS", "Models", "split_options"]
 
 GRID_OPTIONS = tuple(f.name for f in fields(Sam2GridOptions))
 """Every automatic-grid option name (SAM 1's and SAM 2's)."""
 _NO_FILTERS = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+def split_options(method, options: dict) -> tuple[dict, dict]:
+    """``options`` -> ``(options of the method class, grid options)``; unknown names raise,
+    naming both kinds of option the method takes."""
+    known = method.options_names()
+    unknown = sorted(set(options) - set(known) - set(GRID_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for method {method.name!r}; its options: "
+            f"{', '.join(known)}; grid options: {', '.join(GRID_OPTIONS)}"
+        )
+    return (
+        {k: v for k, v in options.items() if k in known},
+        {k: v for k, v in options.items() if k in GRID_OPTIONS},
+    )
 
 
 class Models:
@@ -58,7 +82,9 @@ class Models:
         if grid is not None and not isinstance(grid, GridOptions):
             raise TypeError(f"grid must be a GridOptions, got {type(grid).__name__}")
         check_sam_spec(sam)  # a bad name or path fails now, even though SAM loads on first use
-        sam2 = is_sam2_spec(sam)
+        self.sam_family = sam_family(sam)  # "sam1", "sam2", "sam3" or None
+        self.sam3 = is_sam3_spec(sam)
+        sam2 = not self.sam3 and is_sam2_spec(sam)
         if isinstance(grid, Sam2GridOptions) and not sam2:
             raise ValueError("Sam2GridOptions need a SAM 2 model; use GridOptions with SAM 1")
         self.lock = threading.RLock()
@@ -68,7 +94,6 @@ class Models:
             raise TypeError(f"bank must be the path of a bank folder, got {type(bank).__name__}")
         self.specs = {"sam": sam, "clip": clip, "dino": dino, "vfm": vfm, "bank": bank,
                       "aux_clip": aux_clip}  # fmt: skip
-        self.sam_family = None if sam is None else ("sam2" if sam2 else "sam1")
         self.tiny_grid = grid is None and isinstance(sam, str) and sam in (TINY, SAM2_TINY)
         default = Sam2GridOptions() if sam2 else GridOptions()
         self.grid = replace(default, **_NO_FILTERS) if self.tiny_grid else (grid or default)
@@ -124,27 +149,28 @@ class Models:
 
     @property
     def bank(self):
-        """The memory bank (:class:`~ovseg.methods.bank.MemoryBank`) opened for these models:
-        a bank built with another CLIP or VFM is refused."""
+        """The memory bank (:class:`~ovseg.methods.bank.MemoryBank`) opened for these models
+        (a bank built with another CLIP or VFM is refused), or None without a ``bank=``."""
+        if self.specs["bank"] is None:
+            return None
 
         def open_bank():
             from ovseg.methods.bank import open_for_run
 
-            if self.specs["bank"] is None:
-                raise ValueError("no memory bank: give Segmenter(bank='BANK/')")
             return open_for_run(self.specs["bank"], self.clip, self.vfm, self.aux_clip)
 
         return self._get("bank", open_bank)
 
     @property
     def sam(self):
-        """The SAM model (``segment_anything`` ``Sam`` or ``transformers`` ``Sam2Model``)."""
+        """The SAM model (``segment_anything`` ``Sam``, ``transformers`` ``Sam2Model``, or a
+        :class:`~ovseg.proposals.sam3.Sam3Bundle` for SAM 3)."""
         return self._build("sam", build_sam)
 
     @property
     def proposer(self):
-        """SAM's prompt proposer (``Proposer`` for SAM 1, ``Sam2Proposer`` for SAM 2), with
-        an embedding cache; built on first use."""
+        """SAM's prompt proposer (``Proposer`` for SAM 1, ``Sam2Proposer`` for SAM 2,
+        ``Sam3TrackerProposer`` for SAM 3), with an embedding cache; built on first use."""
         return self._get("proposer", self._make_proposer)
 
     def _make_proposer(self):
@@ -159,6 +185,10 @@ class Models:
                 stacklevel=4,
             )
         model = self.sam
+        if self.sam3:
+            from ovseg.proposals.sam3_tracker import Sam3TrackerProposer
+
+            return Sam3TrackerProposer(model)
         if is_sam2_model(model):
             return Sam2Proposer(model)
         if self.fused_attention:
@@ -208,6 +238,11 @@ class Models:
         """SAM's automatic masks of ``image`` (RGB uint8) with ``grid``."""
         from ovseg.proposals.grid import automatic_masks
 
+        if self.sam3:
+            raise ValueError(
+                "SAM 3 has no automatic mask grid in ovseg: use method='sam3' for every instance "
+                "of the classes, or a SAM 1 / SAM 2 model for refine='masks'"
+            )
         proposer = self.proposer
         proposer.set_image(image)
         return automatic_masks(proposer, grid)

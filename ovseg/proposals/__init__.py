@@ -1,6 +1,8 @@
 """Proposals: class-agnostic masks from SAM prompts (points, boxes, rough masks, scribbles) and
 the automatic grid. SAM 2's masks through video frames: ``ovseg.proposals.propagate.propagate``
-and ``ovseg.proposals.tracker.VideoTracker``."""
+and ``ovseg.proposals.tracker.VideoTracker``. SAM 3 (``transformers``): text prompts
+(:mod:`ovseg.proposals.sam3_detector`), points, boxes and masks
+(:mod:`ovseg.proposals.sam3_tracker`), video (:mod:`ovseg.proposals.sam3_video`)."""
 
 from ovseg.proposals.grid import GridOptions, automatic_masks
 from ovseg.proposals.prompts import Prompt, make_prompt

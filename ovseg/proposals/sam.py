@@ -137,15 +137,28 @@ class Proposer:
             if prompt.boxes is not None and len(prompt.boxes) > 1:
                 return self._predict_boxes(prompt.boxes)
             box = None if prompt.boxes is None else prompt.boxes[0]
-            masks, scores, _ = self.predictor.predict(
-                point_coords=points,
-                point_labels=labels,
-                box=box,
-                mask_input=mask_logits,
-                multimask_output=multimask,
-            )
+            masks, scores = self._predict_one(points, labels, box, mask_logits, multimask)
             best = int(np.argmax(scores))
             return Masks.from_masks(masks[best : best + 1], scores[best : best + 1])
+
+    def _predict_one(self, points, labels, box, mask_logits, multimask: bool):
+        """``SamPredictor.predict`` for one object, with the scores read as float32 (under
+        bfloat16 autocast they come out in bfloat16, which numpy cannot hold)."""
+        p = self.predictor
+
+        def tensor(x, dtype=torch.float):
+            return torch.as_tensor(x, dtype=dtype, device=p.device)[None]
+
+        coords = point_labels = box_t = mask_t = None
+        if points is not None:
+            coords = tensor(p.transform.apply_coords(points, p.original_size))
+            point_labels = tensor(labels, torch.int)
+        if box is not None:
+            box_t = tensor(p.transform.apply_boxes(box, p.original_size))
+        if mask_logits is not None:
+            mask_t = tensor(mask_logits)
+        masks, scores, _ = p.predict_torch(coords, point_labels, box_t, mask_t, multimask)
+        return masks[0].cpu().numpy(), scores[0].float().cpu().numpy()
 
     def _predict_boxes(self, boxes: np.ndarray) -> Masks:
         p = self.predictor

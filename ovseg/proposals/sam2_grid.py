@@ -9,9 +9,14 @@ IoU ``> pred_iou_thresh``; stability score (the IoU of the mask thresholded at `
 on the logits upsampled to the image) ``>= stability_score_thresh``; box NMS at
 ``box_nms_thresh`` over all survivors, by predicted IoU.
 
-What ovseg reorganises (same results): the IoU filter runs before upsampling, so only its
-survivors are upsampled to the image size; survivors of the stability filter keep their
-low-resolution logits, and only the masks NMS keeps are upsampled again for the output.
+What ovseg reorganises (same results):
+
+- the decoder is :mod:`ovseg.proposals.sam2_decoder`: its prompt-independent part is computed
+  once per image, and prompts none of whose candidates pass the predicted-IoU filter skip the
+  output upscaling;
+- the IoU filter runs before upsampling, so only its survivors are upsampled to the image size
+  (Meta upsamples every candidate); survivors of the stability filter keep their low-resolution
+  logits, and only the masks NMS keeps are upsampled again for the output.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torchvision.ops import batched_nms
 
 from ovseg.proposals.options import GridOptions, Sam2GridOptions
 from ovseg.proposals.sam2 import MASK_THRESHOLD, Sam2Proposer
+from ovseg.proposals.sam2_decoder import ImageContext, decode_points, prepare
 from ovseg.structures import Masks
 
 
@@ -50,6 +56,7 @@ def automatic_masks_sam2(proposer: Sam2Proposer, options: GridOptions = Sam2Grid
     with proposer.lock, torch.inference_mode():
         h, w = proposer.image_shape
         device = proposer.device
+        model, image = proposer.model, prepare(proposer.model, proposer.features)
         grid = build_point_grid(options.points_per_side) * np.array([[w, h]])
         kept = _Kept([], [], [])
         for start in range(0, len(grid), options.points_per_batch):
@@ -58,11 +65,12 @@ def automatic_masks_sam2(proposer: Sam2Proposer, options: GridOptions = Sam2Grid
             )
             coords = proposer.to_input_frame(points)[:, None]
             labels = torch.ones(coords.shape[:2], dtype=torch.int, device=device)
-            low, iou = proposer.decode(coords, labels, multimask_output=multimask)
+            skip = 0.0 if use_m2m else options.pred_iou_thresh  # m2m refines every candidate
+            low, iou, _ = decode_points(model, image, coords, labels, None, multimask, skip)
             k = low.shape[1]
             low, iou = low.flatten(0, 1), iou.flatten(0, 1)
             if use_m2m:
-                low, iou = _refine(proposer, coords.repeat_interleave(k, 0), low, options)
+                low, iou = _refine(model, image, coords.repeat_interleave(k, 0), low, options)
             _filter(proposer, low, iou, options, kept)
         if not kept.scores:
             return Masks.from_masks(np.zeros((0, h, w), bool), np.zeros(0, np.float32))
@@ -75,37 +83,40 @@ def automatic_masks_sam2(proposer: Sam2Proposer, options: GridOptions = Sam2Grid
         return _upsample(proposer, low[keep], scores[keep])
 
 
-def _refine(proposer: Sam2Proposer, coords, low, options):
-    """One mask-to-mask step: each candidate's clamped logits with its point, one mask out."""
+def _refine(model, image: ImageContext, coords, low, options):
+    """One mask-to-mask step: each candidate's clamped logits with its point, one mask out.
+    Only the refined candidates that can pass ``pred_iou_thresh`` come back (in order)."""
     lows, ious = [], []
     for s in range(0, len(low), options.points_per_batch):
         chunk = slice(s, s + options.points_per_batch)
         c = coords[chunk]
         labels = torch.ones(c.shape[:2], dtype=torch.int, device=c.device)
         mask_in = low[chunk, None].clamp(-32.0, 32.0)
-        out, iou = proposer.decode(c, labels, mask_in, multimask_output=False)
+        out, iou, _ = decode_points(
+            model, image, c, labels, mask_in, False, options.pred_iou_thresh
+        )
         lows.append(out[:, 0])
         ious.append(iou[:, 0])
     return torch.cat(lows), torch.cat(ious)
 
 
-def _filter(proposer: Sam2Proposer, low, iou, o: GridOptions, kept: _Kept) -> None:
-    """Predicted IoU and stability filters of one batch; appends the survivors to ``kept``."""
+def _filter(proposer: Sam2Proposer, low, iou, o: GridOptions, kept: _Kept, chunk=32) -> None:
+    """Predicted IoU and stability filters of one batch; appends the survivors to ``kept``.
+    The IoU survivors are upsampled to the image ``chunk`` at a time."""
     if o.pred_iou_thresh > 0:
         keep = iou > o.pred_iou_thresh
         low, iou = low[keep], iou[keep]
-    if len(low) == 0:
-        return
-    masks = proposer.upsample(low[:, None])[:, 0]
-    if o.stability_score_thresh > 0:
-        stability = _stability(masks, MASK_THRESHOLD, o.stability_score_offset)
-        keep = stability >= o.stability_score_thresh
-        low, iou, masks = low[keep], iou[keep], masks[keep]
-    if len(low) == 0:
-        return
-    kept.low.append(low)
-    kept.scores.append(iou)
-    kept.boxes.append(_boxes(masks > MASK_THRESHOLD))
+    for s in range(0, len(low), chunk):
+        part, scores = low[s : s + chunk], iou[s : s + chunk]
+        masks = proposer.upsample(part[:, None])[:, 0]
+        if o.stability_score_thresh > 0:
+            stability = _stability(masks, MASK_THRESHOLD, o.stability_score_offset)
+            keep = stability >= o.stability_score_thresh
+            part, scores, masks = part[keep], scores[keep], masks[keep]
+        if len(part):
+            kept.low.append(part)
+            kept.scores.append(scores)
+            kept.boxes.append(_boxes(masks > MASK_THRESHOLD))
 
 
 def _stability(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:

@@ -14,6 +14,12 @@ grid's hundreds of prompts. Its state (ids, boxes, logits) is small and saved fo
 (:class:`ovseg.proposals.tracker.VideoTracker`, equal to Meta's ``SAM2VideoPredictor``): a new
 object's mask is its conditioning frame, a re-anchored one a correction through the recent
 memory. Its memory cannot be saved, so a resumed run with SAM 2 starts over.
+
+:class:`Sam3TextPropagator` (SAM 3) finds the objects itself: every instance of the classes'
+text prompts, tracked by SAM 3's video model
+(:class:`~ovseg.proposals.sam3_video.Sam3VideoStream`); an object that appears mid-stream gets
+the next id, ids are never reused. The stream then runs no keyframe grid
+(:attr:`Propagator.detects`). Its memory cannot be saved either: a resumed run starts over.
 """
 
 from __future__ import annotations
@@ -26,20 +32,33 @@ import torch
 from ovseg.proposals.sam import Proposer
 from ovseg.structures import masks_to_boxes
 
-__all__ = ["Propagator", "Sam2VideoPropagator", "SamPromptPropagator", "default_propagator"]
+__all__ = [
+    "Propagator",
+    "Sam2VideoPropagator",
+    "Sam3TextPropagator",
+    "SamPromptPropagator",
+    "default_propagator",
+]
 
 
-def default_propagator(segmenter) -> Propagator:
-    """SAM 2's video memory when the Segmenter's SAM is a SAM 2 model, else SAM 1 prompted from
-    each object's previous box and mask.
+def default_propagator(segmenter, vocab=None) -> Propagator:
+    """SAM 3's text-prompted tracking of ``vocab``'s classes (a
+    :class:`~ovseg.scoring.vocabulary.Vocabulary`, needed then) when the Segmenter's SAM is SAM
+    3; SAM 2's video memory when it is a SAM 2 model; else SAM 1 prompted from each object's
+    previous box and mask.
 
     A SAM 2 image model (``Sam2Model``, what a name builds) is replaced on the Segmenter by the
     ``Sam2VideoModel`` of the same specification, which serves the keyframes' proposals too
     (its image path is the same), so one set of weights is loaded.
     """
     from ovseg.proposals.sam2 import Sam2Proposer
+    from ovseg.proposals.sam3_tracker import Sam3TrackerProposer
 
     proposer = segmenter.proposer
+    if isinstance(proposer, Sam3TrackerProposer):
+        if vocab is None:
+            raise ValueError("SAM 3 tracks the classes' text prompts: give the vocabulary")
+        return Sam3TextPropagator(proposer.sam, vocab.names, vocab.owners, len(vocab.classes))
     if not isinstance(proposer, Sam2Proposer):
         return SamPromptPropagator(proposer)
     model = segmenter.models.video_sam()
@@ -51,6 +70,9 @@ class Propagator(ABC):
 
     resumable = False
     """Whether :meth:`state_dict` saves everything needed to continue exactly."""
+    detects = False
+    """Whether :meth:`step` finds new objects itself (then the stream runs no keyframe grid
+    and never calls :meth:`add`)."""
 
     @abstractmethod
     def step(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,3 +236,38 @@ class Sam2VideoPropagator(Propagator):
 
     def remove(self, track_id: int) -> None:
         self.tracker.remove(int(track_id))
+
+
+class Sam3TextPropagator(Propagator):
+    """Every instance of text prompts through the frames, with SAM 3's ids.
+
+    Args:
+        sam: a :class:`~ovseg.proposals.sam3.Sam3Bundle` of a ``Sam3VideoModel``.
+        queries, owners, num_classes: the prompts (each class's synonyms, then background
+            names), the entry of each, and how many entries are classes (the objects of
+            background names are tracked, so that they keep their pixels, but not returned).
+        offload_state_to_cpu: keep the tracking state on the CPU when the model is on a GPU.
+    """
+
+    detects = True
+
+    def __init__(self, sam, queries, owners=None, num_classes=None, *, offload_state_to_cpu=False):
+        from ovseg.proposals.sam3_video import Sam3VideoStream
+
+        self.stream = Sam3VideoStream(
+            sam, list(queries), owners, num_classes, offload_state_to_cpu=offload_state_to_cpu
+        )
+        self.removed: set[int] = set()
+        self.last = None
+
+    def step(self, frame: np.ndarray):
+        found = self.last = self.stream.step(frame)
+        keep = ~np.isin(found.obj_ids, list(self.removed))
+        return found.obj_ids[keep], found.masks[keep], found.scores[keep].astype(np.float32)
+
+    def add(self, track_id: int, mask: np.ndarray) -> None:
+        raise NotImplementedError("SAM 3's objects come from its text prompts, not from masks")
+
+    def remove(self, track_id: int) -> None:
+        """Stop reporting ``track_id`` (SAM 3 keeps its id, so it is never reused)."""
+        self.removed.add(int(track_id))

@@ -6,7 +6,8 @@ Per frame (:meth:`VideoStream.step`):
 2. every tracked object is propagated to the frame (:mod:`ovseg.video.propagate`); an object
    whose mask falls under ``min_area`` pixels is lost, and of two objects whose masks overlap
    by more than ``match_iou`` the younger one is dropped;
-3. on keyframes (every ``keyframe_every``-th frame, the first included) SAM's automatic grid
+3. on keyframes (every ``keyframe_every``-th frame, the first included; never with SAM 3,
+   whose propagator finds every instance of the classes on every frame) SAM's automatic grid
    proposes masks; each proposal whose best class is not a ``stuff`` class is matched to the
    objects by mask IoU (greedy, highest first, at least ``match_iou``): a matched object is
    re-anchored on the proposal, an unmatched one becomes a new object with a new id;
@@ -73,15 +74,18 @@ class VideoStream:
 
     Args:
         segmenter: the :class:`~ovseg.pipeline.Segmenter` (it needs a SAM model).
-        classes, background, templates: as for ``Segmenter.segment``.
+        classes: the class names, as for ``Segmenter.segment``.
+        background: background names, as for ``Segmenter.segment``.
+        templates: prompt templates, as for ``Segmenter.segment`` (None: the segmenter's).
         keyframe_every: SAM's automatic grid runs on every K-th frame (1: every frame).
         match_iou: mask IoU at which a keyframe proposal is the same object as a track.
         min_area: objects (and proposals) smaller than this many pixels are dropped.
         max_objects: at most this many objects are tracked at once.
         stuff: class names that are never tracked (they come from each frame's dense map).
         propagator: a :class:`~ovseg.video.propagate.Propagator`; default
-            (:func:`~ovseg.video.propagate.default_propagator`): SAM 2's video memory with a
-            SAM 2 model, else SAM 1 prompted from each object's previous box and mask.
+            (:func:`~ovseg.video.propagate.default_propagator`): SAM 3's text-prompted tracking
+            with a SAM 3 model, SAM 2's video memory with a SAM 2 model, else SAM 1 prompted
+            from each object's previous box and mask.
         **options: the method's options (``score_threshold``: an object labels pixels when its
             class probability reaches it, ...) and grid options (``points_per_side``, ...).
 
@@ -129,7 +133,7 @@ class VideoStream:
         self.config, _ = segmenter.options(options)  # validates every option now
         self.grid_options = {k: v for k, v in options.items() if k not in self.config.options()}
         self.score_threshold = self.config.score_threshold
-        self.propagator = propagator or default_propagator(segmenter)
+        self.propagator = propagator or default_propagator(segmenter, self.vocab)
         self.tracks: dict[int, Track] = {}
         self.ended: dict[int, Track] = {}
         self.frame_count = 0
@@ -152,7 +156,7 @@ class VideoStream:
         with seg.lock:
             ids, masks, _ = self.propagator.step(array)
             ids, masks = self._prune(ids, masks)
-            if self.frame_count % self.keyframe_every == 0:
+            if not self.propagator.detects and self.frame_count % self.keyframe_every == 0:
                 ids, masks = self._detect(array, ids, masks)
             observed = self._scores(array, masks)
         for t, p in zip(ids.tolist(), observed, strict=True):
@@ -307,8 +311,10 @@ def segment_video(
         frames: a video file, a folder of frames, a camera index, or an iterable (a generator
             for streams) of images; see :func:`ovseg.video.io.open_frames`.
         classes: the class names.
-        start, end, stride, max_frames: which frames (source indices ``start``,
-            ``start + stride``, ... below ``end``; at most ``max_frames``).
+        start: the first source index (frames ``start``, ``start + stride``, ...).
+        end: stop before this source index (None: the end of the source).
+        stride: every ``stride``-th frame.
+        max_frames: at most this many frames (None: no limit).
         **options: :class:`VideoStream` options (``keyframe_every``, ``stuff``, ...), and the
             per-call options of ``Segmenter.segment`` (``background``, grid, method options).
 
