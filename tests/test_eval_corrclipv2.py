@@ -41,16 +41,19 @@ def test_eval_corrclipv2_with_a_bank(tmp_path, capsys):
     data = _voc(tmp_path / "voc")
     bank = tmp_path / "bank"
     build = ["bank", "build", str(data / "VOC2012" / "JPEGImages"), "-o", str(bank), *TINY]
-    assert main([*build, "--vfm", "tiny-random", "--no-progress"]) == 0, capsys.readouterr().err
+    small = ["--short-side", "56"]  # short sides shrunk so the tiny test runs fast
+    code = main([*build, *small, "--crop", "112", "--vfm", "tiny-random", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
     out = tmp_path / "run" / "v2.json"
     run = ["eval", "--data", str(data), "--dataset", "voc21", "--method", "corrclipv2",
-           "--bank", str(bank), *TINY, "--no-progress"]  # fmt: skip
+           "--bank", str(bank), *TINY, *small, "--no-progress"]  # fmt: skip
     code = main([*run, "--vfm", "tiny-random", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     report = json.loads(out.read_text())
     config = report["config"]
     assert config["method"] == "corrclipv2" and config["bank"] == str(bank.resolve())
     assert config["vfm"] == "tiny-random" and report["counts"]["images"] == 2
+    assert config["method_options"]["short_side"] == 56
     # CorrCLIPv2's own protocol on VOC21: its class file (background words in class 0) and
     # its per-dataset threshold
     assert len(CorrCLIPv2.class_file("voc21")) == 21
