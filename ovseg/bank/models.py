@@ -8,19 +8,20 @@ the reference's default, ``radiov2.5``, ``dinov2``, ``dinov3``, ``hf:ORG/NAME``,
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from ovseg.bank.build import BANK_MASK_SETTINGS
 from ovseg.constants import TINY
 
-__all__ = ["DEFAULT_VFM", "resolve_vfm", "sam_mask_fn"]
+__all__ = ["DEFAULT_VFM", "BankModels", "bank_models", "resolve_vfm", "sam_mask_fn"]
 
 DEFAULT_VFM = "radiov3"
 
 
-def resolve_vfm(spec, device=None, key: str | None = None):
+def resolve_vfm(spec, device=None, key: str | None = None, random_weights: bool = False):
     """A VFM object (see :mod:`ovseg.methods.vfm`) from ``spec`` (any spec of
     :func:`ovseg.models.vfm.build_vfm`), its bank key ``key`` when given.
 
@@ -29,7 +30,7 @@ def resolve_vfm(spec, device=None, key: str | None = None):
     """
     from ovseg.models.vfm import build_vfm
 
-    vfm = build_vfm(spec, device)
+    vfm = build_vfm(spec, device, random_weights=random_weights)
     if key is not None:
         vfm.name = key
     return vfm
@@ -66,3 +67,35 @@ def sam_mask_fn(spec, device=None, random_weights: bool = False) -> Callable:
         return region_id_map(automatic_masks(proposer, options).masks, image.shape[:2])
 
     return masks
+
+
+@dataclass
+class BankModels:
+    """The models of a build: ``clips`` ``{spec: ClipBackend}`` (main first), ``vfm``,
+    ``dino`` and ``mask_fn`` (None when the masks are given as files)."""
+
+    clips: dict
+    vfm: object
+    dino: object
+    mask_fn: Callable | None
+
+
+def bank_models(
+    clips: Sequence[str], vfm, dino: str, sam: str | None, device=None,
+    random_weights: bool = False, vfm_key: str | None = None,
+) -> BankModels:  # fmt: skip
+    """Build a bank's models from their specs (``ovseg bank build``'s, each Ray worker's).
+
+    Raises:
+        ValueError: an unknown name. FileNotFoundError: weights that are not on disk.
+    """
+    from ovseg.models.build import build_clip, build_dino, resolve_device
+
+    device = resolve_device(device)
+    vfm = resolve_vfm(vfm, device, key=vfm_key, random_weights=random_weights)  # its file first
+    return BankModels(
+        {s: build_clip(s, device, random_weights=random_weights) for s in clips},
+        vfm,
+        build_dino(dino, device, random_weights=random_weights),
+        sam_mask_fn(sam, device, random_weights) if sam else None,
+    )

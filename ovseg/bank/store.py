@@ -19,6 +19,8 @@ FAISS index (``CorrCLIPv2/memory_bank_builder``: ``manifest.py``, ``pt_store.py`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -28,15 +30,69 @@ import torch
 from ovseg.methods.bank import FAISS_M, FAISS_NBITS, FAISS_NLIST_FACTOR, import_faiss
 
 __all__ = [
+    "IMAGE_EXTS",
     "SlotStore",
     "count_regions",
     "extend_manifest",
+    "file_sha256",
+    "list_images",
     "load_images",
     "manifest_paths",
+    "rows_done",
+    "save_mask",
     "update_index",
+    "write_json",
 ]
 
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tiff")
 PQ_MIN_TRAIN = 2**FAISS_NBITS
+
+
+def list_images(folder: str | Path) -> dict[str, Path]:
+    """``{stem: path}`` of the images under ``folder`` (recursive, by extension).
+
+    Raises:
+        FileNotFoundError: no such folder, or no image in it.
+        ValueError: two images share a stem (the bank keys regions by stem).
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    found: dict[str, Path] = {}
+    clashes = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name.lower().endswith(IMAGE_EXTS):
+            if path.stem in found:
+                clashes.append(f"{found[path.stem]} and {path}")
+            found.setdefault(path.stem, path)
+    if clashes:
+        raise ValueError(f"images must have distinct file stems; clashes: {clashes[:3]}")
+    if not found:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) under {root}")
+    return found
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """Lowercase hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_mask(path: Path, ids: np.ndarray) -> None:
+    """Write an id map as the reference's ``{stem}.npz`` (temp name, then renamed)."""
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, instance_mask=ids)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as indented JSON (temp name, then renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def manifest_paths(root: Path, name: str) -> tuple[Path, Path]:
@@ -165,6 +221,21 @@ class SlotStore:
         self.data_path.unlink()
         self.done_path.unlink()
         return True
+
+
+def rows_done(base: Path, n: int) -> np.ndarray:
+    """``bool [n]``: which rows of the store ``base`` are written (by a build in progress, its
+    ``.done.npy``; else by a finished ``.pt``, its first rows), without opening it for writing."""
+    done = np.zeros(n, bool)
+    done_path, pt_path = Path(f"{base}.done.npy"), Path(f"{base}.pt")
+    if done_path.exists():
+        flags = np.load(done_path, mmap_mode="r")
+        k = min(n, len(flags))
+        done[:k] = flags[:k]
+    elif pt_path.exists():
+        k = torch.load(pt_path, map_location="cpu", weights_only=True, mmap=True).shape[0]
+        done[: min(n, k)] = True
+    return done
 
 
 def _normalized(vecs: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from ovseg.cli._ray_args import add_ray_arguments
+
 DEFAULT_CLIPS = ("ViT-B-16-quickgelu/metaclip_fullcc", "ViT-B-16/dfn2b")
 DEFAULT_DINO = "dino_vitb8"
 DEFAULT_SAM = "sam2_hiera_large"
@@ -60,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
     p.add_argument("--random-weights", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_ray_arguments(p, "images (each worker holding the models; the driver assembles the bank)")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("info", help="describe a bank folder")
@@ -76,49 +79,62 @@ def _fail(message: str) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from ovseg.bank.build import list_images
+    from ovseg.cli._ray_args import check_worker_device, ray_options
 
     if args.vfm is None:
         return _fail("--vfm is required (e.g. hf:facebook/dinov2-with-registers-large)")
     try:
+        options = ray_options(args)
         list_images(args.images)  # before any model loads
-        from ovseg.cli._args import check_device
+        if args.ray:  # the device is the workers'
+            check_worker_device(args.device, options.gpus_per_worker)
+        else:
+            from ovseg.cli._args import check_device
 
-        check_device(args.device)
+            check_device(args.device)
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e))
-    from ovseg.bank import build_bank
     from ovseg.bank.info import bank_info, format_info
-    from ovseg.bank.models import resolve_vfm, sam_mask_fn
     from ovseg.methods.bank import BankMismatchError
-    from ovseg.models.build import build_clip, build_dino, resolve_device
 
-    device = resolve_device(args.device)
+    sam = None if args.masks else (args.sam or DEFAULT_SAM)
+    common = dict(
+        name=args.name, masks_dir=args.masks, rebuild_index=args.rebuild_index,
+        short_side=args.short_side, slide_crop=args.crop,
+        mask_model=args.mask_model or ("masks" if args.masks else "sam2"),
+    )  # fmt: skip
     try:
-        vfm = resolve_vfm(args.vfm, device, key=args.vfm_key)
-        clips = {s: build_clip(s, device, random_weights=args.random_weights) for s in args.clip}
-        dino = build_dino(args.dino, device, random_weights=args.random_weights)
-        sam = None if args.masks else (args.sam or DEFAULT_SAM)
-        mask_fn = sam_mask_fn(sam, device, args.random_weights) if sam else None
-        build_bank(
-            args.images,
-            args.out,
-            clips=clips,
-            vfm=vfm,
-            dino=dino,
-            name=args.name,
-            mask_fn=mask_fn,
-            masks_dir=args.masks,
-            mask_model=args.mask_model or ("masks" if args.masks else "sam2"),
-            specs={"sam": sam, "dino": args.dino, "vfm": args.vfm, "clips": list(args.clip)},
-            progress=not args.no_progress,
-            rebuild_index=args.rebuild_index,
-            short_side=args.short_side,
-            slide_crop=args.crop,
-        )
+        if args.ray:
+            from ovseg.distributed.bank import build_bank_ray
+
+            build_bank_ray(
+                args.images, args.out, clips=args.clip, vfm=args.vfm, dino=args.dino, sam=sam,
+                vfm_key=args.vfm_key, device=args.device, random_weights=args.random_weights,
+                ray_options=options, progress=not args.no_progress, **common,
+            )  # fmt: skip
+        else:
+            _build_here(args, sam, common)
     except (FileNotFoundError, ValueError, BankMismatchError, RuntimeError) as e:
+        return _fail(str(e))
+    except ModuleNotFoundError as e:  # Ray not installed
         return _fail(str(e))
     print(format_info(bank_info(args.out)))
     return 0
+
+
+def _build_here(args: argparse.Namespace, sam: str | None, common: dict) -> None:
+    from ovseg.bank import build_bank
+    from ovseg.bank.models import bank_models
+
+    models = bank_models(
+        args.clip, args.vfm, args.dino, sam, args.device, args.random_weights, args.vfm_key
+    )
+    build_bank(
+        args.images, args.out, clips=models.clips, vfm=models.vfm, dino=models.dino,
+        mask_fn=models.mask_fn, progress=not args.no_progress,
+        specs={"sam": sam, "dino": args.dino, "vfm": args.vfm, "clips": list(args.clip)},
+        **common,
+    )  # fmt: skip
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

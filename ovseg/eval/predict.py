@@ -32,6 +32,7 @@ class EvalConfig:
     its own names, per-dataset settings and prediction rule; ``"sam-clip"``: SAM proposals
     scored by its region scorer).
     ``method_options``: the method's options (over its per-dataset settings).
+    ``vfm``, ``bank``, ``aux_clip``: CorrCLIPv2's VFM, memory bank folder and auxiliary CLIP.
     """
 
     data: str
@@ -41,6 +42,9 @@ class EvalConfig:
     clip: str = DEFAULT_CLIP
     method: str = DEFAULT_METHOD
     dino: str | None = None
+    vfm: str | None = None
+    bank: str | None = None
+    aux_clip: str | None = None
     method_options: Mapping[str, Any] = field(default_factory=dict)
     scorer: str = "dense"
     templates: str = "imagenet"
@@ -56,6 +60,9 @@ class EvalConfig:
             "grid": dict(self.grid),
             "method_options": dict(self.method_options),
         }
+        for name in ("vfm", "bank", "aux_clip"):  # CorrCLIPv2's; absent: the keys as before
+            if fields[name] is None:
+                del fields[name]
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -190,6 +197,9 @@ class Predictor:
             config.clip,
             device,
             dino=config.dino,
+            vfm=config.vfm,
+            bank=config.bank,
+            aux_clip=config.aux_clip,
             method=config.method,
             random_weights=config.random_weights,
             templates=config.templates,

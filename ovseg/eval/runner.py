@@ -95,6 +95,9 @@ class EvalOptions:
     clip: str = DEFAULT_CLIP
     method: str | None = None
     dino: str | None = None
+    vfm: str | None = None
+    bank: str | os.PathLike | None = None
+    aux_clip: str | None = None
     method_options: Mapping[str, Any] | None = None
     scorer: str = "dense"
     templates: str = "imagenet"
@@ -143,6 +146,8 @@ def evaluate(
             background names, unlabeled pixels counted as background. None: the segmenter's
             method, else the default (``"naclip"``). ``scorer="oracle"`` always uses SAM.
         dino: the DINO model of ProxyCLIP, Trident, CorrCLIP (``"dino_vitb8"``...).
+        vfm, bank, aux_clip: CorrCLIPv2's VFM, memory bank folder and auxiliary CLIP (see
+            :class:`~ovseg.pipeline.Segmenter`).
         method_options: the method's options, over its per-dataset settings (``short_side``,
             ``slide_crop``, ``slide_stride``, ``logit_scale``, ``prob_threshold``, ...).
         scorer: ``"crop"``, ``"dense"``, ``"both"`` (the region scorer of ``sam-clip``) or
@@ -290,6 +295,8 @@ def plan_evaluation(
             f"grid options set SAM's automatic masks, which method {method!r} does not use "
             "here: add refine='masks' to the method options"
         )
+    if o.bank is not None and not Path(o.bank).expanduser().is_dir():
+        raise FileNotFoundError(f"bank folder not found: {o.bank} (ovseg bank build makes one)")
     out = Path(out)
     if out.suffix != ".json":
         raise ValueError(f"--out must name a .json file, got {out}")
@@ -303,6 +310,9 @@ def plan_evaluation(
         clip=str(clip),
         method=method,
         dino=None if dino is None else str(dino),
+        vfm=None if o.vfm is None else str(o.vfm),
+        bank=None if o.bank is None else str(Path(o.bank).expanduser().resolve()),
+        aux_clip=None if o.aux_clip is None else str(o.aux_clip),
         method_options=method_options,
         scorer=scorer,
         templates=str(templates),
