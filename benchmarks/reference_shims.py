@@ -176,23 +176,129 @@ def _naclip(checkout, model, names_file, cfg, tmp):
     )
 
 
-BUILDERS = {"sclip": _sclip, "naclip": _naclip}
+def _module(name: str, **attrs) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    return mod
 
 
-def build_reference(name: str, checkout: Path, model, classes, cfg, tmp: Path):
+def _unused(*args, **kwargs):
+    raise NotImplementedError("not part of the benchmarked configuration")
+
+
+def _clearclip(checkout, model, names_file, cfg, tmp):
+    # BLIP and GEM back other clip_type / model_type values than the one benchmarked
+    stubs = {
+        "BLIP": _module("BLIP"),
+        "BLIP.models": _module("BLIP.models"),
+        "BLIP.models.blip_retrieval": _module("BLIP.models.blip_retrieval", blip_retrieval=_unused),
+        "gem": _module("gem", create_gem_model=_unused),
+    }
+    mod = import_reference(checkout, "clearclip_segmentor", stubs)
+    # the reference's own open_clip classes (its modified ViT), with the benchmark's weights,
+    # in float32: the published code loads the hub weights in float16 for a GPU
+    arch = arch_of(model)
+    net = mod.create_model(arch, pretrained=None, precision="fp32")
+    net.load_state_dict(model.state_dict())
+    mod.create_model = lambda *args, **kwargs: net
+    seg = mod.ClearCLIPSegmentation(
+        clip_type="CLIP",
+        vit_type="ViT-B/16" if "B" in arch else "ViT-L-14",
+        model_type="ClearCLIP",
+        name_path=str(names_file),
+        device=torch.device("cpu"),
+        ignore_residual=True,
+        **_slide(cfg),
+    )
+    seg.float_inputs = True  # its predict casts the inputs to float16: kept float32 on the CPU
+    return seg
+
+
+def model_is(model, arch: str) -> bool:
+    """Whether the open_clip ``model`` has the image tower of ``arch`` (width and patch)."""
+    width = model.visual.conv1.out_channels
+    patch = model.visual.conv1.kernel_size[0]
+    return {"ViT-B-16": (768, 16), "ViT-B-32": (768, 32), "ViT-L-14": (1024, 14)}[arch] == (
+        width,
+        patch,
+    )
+
+
+@contextlib.contextmanager
+def _float32_half():
+    """``Tensor.half`` as the identity (restored after): the reference's GPU cast, kept in
+    float32 so that both sides compute in the same precision on the CPU."""
+    half = torch.Tensor.half
+    torch.Tensor.half = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.half = half
+
+
+def _proxyclip(checkout, model, names_file, cfg, tmp, dino=None, dino_checkout=None):
+    if dino is None or dino_checkout is None:
+        raise ValueError(
+            "ProxyCLIP's reference needs DINO's code: --dino-repo (facebookresearch/dino)"
+        )
+    # DINO's own ViT class (what its torch.hub entry builds), with the benchmark's DINO weights
+    vit = import_reference(
+        dino_checkout,
+        "vision_transformer",
+        {"utils": _module("utils", trunc_normal_=torch.nn.init.trunc_normal_)},
+    )
+    patch = dino.patch_embed.patch_size
+    patch = patch[0] if isinstance(patch, tuple) else int(patch)
+    width = dino.cls_token.shape[-1]
+    ref_dino = {384: vit.vit_small, 768: vit.vit_base}[width](patch_size=patch)
+    ref_dino.load_state_dict(dino.state_dict())
+    # its myutils imports openpyxl for spreadsheet logging, unused by the segmentor
+    mod = import_reference(checkout, "proxyclip_segmentor", {"openpyxl": _module("openpyxl")})
+    net = mod.create_model(arch_of(model), pretrained=None, precision="fp32")
+    net.load_state_dict(model.state_dict())
+    mod.create_model = lambda *args, **kwargs: net
+    hub_load = torch.hub.load
+    torch.hub.load = lambda *args, **kwargs: ref_dino  # its DINO comes from torch.hub
+    try:
+        with _float32_half():  # it casts CLIP and DINO to float16 for a GPU: kept float32
+            seg = mod.ProxyCLIPSegmentation(
+                clip_type="openai",
+                model_type=arch_of(model),
+                vfm_model="dino",
+                name_path=str(names_file),
+                device=torch.device("cpu"),
+                beta=cfg.beta,
+                gamma=cfg.gamma,
+                **_slide(cfg),
+            )
+    finally:
+        torch.hub.load = hub_load
+    seg.float_inputs = True
+    return seg
+
+
+def arch_of(model) -> str:
+    return next(a for a in ("ViT-B-16", "ViT-L-14", "ViT-B-32") if model_is(model, a))
+
+
+BUILDERS = {"sclip": _sclip, "naclip": _naclip, "clearclip": _clearclip, "proxyclip": _proxyclip}
+
+
+def build_reference(name: str, checkout: Path, model, classes, cfg, tmp: Path, **extra):
     """``frame (H, W, 3) uint8 RGB -> probabilities float32 (K, H, W)`` from the reference
     segmentor of ``name`` in ``checkout``, built on ``model``'s weights with ``cfg``'s options."""
     if name not in BUILDERS:
         raise ValueError(f"no reference builder for {name!r}; known: {', '.join(BUILDERS)}")
     names_file = tmp / "classes.txt"
     names_file.write_text("\n".join(classes) + "\n")
-    seg = BUILDERS[name](checkout, model, names_file, cfg, tmp).eval()
+    seg = BUILDERS[name](checkout, model, names_file, cfg, tmp, **extra).eval()
 
     def call(image: np.ndarray) -> np.ndarray:
         inputs = mmseg_inputs(image, cfg.short_side)
         h, w = image.shape[:2]
         sample = DataSample(ori_shape=(h, w), img_shape=tuple(inputs.shape[2:]), img_path="x")
-        with torch.no_grad():
+        keep = _float32_half() if getattr(seg, "float_inputs", False) else contextlib.nullcontext()
+        with torch.no_grad(), keep:
             out = seg.predict(inputs, [sample])[0]
         return out.seg_logits.data.float().numpy()
 

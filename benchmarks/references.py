@@ -50,7 +50,9 @@ REFERENCES = {
     "sclip": ("clip_segmentor.py", "OVSEG_SCLIP_REF"),
     "clearclip": ("clearclip_segmentor.py", "OVSEG_CLEARCLIP_REF"),
     "naclip": ("naclip.py", "OVSEG_NACLIP_REF"),
+    "proxyclip": ("proxyclip_segmentor.py", "OVSEG_PROXYCLIP_REF"),
 }
+NEEDS_DINO = {"proxyclip"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,6 +66,14 @@ def parse_args(argv=None) -> argparse.Namespace:
             metavar="DIR",
             help=f"checkout of the {name} reference repository (with {marker}; or ${env})",
         )
+    ap.add_argument(
+        "--dino-repo",
+        type=Path,
+        default=os.environ.get("OVSEG_DINO_REF") or None,
+        metavar="DIR",
+        help="checkout of facebookresearch/dino (ProxyCLIP's DINO class; or $OVSEG_DINO_REF)",
+    )
+    ap.add_argument("--dino", default="dino_vitb8", help="DINO architecture (random weights)")
     ap.add_argument("--data", type=Path, default=CAMVID, help="CamVid folder (images/)")
     ap.add_argument("--frames", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
@@ -81,6 +91,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         if not (Path(path) / marker).is_file():
             ap.error(f"--{name} {path}: not a {name} checkout (no {marker} there; or ${env})")
         args.checkouts[name] = Path(path).resolve()
+    if NEEDS_DINO & set(args.checkouts):
+        if args.dino_repo is None or not (Path(args.dino_repo) / "vision_transformer.py").is_file():
+            ap.error(
+                f"--dino-repo {args.dino_repo}: ProxyCLIP needs a facebookresearch/dino checkout "
+                "(with vision_transformer.py; or $OVSEG_DINO_REF)"
+            )
+        args.dino_repo = Path(args.dino_repo).resolve()
     if not args.checkouts:
         names = ", ".join(f"--{n}" for n in REFERENCES)
         ap.error(f"give at least one reference checkout ({names}, or their OVSEG_*_REF)")
@@ -130,11 +147,19 @@ def run_method(name: str, checkout: Path, images: list[np.ndarray], args) -> dic
 
     from ovseg.pipeline import Segmenter
 
-    seg = Segmenter(sam=None, clip=args.clip, method=name, random_weights=True, device="cpu")
+    dino = args.dino if name in NEEDS_DINO else None
+    seg = Segmenter(
+        sam=None, clip=args.clip, dino=dino, method=name, random_weights=True, device="cpu"
+    )
     cfg = seg.config()
     model = seg.clip.model
+    with torch.no_grad():  # weights a float16 checkpoint holds exactly, as OpenAI's CLIP
+        for tensor in model.state_dict().values():  # (SCLIP's and NACLIP's clip.load round
+            if tensor.is_floating_point():  # their weights through float16)
+                tensor.copy_(tensor.half().float())
     with tempfile.TemporaryDirectory() as tmp:
-        ref = build_reference(name, checkout, model, CLASSES, cfg, Path(tmp))
+        extra = dict(dino=seg.dino, dino_checkout=args.dino_repo) if dino else {}
+        ref = build_reference(name, checkout, model, CLASSES, cfg, Path(tmp), **extra)
 
     def ovseg_call(image):
         seg._probs_cache = None  # a frame it has not seen: no cached probabilities
