@@ -278,7 +278,10 @@ def _proxyclip(checkout, model, names_file, cfg, tmp, dino=None, dino_checkout=N
 
 
 def arch_of(model) -> str:
-    return next(a for a in ("ViT-B-16", "ViT-L-14", "ViT-B-32") if model_is(model, a))
+    """The open_clip config name of ``model``'s architecture (``-quickgelu`` included)."""
+    arch = next(a for a in ("ViT-B-16", "ViT-L-14", "ViT-B-32") if model_is(model, a))
+    quick = type(model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    return arch + "-quickgelu" if quick else arch
 
 
 BUILDERS = {"sclip": _sclip, "naclip": _naclip, "clearclip": _clearclip, "proxyclip": _proxyclip}
@@ -302,4 +305,5 @@ def build_reference(name: str, checkout: Path, model, classes, cfg, tmp: Path, *
             out = seg.predict(inputs, [sample])[0]
         return out.seg_logits.data.float().numpy()
 
+    call.segmentor = seg  # the reference object itself (its query features, options)
     return call

@@ -77,7 +77,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data", type=Path, default=CAMVID, help="CamVid folder (images/)")
     ap.add_argument("--frames", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--clip", default="ViT-B-16", help="open_clip ViT architecture")
+    ap.add_argument(
+        "--clip",
+        default="ViT-B-16-quickgelu",
+        help="open_clip ViT architecture (QuickGELU: the activation of OpenAI's CLIP, which "
+        "SCLIP's and NACLIP's CLIP class always use)",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("-o", "--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
@@ -231,6 +236,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     images, source = frames(args.data, args.frames)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
     for name, checkout in args.checkouts.items():
         print(f"{name}: {checkout}", flush=True)
@@ -255,12 +261,13 @@ def main(argv=None) -> int:
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "load_average_at_start": load_start,
         "load_average_at_end": load,
         "results": rows,
         "table": md,
     }
     out = write_json(args.out / f"references-{stamp.date().isoformat()}.json", payload)
-    print(f"load average at end: {load}; written {out}")
+    print(f"load average at start {load_start}, at end {load}; written {out}")
     return 1 if any("error" in r for r in rows) else 0
 
 
