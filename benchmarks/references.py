@@ -1,13 +1,15 @@
 """Each training-free method against its reference repository's own code, side by side.
 
     python benchmarks/references.py --sclip /path/to/SCLIP --naclip /path/to/NACLIP \
-        [--clearclip /path/to/ClearCLIP] [--data ../shared/data/camvid-val] [--frames 2]
+        [--clearclip /path/to/ClearCLIP] [--proxyclip /path/to/ProxyCLIP --dino-repo /path/to/dino]
+        [--data ../shared/data/camvid-val] [--frames 2]
         [--repeats 3] [--clip ViT-B-16] [-o benchmarks/results]
 
 A checkout path may also come from the environment (``OVSEG_SCLIP_REF``, ``OVSEG_NACLIP_REF``,
-``OVSEG_CLEARCLIP_REF``...). The reference code is imported from that path at run time (never
-vendored); its ``mmseg`` / ``mmengine`` imports are served by the minimal shims in
-``benchmarks/reference_shims.py`` (only what the segmentor classes touch), and it runs on the CPU.
+``OVSEG_CLEARCLIP_REF``, ``OVSEG_PROXYCLIP_REF``, ``OVSEG_DINO_REF``). The reference code is
+imported from that path at run time (never vendored); its ``mmseg`` / ``mmengine`` imports are
+served by the minimal shims in ``benchmarks/reference_shims.py`` (only what the segmentor
+classes touch), and it runs on the CPU.
 
 Both sides get the same CLIP weights (an open_clip model with random weights, its state dict
 loaded into the reference's own CLIP class), the same frames (CamVid when present, else
