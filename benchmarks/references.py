@@ -1,0 +1,278 @@
+"""Each training-free method against its reference repository's own code, side by side.
+
+    python benchmarks/references.py --sclip /path/to/SCLIP --naclip /path/to/NACLIP \
+        [--clearclip /path/to/ClearCLIP] [--proxyclip /path/to/ProxyCLIP --dino-repo /path/to/dino]
+        [--data ../shared/data/camvid-val] [--frames 2]
+        [--repeats 3] [--clip ViT-B-16] [-o benchmarks/results]
+
+A checkout path may also come from the environment (``OVSEG_SCLIP_REF``, ``OVSEG_NACLIP_REF``,
+``OVSEG_CLEARCLIP_REF``, ``OVSEG_PROXYCLIP_REF``, ``OVSEG_DINO_REF``). The reference code is
+imported from that path at run time (never vendored); its ``mmseg`` / ``mmengine`` imports are
+served by the minimal shims in ``benchmarks/reference_shims.py`` (only what the segmentor
+classes touch), and it runs on the CPU.
+
+Both sides get the same CLIP weights (an open_clip model with random weights, its state dict
+loaded into the reference's own CLIP class), the same frames (CamVid when present, else
+generated), the same classes (CamVid's eleven, one name each, the 80 ImageNet templates) and the
+same options (ovseg's method defaults, which are the references' segmentor defaults, passed
+to the reference constructor). The reference side is timed from the RGB frame: mmseg's test
+pipeline (``Resize`` keep-ratio to the short side, bilinear; normalisation) and
+``segmentor.predict``. The ovseg side is ``Segmenter.pixel_probabilities`` on a frame whose
+probabilities are not cached. Text embeddings are computed once per side and not timed. After
+one untimed warm-up call each, the repeats alternate reference and ovseg calls so that a change
+of load hits both; per frame is the median over frames x repeats.
+
+Agreement: the largest absolute difference of the class probabilities (K, H, W) and the
+fraction of pixels whose argmax label agrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CAMVID = HERE.parents[1] / "shared" / "data" / "camvid-val"
+CLASSES = ["sky", "building", "pole", "road", "sidewalk", "tree", "sign", "fence", "car",
+           "person", "bicyclist"]  # fmt: skip
+
+# method -> (file that marks a checkout of its reference repository, environment variable)
+REFERENCES = {
+    "sclip": ("clip_segmentor.py", "OVSEG_SCLIP_REF"),
+    "clearclip": ("clearclip_segmentor.py", "OVSEG_CLEARCLIP_REF"),
+    "naclip": ("naclip.py", "OVSEG_NACLIP_REF"),
+    "proxyclip": ("proxyclip_segmentor.py", "OVSEG_PROXYCLIP_REF"),
+}
+NEEDS_DINO = {"proxyclip"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line; ``SystemExit(2)`` with one message for a bad one."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name, (marker, env) in REFERENCES.items():
+        ap.add_argument(
+            f"--{name}",
+            type=Path,
+            default=os.environ.get(env) or None,
+            metavar="DIR",
+            help=f"checkout of the {name} reference repository (with {marker}; or ${env})",
+        )
+    ap.add_argument(
+        "--dino-repo",
+        type=Path,
+        default=os.environ.get("OVSEG_DINO_REF") or None,
+        metavar="DIR",
+        help="checkout of facebookresearch/dino (ProxyCLIP's DINO class; or $OVSEG_DINO_REF)",
+    )
+    ap.add_argument("--dino", default="dino_vitb8", help="DINO architecture (random weights)")
+    ap.add_argument("--data", type=Path, default=CAMVID, help="CamVid folder (images/)")
+    ap.add_argument("--frames", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--clip",
+        default="ViT-B-16-quickgelu",
+        help="open_clip ViT architecture (QuickGELU: the activation of OpenAI's CLIP, which "
+        "SCLIP's and NACLIP's CLIP class always use)",
+    )
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("-o", "--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    if args.frames < 1 or args.repeats < 1:
+        ap.error("--frames and --repeats must be at least 1")
+    args.checkouts = {}
+    for name, (marker, env) in REFERENCES.items():
+        path = getattr(args, name)
+        if path is None:
+            continue
+        if not (Path(path) / marker).is_file():
+            ap.error(f"--{name} {path}: not a {name} checkout (no {marker} there; or ${env})")
+        args.checkouts[name] = Path(path).resolve()
+    if NEEDS_DINO & set(args.checkouts):
+        if args.dino_repo is None or not (Path(args.dino_repo) / "vision_transformer.py").is_file():
+            ap.error(
+                f"--dino-repo {args.dino_repo}: ProxyCLIP needs a facebookresearch/dino checkout "
+                "(with vision_transformer.py; or $OVSEG_DINO_REF)"
+            )
+        args.dino_repo = Path(args.dino_repo).resolve()
+    if not args.checkouts:
+        names = ", ".join(f"--{n}" for n in REFERENCES)
+        ap.error(f"give at least one reference checkout ({names}, or their OVSEG_*_REF)")
+    return args
+
+
+def frames(data: Path, count: int) -> tuple[list[np.ndarray], str]:
+    """``count`` RGB uint8 frames: CamVid's first ones, or generated road-like 360x480 ones."""
+    from ovseg.image import load_image
+
+    paths = sorted((data / "images").glob("*.png"))[:count] if data.is_dir() else []
+    if paths:
+        return [load_image(p) for p in paths], f"CamVid {data.name} ({len(paths)} frames)"
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(count):
+        img = np.zeros((360, 480, 3), np.uint8)
+        img[:150] = (120, 160, 220)  # sky
+        img[150:260] = rng.integers(60, 200, (1, 1, 3))  # buildings
+        img[260:] = (90, 90, 95)  # road
+        noise = rng.normal(0, 12, img.shape)
+        out.append(np.clip(img + noise, 0, 255).astype(np.uint8))
+    return out, f"generated 480x360 ({count} frames)"
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def compare(ref: np.ndarray, ours: np.ndarray) -> dict:
+    """Max |Δ| of the probabilities and the fraction of pixels with the same argmax."""
+    if ref.shape != ours.shape:
+        return {"shape_mismatch": [list(ref.shape), list(ours.shape)]}
+    diff = float(np.abs(ref.astype(np.float64) - ours.astype(np.float64)).max())
+    labels = float((ref.argmax(0) == ours.argmax(0)).mean())
+    return {"max_abs_diff": diff, "label_agreement": labels}
+
+
+def run_method(name: str, checkout: Path, images: list[np.ndarray], args) -> dict:
+    """Build both sides on the same weights, warm up, time interleaved repeats, compare."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from reference_shims import build_reference
+
+    from ovseg.pipeline import Segmenter
+
+    dino = args.dino if name in NEEDS_DINO else None
+    seg = Segmenter(
+        sam=None, clip=args.clip, dino=dino, method=name, random_weights=True, device="cpu"
+    )
+    cfg = seg.config()
+    model = seg.clip.model
+    with torch.no_grad():  # weights a float16 checkpoint holds exactly, as OpenAI's CLIP
+        for tensor in model.state_dict().values():  # (SCLIP's and NACLIP's clip.load round
+            if tensor.is_floating_point():  # their weights through float16)
+                tensor.copy_(tensor.half().float())
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = dict(dino=seg.dino, dino_checkout=args.dino_repo) if dino else {}
+        ref = build_reference(name, checkout, model, CLASSES, cfg, Path(tmp), **extra)
+
+    def ovseg_call(image):
+        seg._probs_cache = None  # a frame it has not seen: no cached probabilities
+        return seg.pixel_probabilities(image, CLASSES)
+
+    ref_times, ovseg_times, agreement = [], [], []
+    with torch.inference_mode():
+        ref(images[0]), ovseg_call(images[0])  # warm-up (ovseg's text embeddings cached here)
+        for _ in range(args.repeats):
+            for image in images:
+                t_ref, p_ref = timed(lambda image=image: ref(image))
+                t_ovseg, p_ovseg = timed(lambda image=image: ovseg_call(image))
+                ref_times.append(t_ref)
+                ovseg_times.append(t_ovseg)
+                agreement.append(compare(p_ref, p_ovseg))
+    ref_s, ovseg_s = statistics.median(ref_times), statistics.median(ovseg_times)
+    diffs = [a.get("max_abs_diff", float("inf")) for a in agreement]
+    labels = [a.get("label_agreement", 0.0) for a in agreement]
+    return {
+        "method": name,
+        "checkout": str(checkout),
+        "options": {k: v for k, v in vars(cfg).items() if not k.startswith("_")},
+        "reference_s": ref_times,
+        "ovseg_s": ovseg_times,
+        "reference_median_s": ref_s,
+        "ovseg_median_s": ovseg_s,
+        "ratio": ref_s / ovseg_s,
+        "max_abs_diff": max(diffs),
+        "min_label_agreement": min(labels),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| method | reference s/frame | ovseg s/frame | reference / ovseg | max abs diff of "
+        "probabilities | label agreement |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {r['error']} | | | | |")
+            continue
+        lines.append(
+            f"| {r['method']} | {r['reference_median_s']:.2f} | {r['ovseg_median_s']:.2f} | "
+            f"{r['ratio']:.2f}x | {r['max_abs_diff']:.1e} | {100 * r['min_label_agreement']:.2f}% |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """Write ``payload`` atomically; a name taken already gets a numbered suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    final, n = path, 1
+    while final.exists():
+        final = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    os.replace(tmp, final)
+    return final
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    images, source = frames(args.data, args.frames)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows = []
+    for name, checkout in args.checkouts.items():
+        print(f"{name}: {checkout}", flush=True)
+        try:
+            rows.append(run_method(name, checkout, images, args))
+        except Exception as exc:  # recorded in the results; the exit status says it failed
+            detail = traceback.format_exc()
+            print(detail, file=sys.stderr)
+            rows.append({"method": name, "checkout": str(checkout), "error": repr(exc)})
+            rows[-1]["traceback"] = detail
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    md = table(rows)
+    print(md)
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    payload = {
+        "when": stamp.isoformat(timespec="seconds"),
+        "frames": source,
+        "frame_shape": list(images[0].shape),
+        "clip": f"{args.clip} (random weights)",
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": load_start,
+        "load_average_at_end": load,
+        "results": rows,
+        "table": md,
+    }
+    out = write_json(args.out / f"references-{stamp.date().isoformat()}.json", payload)
+    print(f"load average at start {load_start}, at end {load}; written {out}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parent))
+    sys.exit(main())
