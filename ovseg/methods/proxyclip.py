@@ -62,7 +62,9 @@ from ovseg.methods.clip_blocks import last_block_qkv, tokens_before_last_block
 from ovseg.methods.config import MethodConfig
 from ovseg.methods.dino import IMAGENET_MEAN, IMAGENET_STD, check_dino, dino_feature_map
 from ovseg.methods.geometry import imrescale_size, normalize_image, resize_image
-from ovseg.methods.slide import slide_logits
+from ovseg.methods.pixelmap import PixelMap
+from ovseg.methods.slide import slide_logits_lowres
+from ovseg.methods.tiles import check_query_class
 
 __all__ = [
     "dino_input_from_clip",
@@ -70,6 +72,7 @@ __all__ = [
     "proxy_attention",
     "proxy_similarity_mean",
     "proxyclip_logits",
+    "proxyclip_pixelmap",
     "proxyclip_probabilities",
     "proxyclip_probabilities_from_config",
     "proxyclip_window_features",
@@ -266,10 +269,13 @@ def proxyclip_logits(
     batch_windows: int = 4,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    low_res: bool = False,
 ) -> Tensor:
     """ProxyCLIP's cosine logits ``(Q, H, W)`` float32 at the input size (before the softmax).
 
-    Arguments as :func:`proxyclip_probabilities`.
+    Arguments as :func:`proxyclip_probabilities`; ``low_res``: return instead the logits
+    before the last bilinear resize (the windows' average at the network input, or the patch
+    grid of a whole-image pass), from which a :class:`~ovseg.methods.pixelmap.PixelMap` starts.
     """
     image = _check_image(image)
     if not isinstance(text, Tensor) or text.ndim != 2 or text.shape[0] < 1:
@@ -303,7 +309,7 @@ def proxyclip_logits(
         clip_mean=clip_mean,
         clip_std=clip_std,
     )
-    logits = slide_logits(
+    low = slide_logits_lowres(
         x,
         window_fn,
         text.to(device=device, dtype=torch.float32),
@@ -311,9 +317,11 @@ def proxyclip_logits(
         stride=stride if crop is not None else None,
         pad_multiple=pad_multiple if crop is not None else None,
         batch_windows=batch_windows,
-        out_size=(h0, w0),
     )
-    return logits[0]
+    if low_res:
+        return low[0]
+    with torch.inference_mode():
+        return F.interpolate(low, size=(h0, w0), mode="bilinear", align_corners=False)[0]
 
 
 def proxyclip_probabilities(
@@ -362,18 +370,9 @@ def proxyclip_probabilities(
         ``softmax(logit_scale * cosine)`` over the ``Q`` queries, then per class the max over
         its queries (a class without queries gets 0), so the values need not sum to 1.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-    qc = list(query_class)
-    if not isinstance(text, Tensor) or text.ndim != 2 or len(qc) != text.shape[0]:
+    if not isinstance(text, Tensor) or text.ndim != 2:
         raise ValueError("text must be (Q, D) and query_class must have one entry per row")
-    if any(
-        isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < num_classes
-        for k in qc
-    ):
-        raise ValueError(f"query_class entries must be ints in [0, {num_classes})")
+    qc = check_query_class(query_class, text.shape[0], num_classes)
     scale = _finite(logit_scale, "logit_scale")
     if scale <= 0:
         raise ValueError(f"logit_scale must be > 0, got {logit_scale!r}")
@@ -395,7 +394,7 @@ def proxyclip_probabilities(
     )
     with torch.inference_mode():
         probs = torch.softmax(logits * scale, dim=0)
-        idx = torch.as_tensor([int(k) for k in qc], device=probs.device)
+        idx = torch.as_tensor(qc, device=probs.device)
         out = probs.new_zeros((int(num_classes), *probs.shape[1:]))
         for k in torch.unique(idx).tolist():
             out[k] = probs[idx == k].amax(dim=0)
@@ -436,29 +435,52 @@ def proxyclip_probabilities_from_config(
     Raises:
         TypeError: ``config`` lacks one of the required attributes.
     """
+    return proxyclip_probabilities(
+        clip_visual, dino, image, text, query_class, num_classes,
+        **_config_kwargs(config), mean=mean, std=std,
+    )  # fmt: skip
 
+
+def _config_kwargs(config) -> dict:
     def get(name: str, default: object = ..., /) -> object:
         value = getattr(config, name, default)
         if value is ...:
             raise TypeError(f"config has no {name!r} (need {', '.join(_CONFIG_FIELDS)})")
         return value
 
-    return proxyclip_probabilities(
-        clip_visual,
-        dino,
-        image,
-        text,
-        query_class,
-        num_classes,
-        get("short_side"),
-        get("slide_crop"),
-        get("slide_stride"),
-        get("logit_scale"),
+    return dict(
+        short_side=get("short_side"),
+        crop=get("slide_crop"),
+        stride=get("slide_stride"),
+        logit_scale=get("logit_scale"),
         beta=get("beta", 1.2),
         gamma=get("gamma", 3.0),
         pad_multiple=get("pad_multiple"),
         long_cap=get("long_cap"),
         batch_windows=get("batch_windows", 4),
-        mean=mean,
-        std=std,
     )
+
+
+def proxyclip_pixelmap(
+    clip_visual: nn.Module,
+    dino: nn.Module,
+    image: np.ndarray,
+    text: Tensor,
+    query_class: Sequence[int],
+    num_classes: int,
+    config: MethodConfig,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **map_options,
+) -> PixelMap:
+    """:func:`proxyclip_probabilities_from_config` as a
+    :class:`~ovseg.methods.pixelmap.PixelMap` (the models run now, the input-size steps per
+    tile); ``map_options``: ``work_bytes`` or ``tile_size``."""
+    if not isinstance(text, Tensor) or text.ndim != 2:
+        raise TypeError("text must be a (Q, D) tensor")
+    qc = check_query_class(query_class, text.shape[0], num_classes)
+    kwargs = _config_kwargs(config)
+    scale = _finite(kwargs.pop("logit_scale"), "logit_scale")
+    low = proxyclip_logits(clip_visual, dino, image, text, **kwargs, mean=mean, std=std,
+                           low_res=True)  # fmt: skip
+    return PixelMap.from_logits(low, image.shape[:2], scale, qc, num_classes, **map_options)
