@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pamr", "pamr_affinity", "pamr_propagate", "pamr_halo"]
+__all__ = ["pamr", "pamr_affinity", "pamr_halo", "pamr_propagate"]
 
 # neighbour order of the reference 3x3 kernels: row-major, centre skipped
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -41,12 +41,9 @@ def _shifted(x: torch.Tensor, d: int, offsets) -> torch.Tensor:
     )
 
 
-def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
-    """Neighbour weights ``(1, 1, 8 * len(dilations), H, W)`` of ``image`` ``(1, 3, H, W)``;
-    they sum to 1 over dimension 2. Computed one channel at a time (a few
-    ``9 * len(dilations)`` float buffers of ``H x W``, not three times that)."""
+def _affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     total = None
-    for c in range(image.shape[1]):
+    for c in range(image.shape[1]):  # one channel at a time: a third of the buffers
         channel = image[:, c : c + 1]
         taps = torch.cat([_shifted(channel, d, _TAPS) for d in dilations], dim=2)
         std = taps.std(dim=2, keepdim=True)
@@ -58,6 +55,31 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor
         term = diff.neg_().div_(1e-8 + 0.1 * std)
         total = term if total is None else total.add_(term)
     return torch.softmax(total.div_(image.shape[1]), dim=2)
+
+
+def pamr_affinity(
+    image: torch.Tensor, dilations: Sequence[int], strip_pixels: int | None = None
+) -> torch.Tensor:
+    """Neighbour weights ``(1, 1, 8 * len(dilations), H, W)`` of ``image`` ``(1, 3, H, W)``;
+    they sum to 1 over dimension 2.
+
+    With ``strip_pixels``, computed in strips of rows of about that many pixels, each grown by
+    the largest dilation (the weights of a pixel read the image that far): the numbers of one
+    pass (to float rounding, ~1e-9), with temporaries (about 60 floats per pixel) for one
+    strip instead of the whole image. None: one pass.
+    """
+    dilations = tuple(dilations)
+    h, w = image.shape[-2:]
+    rows = h if strip_pixels is None else max(1, int(strip_pixels) // w)
+    if rows >= h:
+        return _affinity(image, dilations)
+    grow = max(dilations)
+    out = image.new_empty((image.shape[0], 1, 8 * len(dilations), h, w))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        e0, e1 = max(0, r0 - grow), min(h, r1 + grow)
+        out[..., r0:r1, :] = _affinity(image[:, :, e0:e1], dilations)[..., r0 - e0 : r1 - e0, :]
+    return out
 
 
 def pamr_propagate(

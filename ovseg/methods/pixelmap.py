@@ -62,9 +62,10 @@ from ovseg.methods.tiles import (
 
 __all__ = ["DEFAULT_WORK_BYTES", "PixelMap"]
 
-DEFAULT_WORK_BYTES = 256 * 2**20
+DEFAULT_WORK_BYTES = 512 * 2**20
 """Default working set of one tile, in bytes (the tile side is chosen to fit it)."""
 
+_SLACK = 2  # freed tile buffers stay in glibc's heap for the next tile: RSS ~2x live tensors
 _MIN_SIDE = 16
 _MAX_SIDE = 4096
 _F32 = 4
@@ -87,6 +88,7 @@ class PixelMap:
 
     def __init__(self, source, groups=None, *, work_bytes=DEFAULT_WORK_BYTES, tile_size=None):
         self._source = source
+        self._group_lists = groups
         self._groups = None if groups is None else row_plan(groups)
         rows = source.rows if groups is None else len(groups)
         self.shape = (rows, *source.size)
@@ -195,19 +197,25 @@ class PixelMap:
         return self._source.device
 
     def work(self, side: int) -> int:
-        extra = 0 if self._groups is None else 2 * self.num_classes
+        """Estimated bytes of the live tensors while one ``side x side`` tile is computed."""
+        extra = 0
+        if self._groups is not None:  # the regrouped rows, the largest group's copy
+            extra = self.num_classes + max((len(m) for _, m in self._groups[3]), default=0)
         return self._source.work(side) + extra * side * side * _F32
 
     @property
     def tile_size(self) -> int:
-        """The side of the square tiles: the one given, else the largest that fits
-        ``work_bytes`` (at least 16 pixels)."""
+        """The side of the square tiles: the one given, else the largest (at most 4096, at
+        least 16) whose estimated live tensors (:meth:`work`) take half of ``work_bytes``
+        (freed tile buffers stay in the allocator's heap for the next tile, so the process
+        grows by about ``work_bytes``)."""
         if self._tile_size is not None:
             return self._tile_size
         h, w = self.size
         side = min(max(h, w), _MAX_SIDE)
-        per_pixel = 3 * self.num_classes * _F32  # the tile and the reductions' temporaries
-        while side > _MIN_SIDE and self.work(side) + per_pixel * side * side > self.work_bytes:
+        per_pixel = 8 * _F32  # the reductions' temporaries (argmax, gathers)
+        budget = self.work_bytes / _SLACK
+        while side > _MIN_SIDE and self.work(side) + per_pixel * side * side > budget:
             side = max(_MIN_SIDE, int(side * 0.85))
         return side
 
@@ -249,8 +257,13 @@ class PixelMap:
         """A map whose row ``j`` is the max over this map's rows ``groups[j]`` (0 for an
         empty group), e.g. ``[[0], [1], ..., [k - 1], background_rows]``."""
         groups = check_groups(groups, self.num_classes)
-        return PixelMap(MapSource(self), groups, work_bytes=self.work_bytes,
-                        tile_size=self._tile_size)  # fmt: skip
+        options = dict(work_bytes=self.work_bytes, tile_size=self._tile_size)
+        if self._group_lists is not None and isinstance(self._source, LogitsSource):
+            # probabilities are >= 0: a max over rows that are maxes over queries is the max
+            # over the union of those queries (an empty row, 0, changes no max), one step
+            union = [sorted({q for i in g for q in self._group_lists[i]}) for g in groups]
+            return PixelMap(self._source, union, **options)
+        return PixelMap(MapSource(self), groups, **options)
 
     def resize(self, size: tuple[int, int]) -> PixelMap:
         """This map resized bilinearly (``align_corners=False``) to ``size`` ``(H', W')``,

@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 _F32 = 4
+_STRIPS = 4  # PAMR's weights of a grown tile are computed in this many strips of rows
 
 
 def check_query_class(query_class: Sequence[int], num_queries: int, num_classes: int) -> list:
@@ -150,18 +151,18 @@ class LogitsSource:
         h, w = self.size
         return min(side + 2 * self.halo, max(h, w))
 
-    def _chunk(self, ext: int) -> int:
-        return max(1, min(self.rows, 8))
+    def _chunk(self) -> int:
+        return max(1, min(self.rows, 4))
 
     def work(self, side: int) -> int:
-        out = 3 * self.rows * side * side * _F32
+        out = 2 * self.rows * side * side * _F32  # the tile, and the softmax of it
         if not self.steps:
             return out
-        ext = self._grown(side)
-        nd = len(self.dilations)
-        affinity = (26 * nd + 12) * ext * ext * _F32
-        refine = 4 * self._chunk(ext) * (ext + 2 * max(self.dilations)) ** 2 * _F32
-        return out + affinity + refine
+        ext = self._grown(side) + 2 * max(self.dilations)
+        weights = 8 * len(self.dilations) * ext * ext * _F32
+        strip = 64 * (ext * ext // _STRIPS + 2 * max(self.dilations) * ext) * _F32
+        refine = (3 * self._chunk() + 3) * ext * ext * _F32  # mask, sum, padded; the guide
+        return out + weights + strip + refine
 
     def window(self, r0, r1, c0, c1) -> torch.Tensor:
         h, w = self.size
@@ -171,10 +172,11 @@ class LogitsSource:
             e0, e1 = max(0, r0 - self.halo), min(h, r1 + self.halo)
             f0, f1 = max(0, c0 - self.halo), min(w, c1 + self.halo)
             guide = bilinear_window(self.guide, self.size, (e0, e1), (f0, f1))
-            affinity = pamr_affinity(guide[None], self.dilations)
+            strip = max(1, (e1 - e0) * (f1 - f0) // _STRIPS)
+            affinity = pamr_affinity(guide[None], self.dilations, strip)
             del guide
             out = self.logits.new_empty((self.rows, r1 - r0, c1 - c0))
-            step = self._chunk(max(e1 - e0, f1 - f0))
+            step = self._chunk()
             for q in range(0, self.rows, step):
                 grown = bilinear_window(self.logits[q : q + step], self.size, (e0, e1), (f0, f1))
                 refined = pamr_propagate(affinity, grown[None], self.steps, self.dilations)
