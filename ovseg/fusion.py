@@ -116,6 +116,25 @@ def mask_class_scores(masks: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.clip(sums / np.maximum(area, 1.0), 0.0, 1.0).astype(np.float32)
 
 
+def _label_probability(labels, probs, k: int, confidence) -> np.ndarray:
+    """The probability of each pixel's label: ``confidence`` as given, else read from
+    ``probs`` (K, H, W); checked against ``labels``' shape."""
+    if confidence is not None:
+        confidence = np.asarray(confidence, dtype=np.float32)
+        if confidence.shape != labels.shape:
+            raise ValueError(f"confidence is {confidence.shape}, labels {labels.shape}")
+        return confidence
+    if probs is None:
+        raise ValueError("give probs (K, H, W) or the confidence of each label (H, W)")
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim != 3 or probs.shape[0] != k or labels.shape != probs.shape[1:]:
+        raise ValueError(
+            f"probs must be (K, H, W) = ({k}, *labels.shape), got {probs.shape} and labels "
+            f"{labels.shape}"
+        )
+    return np.take_along_axis(probs, np.clip(labels, 0, k - 1)[None].astype(np.int64), 0)[0]
+
+
 def fuse_dense(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -127,13 +146,16 @@ def fuse_dense(
     image: np.ndarray | None = None,
     mask_scores: np.ndarray | None = None,
     track_ids: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
 ) -> SegmentationResult:
     """A dense label map, optionally refined by masks, as a result whose segments partition
     the labelled pixels.
 
     Args:
         labels: int (H, W), class indices or ``UNLABELED``: the method's own prediction.
-        probs: float (K, H, W) class probabilities the labels came from.
+        probs: float (K, H, W) class probabilities the labels came from, or None with
+            ``confidence`` (and ``mask_scores`` when there are masks): a map too large to hold
+            (see :class:`~ovseg.methods.pixelmap.PixelMap`: ``pick`` and ``mask_scores``).
         classes: the K class names.
         masks: optional bool (N, H, W). Each mask takes the class of highest mean probability
             inside it, with that mean as its score, and is fused by the rule of :func:`fuse`
@@ -144,27 +166,26 @@ def fuse_dense(
         mask_scores: optional float (N, K) class probabilities of the masks, used instead of
             their mean probability inside (video: each track's running mean).
         track_ids: optional (N,) video object ids of the masks (see :func:`fuse`).
+        confidence: optional float (H, W), the probability of each pixel's label (used
+            instead of reading it from ``probs``).
 
     Segments: the masks that own pixels (instances), then one segment per class for the
     labelled pixels no mask owns (score: the mean probability of the class over them).
     ``confidence`` is the probability of each pixel's class (a mask's score inside it).
     """
     labels = np.asarray(labels)
-    probs = np.asarray(probs, dtype=np.float32)
     k = len(classes)
-    if probs.ndim != 3 or probs.shape[0] != k or labels.shape != probs.shape[1:]:
-        raise ValueError(
-            f"probs must be (K, H, W) = ({k}, *labels.shape), got {probs.shape} and labels "
-            f"{labels.shape}"
-        )
+    picked = _label_probability(labels, probs, k, confidence)
     h, w = labels.shape
     if masks is None:
         masks = np.zeros((0, h, w), bool)
-    scores = mask_class_scores(masks, probs) if mask_scores is None else mask_scores
-    base = fuse(masks, scores, classes, score_threshold=score_threshold, image=image,
+    if mask_scores is None and probs is None and len(masks):
+        raise ValueError("masks without probs need their mask_scores")
+    if mask_scores is None:
+        mask_scores = mask_class_scores(masks, np.asarray(probs, np.float32))
+    base = fuse(masks, mask_scores, classes, score_threshold=score_threshold, image=image,
                 proposal_scores=proposal_scores, track_ids=track_ids)  # fmt: skip
     label_map = np.where(base.label_map != UNLABELED, base.label_map, labels).astype(np.int32)
-    picked = np.take_along_axis(probs, np.clip(labels, 0, k - 1)[None].astype(np.int64), 0)[0]
     dense_conf = np.where(labels != UNLABELED, picked, 0.0)
     confidence = np.where(base.label_map != UNLABELED, base.confidence, dense_conf)
     segments = list(base.segments)
@@ -201,32 +222,28 @@ def fuse_regions(
     regions: np.ndarray,
     *,
     image: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
 ) -> SegmentationResult:
     """A final label map from a method that labels whole regions (CorrCLIP's vote) as a result
     whose segments are those regions.
 
     Args:
         labels: int (H, W), class indices or ``UNLABELED``: the method's final map.
-        probs: float (K, H, W) class probabilities the labels came from.
+        probs: float (K, H, W) class probabilities the labels came from, or None with
+            ``confidence``.
         classes: the K class names.
         regions: int (H, W) region id map; the smallest id present is the unsegmented pixels.
+        confidence: optional float (H, W), the probability of each pixel's label.
 
     Segments: each region's labelled pixels (one segment per label inside it: a single one
     after a vote), then one segment per class for the labelled pixels outside every region.
     Scores and ``confidence`` are the probability of each pixel's class (segment: the mean).
     """
     labels = np.asarray(labels)
-    probs = np.asarray(probs, dtype=np.float32)
     regions = np.asarray(regions)
-    k = len(classes)
-    if probs.ndim != 3 or probs.shape[0] != k or labels.shape != probs.shape[1:]:
-        raise ValueError(
-            f"probs must be (K, H, W) = ({k}, *labels.shape), got {probs.shape} and labels "
-            f"{labels.shape}"
-        )
+    picked = _label_probability(labels, probs, len(classes), confidence)
     if regions.shape != labels.shape:
         raise ValueError(f"regions are {regions.shape}, labels {labels.shape}")
-    picked = np.take_along_axis(probs, np.clip(labels, 0, k - 1)[None].astype(np.int64), 0)[0]
     confidence = np.where(labels != UNLABELED, picked, 0.0).astype(np.float32)
     values, inverse = np.unique(regions, return_inverse=True)
     inverse = inverse.reshape(labels.shape)

@@ -101,3 +101,40 @@ def test_fusion_matches_per_pixel_reference(n, seed):
         owned += s.mask
         assert (r.label_map[s.mask] == s.class_index).all()
     assert ((owned == 1) == (r.label_map != UNLABELED)).all()
+
+
+def test_fuse_dense_and_regions_from_a_tiled_map_equal_from_probs():
+    """With a map too large to hold, fusion reads each label's probability and the masks'
+    scores from the tiled map (PixelMap.pick / mask_scores) instead of the (K, H, W) tensor."""
+    import torch
+
+    from ovseg.fusion import fuse_dense, fuse_regions
+    from ovseg.methods.pixelmap import PixelMap
+
+    rng = np.random.default_rng(0)
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(3, 40, 50))).float() * 3, 0).numpy()
+    labels = probs.argmax(0).astype(np.int32)
+    labels[:5] = -1  # unlabeled rows
+    masks = np.zeros((2, 40, 50), bool)
+    masks[0, 5:20, 5:30] = True
+    masks[1, 25:38, 10:45] = True
+    pm = PixelMap.from_tensor(probs, tile_size=16)
+    classes = ["a", "b", "c"]
+    full = fuse_dense(labels, probs, classes, masks=masks)
+    tiled = fuse_dense(labels, None, classes, masks=masks, mask_scores=pm.mask_scores(masks),
+                       confidence=pm.pick(labels))  # fmt: skip
+    np.testing.assert_array_equal(tiled.label_map, full.label_map)
+    np.testing.assert_allclose(tiled.confidence, full.confidence, atol=1e-6)
+    assert [s.class_index for s in tiled.segments] == [s.class_index for s in full.segments]
+    regions = np.zeros((40, 50), np.int64)
+    regions[10:30, 10:30] = 4
+    full = fuse_regions(labels, probs, classes, regions)
+    tiled = fuse_regions(labels, None, classes, regions, confidence=pm.pick(labels))
+    np.testing.assert_array_equal(tiled.confidence, full.confidence)
+    assert [s.area for s in tiled.segments] == [s.area for s in full.segments]
+    with pytest.raises(ValueError, match="mask_scores"):
+        fuse_dense(labels, None, classes, masks=masks, confidence=pm.pick(labels))
+    with pytest.raises(ValueError, match="confidence"):
+        fuse_dense(labels, None, classes)
+    with pytest.raises(ValueError, match="confidence"):
+        fuse_regions(labels, None, classes, regions, confidence=np.zeros((3, 3)))

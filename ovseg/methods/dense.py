@@ -13,9 +13,14 @@
    normalised input resized bilinearly to the original size;
 5. ``softmax(logit_scale * cosine)`` over all queries, then per class the max over its queries.
 
+:func:`dense_pixelmap` stops before the input size: it returns a
+:class:`~ovseg.methods.pixelmap.PixelMap` over the logits of step 3 before their last resize
+(and the network input, PAMR's guide), which computes steps 3-5 tile by tile on demand.
+
 :func:`predict_labels` then applies SCLIP's area rule, the argmax and the probability
-threshold. (NACLIP's final division of its returned probabilities by their sum comes after
-the prediction and is not part of either.)
+threshold (:meth:`~ovseg.methods.pixelmap.PixelMap.predict` on a map). (NACLIP's final
+division of its returned probabilities by their sum comes after the prediction and is not part
+of either.)
 """
 
 from __future__ import annotations

@@ -1,41 +1,49 @@
 """Per-pixel class probabilities at the input size, computed tile by tile on demand.
 
 A dense method's numbers are made at the model's working resolution (short side about
-336-688 pixels); only their last steps run at the input size ``H x W``: the bilinear resize of
+336-688 pixels); only its last steps run at the input size ``H x W``: the bilinear resize of
 the cosine logits, NACLIP's PAMR, the softmax over the queries and the max over each class's
-queries. :class:`PixelMap` holds the small tensor those steps start from and computes any
+queries. :class:`PixelMap` keeps the small tensor those steps start from and computes any
 window of the ``(C, H, W)`` result when asked, so that a full pass (labels, confidence, mask
-scores) costs the output plus a working set fixed by the tile size, never ``C x H x W``.
+scores) holds the output plus one tile's working set, never ``C x H x W``.
 
-Each tile equals the window of the whole-image computation: the bilinear resize
-(``align_corners=False``) is evaluated for the window with torch's source coordinates, and PAMR
-refines the window grown by its receptive field (:func:`~ovseg.methods.pamr.pamr_halo`,
-``steps x max(dilations)``, clipped at the image border) before it is cut back, so the
-replicated border of the grown window never reaches the tile. Values agree with the whole-image
-tensors to float32 rounding (a few ulp: the order of the multiply-adds is torch's, fused or not
-depending on the CPU).
+Each tile is the window of the whole-image computation: the bilinear resize
+(``align_corners=False``) is evaluated for the window with torch's source coordinates and
+order of operations, and PAMR refines the window grown by its receptive field
+(:func:`~ovseg.methods.pamr.pamr_halo`, ``steps x max(dilations)``, clipped at the image
+border) before it is cut back, so the replicated border of the grown window never reaches the
+tile. Values agree with the whole-image tensors to float32 rounding (measured at logit scale
+40: often bit for bit without PAMR, within 6e-6 with it).
 
-Where each method's map starts (the last tensor below the input size):
+Where each method's map starts (its last tensor below the input size):
 
-- SCLIP, ClearCLIP, NACLIP and ProxyCLIP, sliding windows: the windows' averaged logits at the
-  resized network input ``(Q, h, w)``, resized bilinearly to ``(H, W)``.
+- SCLIP, ClearCLIP, NACLIP, ProxyCLIP and CorrCLIP, sliding windows: the windows' averaged
+  logits at the resized network input ``(Q, h, w)`` (:func:`~ovseg.methods.slide.
+  slide_logits_lowres`), resized bilinearly to ``(H, W)``.
 - SCLIP, ClearCLIP and ProxyCLIP, whole image: the patch-grid logits ``(Q, gh, gw)``, resized
   straight to ``(H, W)``.
 - NACLIP, whole image (grid -> network input -> original, two bilinear steps): the logits at
-  the network input size ``(Q, h, w)`` (the first step is small and done before the map).
-- NACLIP's PAMR: 10 steps at dilations (8, 16), halo 160 pixels, guided by the normalised
-  network input ``(3, h, w)`` resized bilinearly to ``(H, W)`` (per window as well).
-- CorrCLIP: the windows' averaged logits at the network input, as the sliding methods. Its vote
-  (:func:`~ovseg.methods.regions.region_vote`) needs only the label map ``(H, W)`` of
-  :meth:`PixelMap.predict` and the region ids ``(H, W)``, both output-sized.
+  the network input ``(Q, h, w)`` (the first, small step is done before the map).
+- NACLIP's PAMR (10 steps at dilations 8 and 16: a halo of 160 pixels), guided by the
+  normalised network input ``(3, h, w)`` resized bilinearly to ``(H, W)``, window by window.
 - Trident: the cosine logits on SAM's token grid ``(Q, vh, vw)`` (the two halves side by side
-  with ``sam_halves``), resized to ``(H, W)``. Its refinement reads the map at half resolution:
-  ``probs.resize((H // 2, W // 2))`` is that map, lazily (``heatmap(c)`` gives one class's
-  ``(H / 2, W / 2)`` plane for its prompts, ``predict`` its top probability); the refined
-  scores ``(K, H, W)`` it builds from SAM's masks are its own and are not tiled here.
+  with ``sam_halves``), resized to ``(H, W)``.
 
-Outputs of the reductions are numpy arrays on the CPU; tiles are torch tensors on the device
-of the map's source (the GPU where the method ran).
+After the map, a method's own last step:
+
+- CorrCLIP's vote (:func:`~ovseg.methods.regions.region_vote`) reads only the label map of
+  :meth:`PixelMap.predict` and the region ids, both ``(H, W)``: output-sized.
+- Trident's refinement (:mod:`~ovseg.methods.trident_refine`) reads the map at half resolution
+  (``probs.resize((H // 2, W // 2))``, lazily): per class its maximum, the argmax inside each
+  prompting region (``pick`` of the half-resolution labels, then the region's argmax) and the
+  class's plane resized to SAM's mask-prompt size (``resize((H // 2, W // 2)).resize((ph,
+  pw))``, small), all from one pass over tiles. What it still holds at full size today is its
+  own: SAM's kept mask logits upsampled to ``(N, H, W)`` and its refined scores ``(K, H, W)``;
+  both come from SAM's ``(N, 256, 256)`` low-resolution masks by bilinear steps and would
+  tile the same way (:func:`~ovseg.methods.tiles.bilinear_window`).
+
+Reductions return numpy arrays on the CPU; tiles are torch tensors on the device of the map's
+source (the GPU where the method ran).
 """
 
 from __future__ import annotations
