@@ -209,7 +209,8 @@ class PixelMap:
         extra = 0
         if self._groups is not None:  # the regrouped rows, the largest group's copy
             extra = self.num_classes + max((len(m) for _, m in self._groups[3]), default=0)
-        return self._source.work(side) + extra * side * side * _F32
+        h, w = self.size
+        return self._source.work(side) + extra * min(side, h) * min(side, w) * _F32
 
     @property
     def tile_size(self) -> int:
@@ -223,7 +224,9 @@ class PixelMap:
         side = min(max(h, w), _MAX_SIDE)
         per_pixel = 8 * _F32  # the reductions' temporaries (argmax, gathers)
         budget = self.work_bytes / _SLACK
-        while side > _MIN_SIDE and self.work(side) + per_pixel * side * side > budget:
+        while (
+            side > _MIN_SIDE and self.work(side) + per_pixel * min(side, h) * min(side, w) > budget
+        ):
             side = max(_MIN_SIDE, int(side * 0.85))
         return side
 

@@ -61,6 +61,11 @@ def check_query_class(query_class: Sequence[int], num_queries: int, num_classes:
     return [int(k) for k in qc]
 
 
+def _area(size: tuple[int, int], side: int) -> int:
+    """Pixels of the largest tile of at most ``side x side`` in a map of ``size``."""
+    return min(side, size[0]) * min(side, size[1])
+
+
 def axis_weights(n_in: int, n_out: int, start: int, stop: int):
     """torch's bilinear (``align_corners=False``) source rows of outputs ``start .. stop - 1``:
     ``(i0, i1, w0, w1)``, the two source indices and their float32 weights."""
@@ -131,7 +136,7 @@ class TensorSource:
         return self.probs[:, r0:r1, c0:c1].float().clone()
 
     def work(self, side: int) -> int:
-        return self.rows * side * side * _F32
+        return self.rows * _area(self.size, side) * _F32
 
 
 class LogitsSource:
@@ -147,21 +152,20 @@ class LogitsSource:
         self.halo = pamr_halo(steps, dilations) if steps else 0
         self.device = logits.device
 
-    def _grown(self, side: int) -> int:
-        h, w = self.size
-        return min(side + 2 * self.halo, max(h, w))
-
     def _chunk(self) -> int:
         return max(1, min(self.rows, 4))
 
     def work(self, side: int) -> int:
-        out = 2 * self.rows * side * side * _F32  # the tile, and the softmax of it
+        out = 2 * self.rows * _area(self.size, side) * _F32  # the tile, and its softmax
         if not self.steps:
             return out
-        ext = self._grown(side) + 2 * max(self.dilations)
-        weights = 8 * len(self.dilations) * ext * ext * _F32
-        strip = 64 * (ext * ext // _STRIPS + 2 * max(self.dilations) * ext) * _F32
-        refine = (3 * self._chunk() + 3) * ext * ext * _F32  # mask, sum, padded; the guide
+        h, w = self.size
+        pad = 2 * max(self.dilations)
+        eh = min(side + 2 * self.halo, h) + pad
+        ew = min(side + 2 * self.halo, w) + pad
+        weights = 8 * len(self.dilations) * eh * ew * _F32
+        strip = 64 * (eh * ew // _STRIPS + pad * ew) * _F32
+        refine = (3 * self._chunk() + 3) * eh * ew * _F32  # mask, sum, padded; the guide
         return out + weights + strip + refine
 
     def window(self, r0, r1, c0, c1) -> torch.Tensor:
@@ -220,7 +224,7 @@ class ResizeSource:
         ph, pw = self.parent.size
         ratio = max(ph / self.size[0], pw / self.size[1], 1.0)
         src = math.ceil(side * ratio) + 2
-        return self.parent.work(src) + 3 * self.rows * src * side * _F32
+        return self.parent.work(src) + 3 * self.rows * _area(self.size, side) * ratio * _F32
 
 
 def group_rows(base: torch.Tensor, plan) -> torch.Tensor:
