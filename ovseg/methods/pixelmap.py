@@ -61,6 +61,7 @@ from ovseg.methods.tiles import (
     TensorSource,
     check_groups,
     check_query_class,
+    check_real,
     check_size,
     check_span,
     group_rows,
@@ -160,10 +161,7 @@ class PixelMap:
         if min(logits.shape) < 1 or not logits.is_floating_point():
             raise TypeError(f"logits must be a non-empty float tensor, got {logits.dtype}")
         size = check_size(size)
-        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)):
-            raise ValueError(f"logit_scale must be a finite float > 0, got {logit_scale!r}")
-        if not math.isfinite(logit_scale) or logit_scale <= 0:
-            raise ValueError(f"logit_scale must be a finite float > 0, got {logit_scale!r}")
+        check_real(logit_scale, "logit_scale", 0.0, math.inf, open_low=True)
         q = logits.shape[0]
         groups = None
         if query_class is not None:
@@ -171,13 +169,11 @@ class PixelMap:
             groups = [[i for i, k in enumerate(qc) if k == c] for c in range(int(num_classes))]
         elif num_classes is not None:
             raise ValueError("num_classes needs query_class")
-        if isinstance(pamr_steps, bool) or not isinstance(pamr_steps, int) or pamr_steps < 0:
-            raise ValueError(f"pamr_steps must be an int >= 0, got {pamr_steps!r}")
-        dilations = tuple(pamr_dilations)
-        if not dilations or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dilations
-        ):
-            raise ValueError(f"pamr_dilations must be positive ints, got {pamr_dilations!r}")
+        if pamr_steps != 0:
+            positive_int(pamr_steps, "pamr_steps (or 0)")
+        dilations = tuple(positive_int(d, "pamr_dilations entries") for d in pamr_dilations)
+        if not dilations:
+            raise ValueError("pamr_dilations must not be empty")
         if pamr_steps:
             if not isinstance(guide, torch.Tensor) or guide.ndim not in (3, 4):
                 raise TypeError("PAMR needs a guide image tensor (3, h, w)")
@@ -221,14 +217,17 @@ class PixelMap:
         if self._tile_size is not None:
             return self._tile_size
         h, w = self.size
-        side = min(max(h, w), _MAX_SIDE)
         per_pixel = 8 * _F32  # the reductions' temporaries (argmax, gathers)
-        budget = self.work_bytes / _SLACK
-        while (
-            side > _MIN_SIDE and self.work(side) + per_pixel * min(side, h) * min(side, w) > budget
-        ):
-            side = max(_MIN_SIDE, int(side * 0.85))
-        return side
+
+        def fits(side: int) -> bool:
+            extra = per_pixel * min(side, h) * min(side, w)
+            return self.work(side) + extra <= self.work_bytes / _SLACK
+
+        low, high = _MIN_SIDE, max(_MIN_SIDE, min(max(h, w), _MAX_SIDE))
+        while low < high:  # the largest side that fits (the estimate grows with the side)
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if fits(mid) else (low, mid - 1)
+        return low
 
     def __repr__(self) -> str:
         c, h, w = self.shape
@@ -308,16 +307,9 @@ class PixelMap:
             map's probability of each pixel's label (before the area rule's zeroing).
         """
         c, h, w = self.shape
-        if isinstance(prob_threshold, bool) or not isinstance(prob_threshold, (int, float)):
-            raise ValueError(f"prob_threshold must be a float in [0, 1], got {prob_threshold!r}")
-        if not 0 <= prob_threshold <= 1:
-            raise ValueError(f"prob_threshold must be a float in [0, 1], got {prob_threshold!r}")
-        if area_threshold is not None and (
-            isinstance(area_threshold, bool)
-            or not isinstance(area_threshold, (int, float))
-            or not 0 <= area_threshold <= 1
-        ):
-            raise ValueError(f"area_threshold must be None or in [0, 1], got {area_threshold!r}")
+        check_real(prob_threshold, "prob_threshold", 0.0, 1.0)
+        if area_threshold is not None:
+            check_real(area_threshold, "area_threshold", 0.0, 1.0)
         if background_class is None:
             if prob_threshold > 0 or area_threshold is not None:
                 raise ValueError(

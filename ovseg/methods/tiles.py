@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 _F32 = 4
-_STRIPS = 4  # PAMR's weights of a grown tile are computed in this many strips of rows
+_STRIPS = 16  # PAMR's weights of a grown tile are computed in this many strips of rows
 
 
 def check_query_class(query_class: Sequence[int], num_queries: int, num_classes: int) -> list:
@@ -153,7 +153,7 @@ class LogitsSource:
         self.device = logits.device
 
     def _chunk(self) -> int:
-        return max(1, min(self.rows, 4))
+        return max(1, min(self.rows, 2))
 
     def work(self, side: int) -> int:
         out = 2 * self.rows * _area(self.size, side) * _F32  # the tile, and its softmax
@@ -288,6 +288,17 @@ def positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return int(value)
+
+
+def check_real(value, name: str, low: float, high: float, open_low: bool = False) -> float:
+    """A finite real in ``[low, high]`` (``(low, high]`` with ``open_low``), else ValueError."""
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    if ok:
+        ok = math.isfinite(value) and (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        span = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be a finite number in {span}, got {value!r}")
+    return float(value)
 
 
 def check_size(size) -> tuple[int, int]:
