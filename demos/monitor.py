@@ -5,7 +5,7 @@
         --baseline-seconds 2 -o alerts/ [--sam vit_b] [--clip ViT-B-16/openai]
 
 Zones are polygons of ``(x, y)`` pixels drawn on the first frame (a JSON object: name ->
-points). The video is segmented with stable object ids (``Segmenter.segment_video``). Over
+points). The video is segmented with stable object ids (``ovseg.video.segment_video``). Over
 the first ``--baseline-seconds``, each zone learns which classes occupy it (a class occupies
 a zone on a frame when it covers at least ``--min-fraction`` of the zone). After that, a class
 entering a zone it never occupied during the baseline (a person on the tracks) raises one

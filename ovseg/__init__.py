@@ -23,7 +23,7 @@ _LAZY = {
     "heatmap": "ovseg.grounding.core",
     "load_image": "ovseg.image",
     "Segmenter": "ovseg.pipeline",
-    "segment": "ovseg.pipeline",
+    "segment": "ovseg.api",
     "Masks": "ovseg.structures",
     "Segment": "ovseg.result",
     "SegmentationResult": "ovseg.result",
@@ -44,10 +44,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ovseg.api import segment
     from ovseg.grounding.core import ground, heatmap
     from ovseg.grounding.result import GroundingResult
     from ovseg.image import load_image
-    from ovseg.pipeline import Segmenter, segment
+    from ovseg.pipeline import Segmenter
     from ovseg.result import Segment, SegmentationResult
     from ovseg.structures import Masks
 

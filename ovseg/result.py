@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,6 +336,9 @@ def _int_map(values: Any, name: str, upper: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-def _version() -> str | None:
-    pkg = sys.modules.get("ovseg")
-    return getattr(pkg, "__version__", None)
+def _version() -> str:
+    """ovseg's version, imported (not looked up in ``sys.modules``, which a process that
+    unpickled this module without importing the package, e.g. a Ray worker, may lack)."""
+    from ovseg import __version__
+
+    return __version__

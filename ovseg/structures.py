@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Masks", "image_key", "masks_to_boxes"]
+__all__ = ["Masks", "image_key", "mask_class_scores", "masks_to_boxes"]
 
 
 @dataclass
@@ -86,3 +86,16 @@ def image_key(image: np.ndarray) -> str:
     digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16)
     digest.update(str(image.shape).encode())
     return digest.hexdigest()
+
+
+def mask_class_scores(masks: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Mean class probability inside each mask: bool (N, H, W), float (K, H, W) -> float32
+    (N, K) in [0, 1] (an empty mask scores 0)."""
+    n = masks.shape[0]
+    k = probs.shape[0]
+    if n == 0:
+        return np.zeros((0, k), np.float32)
+    flat = masks.reshape(n, -1).astype(np.float32)
+    area = flat.sum(1, keepdims=True)
+    sums = flat @ np.asarray(probs).reshape(k, -1).T.astype(np.float32)
+    return np.clip(sums / np.maximum(area, 1.0), 0.0, 1.0).astype(np.float32)

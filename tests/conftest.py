@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID = REPO.parent / "shared" / "data" / "camvid-val"
+CAMVID = Path(os.environ.get("OVSEG_CAMVID", REPO.parent / "shared" / "data" / "camvid-val"))
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +58,10 @@ def tiny_segmenter():
         points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9
     )
     return Segmenter("tiny-random", "tiny-random", device="cpu", grid=grid, method="sam-clip")
+
+
+@pytest.fixture(autouse=True)
+def _text_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test writes text embeddings to its own empty cache folder (never the user's), so
+    no test reads what another wrote; subprocesses inherit it."""
+    monkeypatch.setenv("OVSEG_CACHE_DIR", str(tmp_path_factory.mktemp("ovseg-cache")))

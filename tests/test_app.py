@@ -83,7 +83,7 @@ def test_automatic_mode_matches_the_segmenter_and_exports(seg, image):
     np.testing.assert_allclose(result.confidence, expected.confidence, atol=1e-5)
     fractions = [f for f, _ in steps]
     assert fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] < 1
-    assert any("CLIP" in d for _, d in steps) and any("SAM" in d for _, d in steps)
+    assert any("labelling" in d for _, d in steps) and any("SAM" in d for _, d in steps)
 
     png, js = session.downloads["labels"], session.downloads["json"]
     assert png.name == "synthetic_labels.png" and js.name == "synthetic.json"
@@ -436,12 +436,12 @@ def test_build_app_wires_the_page(seg):
         "ovseg-status",
     } <= ids
     markdown = " ".join(str(c.value) for c in app.blocks.values() if isinstance(c, gr.Markdown))
-    assert "SAM `tiny-random`" in markdown and type(seg.scorer).__name__ in markdown
+    assert "SAM `tiny-random`" in markdown and f"method `{seg.method.name}`" in markdown
 
 
 def test_cli_options(capsys):
     from ovseg.cli import build_parser
-    from ovseg.cli.app import grid_options
+    from ovseg.cli._args import grid_options
 
     args = build_parser().parse_args(
         [

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from ovseg.bench.methods import BENCH_METHODS, method_rows, parse_methods
 from ovseg.bench.plain import PlainPipeline, label_components, synthetic_scene
-from ovseg.bench.runner import BENCH_METHODS, BenchConfig, _method_rows, parse_methods
+from ovseg.bench.runner import BenchConfig
 from ovseg.cli import main
 
 
@@ -106,13 +107,14 @@ def test_parse_methods():
     assert parse_methods("all") == BENCH_METHODS
     assert parse_methods("none") == ()
     assert parse_methods(" sclip , sclip,naclip") == ("sclip", "naclip")
-    for bad in ("sam-clip", "naclip,nope", ""):
+    assert parse_methods("sam-clip,trident") == ("sam-clip", "trident")  # any registered one
+    for bad in ("samclip", "naclip,nope", ""):
         with pytest.raises(ValueError, match="--methods"):
             parse_methods(bad)
 
 
 def test_method_rows_add_batch_sizes():
-    rows = _method_rows(BenchConfig(methods=("sclip", "naclip"), batch_windows=(1, 16)))
+    rows = method_rows(BenchConfig(methods=("sclip", "naclip"), batch_windows=(1, 16)))
     assert list(rows) == [
         "sclip",
         "sclip batch_windows=1",
@@ -124,7 +126,7 @@ def test_method_rows_add_batch_sizes():
     assert rows["naclip batch_windows=16"] == ("naclip", {"batch_windows": 16})
 
 
-@pytest.mark.parametrize("value", ["naclip,fast", "sam-clip", ","])
+@pytest.mark.parametrize("value", ["naclip,fast", "maskclip", ","])
 def test_bad_method_names_are_one_line_errors(tmp_path, capsys, value):
     assert main(["bench", "--tiny", "--methods", value, "-o", str(tmp_path)]) == 1
     err = capsys.readouterr().err
@@ -179,7 +181,7 @@ def test_bench_command_writes_json_and_markdown(tmp_path, data, request):
     assert not list(tmp_path.glob(".run*"))  # no temp files left behind
     methods = s["methods"]
     if data == "camvid":
-        assert methods == {} and rec["methods"] == {} and "Dense methods" not in markdown
+        assert methods == {} and rec["methods"] == {} and "Per-pixel methods" not in markdown
         return
     assert list(methods) == list(BENCH_METHODS) and results["method_errors"] == {}
     plain = s["stages"]["end_to_end"]["plain"]
@@ -191,7 +193,8 @@ def test_bench_command_writes_json_and_markdown(tmp_path, data, request):
         assert row["ratio_plain"] > 0
         assert row["ratio_dense"] > 0 and row["windows"] >= 1 and row["batch_windows"] >= 1
         assert f"| {name} | " in markdown
-    assert "## Dense methods (no SAM)" in markdown and "DINO tiny-random (ProxyCLIP)" in markdown
+    assert "## Per-pixel methods (no SAM)" in markdown
+    assert "DINO tiny-random (proxyclip)" in markdown
 
 
 @pytest.mark.gpu

@@ -218,13 +218,13 @@ def test_grid_flags_reach_the_segmenter(fake, tmp_path):
     grid = ["--points-per-side", "4", "--no-quality-filters", "--box-nms-thresh", "0.5"]
     argv = ["segment", img, "--classes", "a", "-o", str(tmp_path / "o"), *grid]
     assert main([*argv, "--method", "sam-clip", *FAST]) == 0
-    call = fake.calls[0]
-    assert (call["points_per_side"], call["pred_iou_thresh"], call["box_nms_thresh"]) == (
+    built = fake.built[0]  # the Segmenter is built with the grid options (one way: keywords)
+    assert (built["points_per_side"], built["pred_iou_thresh"], built["box_nms_thresh"]) == (
         4,
         0.0,
         0.5,
     )
-    assert call["stability_score_thresh"] == 0.0 and fake.built[0]["method"] == "sam-clip"
+    assert built["stability_score_thresh"] == 0.0 and built["method"] == "sam-clip"
 
 
 @pytest.mark.parametrize(
@@ -354,4 +354,39 @@ def test_refine_masks_flag(camvid_frame, tmp_path, capsys):
     assert "--refine masks" in capsys.readouterr().err
     other = tmp_path / "other"
     bad = ["segment", str(camvid_frame), "--classes", "road", "-o", str(other), *TINY]
-    assert main([*bad, "--refine", "masks", "--method", "sam-clip"]) != 0
+    assert main([*bad, "--refine", "masks", "--method", "sam-clip"]) == 0  # sam-clip's default
+
+
+def test_output_names_that_would_leave_out_are_refused_per_image(fake, tmp_path, capsys):
+    """Names are checked before anything is written: one whose outputs would leave OUT fails
+    alone (said once), the other image gets its outputs and the run files."""
+    from ovseg.cli import build_parser, segment
+    from ovseg.cli._outputs import InputImage, name_problem, save_outputs
+    from ovseg.cli._plan import prepare
+
+    for bad in ["../x.png", "a/../../x.png", "/etc/x.png", "a//b.png", "./a.png", "..\\x.png",
+                "a\x00.png", "a\n.png", ""]:  # fmt: skip
+        assert name_problem(bad), bad
+    for good in ["a.png", "sub/c.png", ".hidden/x.png", "x..y.png", "a b/c.png"]:
+        assert name_problem(good) is None, good
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(image)
+    out = tmp_path / "runs" / "out"
+    argv = ["segment", str(image), "--classes", "road", "car", "-o", str(out), *FAST]
+    args = build_parser().parse_args(argv)
+
+    def collect(inputs, out):
+        return tmp_path, [InputImage(image, "a.png"), InputImage(image, "../../escape.png")]
+
+    before = set(tmp_path.rglob("*"))
+    assert segment._Run(args, *prepare(args, collect)).run() == 1
+    assert "skipped" in capsys.readouterr().err
+    assert {p for p in tmp_path.rglob("*") if out not in p.parents} == before | {out.parent, out}
+    coco = json.loads((out / "instances.json").read_text())
+    assert [i["file_name"] for i in coco["images"]] == ["a.png"]
+    assert len(fake.calls) == 1  # the refused image was never segmented
+    result = fake().segment(image, ["road", "car"])
+    with pytest.raises(ValueError, match="refused"):
+        save_outputs(result, out, "../y.png")
+    assert not (out.parent / "y.png_labels.png").exists()

@@ -161,13 +161,13 @@ def test_readme_video_block(clip_inputs):
     """The README's Python video example, with the tiny models."""
     import ovseg
     from ovseg.proposals.grid import GridOptions
-    from ovseg.video import VideoStream
+    from ovseg.video import VideoStream, segment_video
 
     grid = GridOptions(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
     seg = ovseg.Segmenter(sam="tiny-random", clip="tiny-random", grid=grid)  # a small grid
     clip = str(clip_inputs / "clip.mkv")
-    results = seg.segment_video(clip, ["road", "car", "person"], stuff=["road"],
-                                keyframe_every=10, stride=1, max_frames=None)  # fmt: skip
+    results = segment_video(seg, clip, ["road", "car", "person"], stuff=["road"],
+                            keyframe_every=10, stride=1, max_frames=None)  # fmt: skip
     tracked = [[(s.track_id, r.classes[s.class_index], s.box) for s in r.segments if s.track_id]
                for r in results]  # fmt: skip
     assert len(tracked) == 8

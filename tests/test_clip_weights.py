@@ -5,7 +5,6 @@ cached weights load with no network; ``ovseg weights download`` is the one path 
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 import torch
@@ -73,10 +72,10 @@ def _hub_file(wdir, repo="ovseg/tiny-clip", name="open_clip_model.safetensors"):
 
 
 def test_missing_open_clip_weights_fail_at_once_with_the_command(wdir, offline):
-    start = time.perf_counter()
+    # "at once": no network attempt at all (the offline fixture fails the test on one), so
+    # nothing can be retried; speed itself is for benchmarks, not tests
     with pytest.raises(FileNotFoundError) as info:
         build_clip("ViT-B-16/openai", "cpu")
-    assert time.perf_counter() - start < 5
     message = str(info.value)
     assert "ovseg weights download ViT-B-16/openai" in message
     assert str(wdir / "open_clip") in message and "timm/vit_base_patch16_clip_224.openai" in message
@@ -84,10 +83,8 @@ def test_missing_open_clip_weights_fail_at_once_with_the_command(wdir, offline):
 
 def test_missing_hugging_face_model_fails_at_once_with_the_command(offline, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # even when online mode is allowed
-    start = time.perf_counter()
     with pytest.raises(FileNotFoundError) as info:
         build_clip("hf:ovseg-test/no-such-model", "cpu")
-    assert time.perf_counter() - start < 5
     assert "ovseg weights download hf:ovseg-test/no-such-model" in str(info.value)
 
 

@@ -38,6 +38,7 @@ def test_iou_threshold_keeps_exactly_the_prompts_with_a_passing_candidate(setup)
     sam, features, coords, ref_low, ref_iou = setup
     best = ref_iou.max(1).values.sort().values
     threshold = float(best[11:13].mean())  # midway between two prompts: no float-rounding tie
+    assert float(best[12] - best[11]) > 1e-5  # both sides clear of it (IoUs agree to 1e-6)
     low, iou, kept = decode_points(sam, features, coords, iou_threshold=threshold)
     expected = torch.nonzero((ref_iou > threshold).any(1)).flatten()
     assert 0 < len(kept) < 24 and kept.tolist() == expected.tolist()

@@ -273,7 +273,8 @@ def test_checkpoint_table():
     assert DINO_CHECKPOINTS["dino_vits16"].filename == "dino_deitsmall16_pretrain.pth"
     for entry in DINO_CHECKPOINTS.values():
         assert entry.url.endswith("/" + entry.filename)
-        assert entry.sha256 is None and entry.size is None  # not published
+        # pinned from a public mirror where one gives the file's size and SHA-256
+        assert entry.pinned == (entry.name == "dino_vitb16") and entry.source
     # The parameter counts DINO's README gives (ViT-S 21M, ViT-B 85M), from the built layout.
     params = {
         arch: sum(p.numel() for p in build_dino(arch, device="meta").parameters())

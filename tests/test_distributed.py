@@ -75,8 +75,9 @@ def two_threads():
 def test_ray_run_equals_local_run_survives_a_dead_worker_and_resumes(
     cluster, tmp_path, monkeypatch, two_threads
 ):
+    from ovseg import __version__
     from ovseg.distributed import segment_dataset
-    from ovseg.distributed.segment import FAULT_ENV, MANIFEST
+    from ovseg.distributed.segment import FAULT_ENV, JOURNAL, MANIFEST
 
     images = _images(tmp_path / "images")
     local, remote = tmp_path / "local", tmp_path / "ray"
@@ -94,6 +95,8 @@ def test_ray_run_equals_local_run_survives_a_dead_worker_and_resumes(
     assert "sub/c.png_labels.png" in ours
     rows = [json.loads(line) for line in (remote / MANIFEST).read_text().splitlines()]
     assert [r["image"] for r in rows] == ["a.png", "b.png", "corrupt.png", "sub/c.png"]
+    assert json.loads((remote / "a.png.json").read_text())["ovseg"]["version"] == __version__
+    assert not (remote / JOURNAL).exists()  # folded into the manifest
     bad = rows[2]
     assert bad["status"] == "failed" and "truncated" in bad["error"] and bad["classes"] == []
     for row in rows[:2] + rows[3:]:
@@ -119,6 +122,7 @@ def test_ray_run_equals_local_run_survives_a_dead_worker_and_resumes(
     assert summary["written"] == 0 and summary["skipped"] == 3 and not summary["failed"]
     again = [json.loads(line) for line in (remote / MANIFEST).read_text().splitlines()]
     assert [r["status"] for r in again] == ["done"] * 3
+    assert [r["worker"] for r in again] == ["local run"] * 3
     assert [r["classes"] for r in again] == [rows[0]["classes"], rows[1]["classes"],
                                              rows[3]["classes"]]  # fmt: skip
 
@@ -193,3 +197,80 @@ def test_eval_ray_sums_the_local_confusion_matrix(cluster, tmp_path):
     assert ours["miou"] == theirs["miou"] and ours["config"] == theirs["config"]
     assert ours["counts"]["computed"] == 3 and ours["counts"]["pixels"] == 3 * 160 * 240
     assert sorted(p.name for p in Path(ours["cache"]).glob("*.png")) == ["a.png", "b.png", "c.png"]
+
+
+def test_ray_input_whose_name_leaves_out_is_refused_alone(cluster, tmp_path):
+    """A list entry ``file:///.../deep/../../x.png`` would name its outputs ``../../x.png``:
+    it is a failed manifest row, nothing is written outside ``-o``, the good image completes
+    with its run files and manifest."""
+    from ovseg.distributed import segment_dataset
+    from ovseg.distributed.segment import MANIFEST
+
+    root = tmp_path / "w"
+    deep = root / "data" / "deep"
+    deep.mkdir(parents=True)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 64, 3), np.uint8))
+    image.save(deep / "good.png")
+    image.save(root / "x.png")
+    listing = root / "list.txt"
+    listing.write_text(f"{(deep / 'good.png').as_uri()}\n{deep.as_uri()}/../../x.png\n")
+    out = root / "runs" / "out"  # OUT/../../x.png_labels.png would land in root
+    before = {p for p in root.rglob("*")}
+
+    summary = segment_dataset([str(listing)], CLASSES, out, workers=1, **TINY)
+
+    assert {p for p in root.rglob("*") if out not in p.parents} == before | {out.parent, out}
+    assert summary["written"] == 1 and [f["image"] for f in summary["failed"]] == ["../../x.png"]
+    assert "refused" in summary["failed"][0]["error"] and "'..'" in summary["failed"][0]["error"]
+    rows = {r["image"]: r for r in map(json.loads, (out / MANIFEST).read_text().splitlines())}
+    assert rows["good.png"]["status"] == "ok" and rows["../../x.png"]["status"] == "failed"
+    assert rows["../../x.png"]["worker"]  # the driver that refused it
+    coco = json.loads((out / "instances.json").read_text())
+    assert [i["file_name"] for i in coco["images"]] == ["good.png"]
+    assert json.loads((out / "ovseg_run.json").read_text())["images"] == ["good.png"]
+
+
+def test_interrupted_ray_run_counts_and_lists_what_is_on_disk(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the workers keep writing: the driver received one row, three images are
+    on disk. The summary says three, the manifest lists three ``ok`` rows with their worker
+    (from the workers' journal), instances.json covers three. No Ray cluster: the workers'
+    side runs here, as a Ray worker runs it."""
+    pytest.importorskip("ray")
+    import socket
+
+    from ovseg.distributed import segment as dseg
+
+    images = _images(tmp_path / "images")
+    (images / "corrupt.png").unlink()
+    out = tmp_path / "out"
+
+    def interrupted(out, settings, todo, ray_options, device, progress, summary):
+        worker = dseg.SegmentWorker(settings, str(out), device)
+        raws = [worker({"uri": [str(i.path)], "name": [i.name]}) for i in todo]
+        summary["interrupted"] = True  # Ctrl-C after the first row reached the driver
+        first = {k: v[0] for k, v in raws[0].items()}
+        return {first["image"]: dseg._row(first)}
+
+    monkeypatch.setattr(dseg, "_stream", interrupted)
+    tiny = ["--sam", "tiny-random", "--clip", "tiny-random", "--no-progress"]
+    code = main(["segment", str(images), "--classes", *CLASSES, "-o", str(out), *tiny, "--ray"])
+    err = capsys.readouterr().err
+    assert code == 130 and "wrote 3 of 3 image(s)" in err and "interrupted" in err
+    rows = [json.loads(line) for line in (out / dseg.MANIFEST).read_text().splitlines()]
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    assert [(r["image"], r["status"], r["worker"]) for r in rows] == [
+        ("a.png", "ok", here), ("b.png", "ok", here), ("sub/c.png", "ok", here)
+    ]  # fmt: skip
+    assert len(json.loads((out / "instances.json").read_text())["images"]) == 3
+    assert not (out / dseg.JOURNAL).exists()
+
+    # a driver that died before writing any manifest: the journal still names the workers
+    journal = {r["image"]: r for r in rows}
+    (out / dseg.MANIFEST).unlink()
+    (out / dseg.JOURNAL).mkdir()
+    lines = "".join(json.dumps(r) + "\n" for r in journal.values()) + '{"image": "cut sh'
+    (out / dseg.JOURNAL / "host-1.jsonl").write_text(lines)
+    summary = dseg.segment_dataset(images, CLASSES, out, **TINY)
+    assert summary["written"] == 0 and summary["skipped"] == 3
+    again = [json.loads(line) for line in (out / dseg.MANIFEST).read_text().splitlines()]
+    assert again == rows and not (out / dseg.JOURNAL).exists()

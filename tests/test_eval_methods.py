@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ovseg.eval.runner import evaluate
@@ -36,6 +37,7 @@ def test_voc21_predictions_follow_the_methods_own_protocol(method, tmp_path):
     from ovseg.methods.dense import dense_probabilities, predict_labels
     from ovseg.methods.text import query_embeddings
     from ovseg.pipeline import Segmenter
+    from ovseg.scoring.vocabulary import resolve_templates, text_embeddings
 
     data = _voc(tmp_path / "voc")
     seg = Segmenter(None, "tiny-random", "cpu", method=method)
@@ -48,7 +50,13 @@ def test_voc21_predictions_follow_the_methods_own_protocol(method, tmp_path):
     assert len(classes) == 21 and len(classes[0]) == 26  # the 26 background words
     queries = [q for names in classes for q in names]
     owners = [i for i, names in enumerate(classes) for _ in names]
-    text = query_embeddings(seg.clip.model, seg.clip.tokenizer, queries)
+    # The queries with the 80 ImageNet templates, as the method's own code embeds them ...
+    own = query_embeddings(seg.clip.model, seg.clip.tokenizer, queries)
+    # ... are what the evaluation used: its embeddings, cached on the backend, agree with
+    # them to rounding (other text batches). The labels are argmax and threshold cuts, so
+    # they are recomputed from those very embeddings and must then be equal bit for bit.
+    text = text_embeddings(queries, resolve_templates("imagenet"), seg.clip)
+    torch.testing.assert_close(text, own, atol=1e-5, rtol=0)
     config = method_config(method, "voc21", short_side=96)
     assert config.prob_threshold == 0.1
     ds = open_dataset(data, "voc21")

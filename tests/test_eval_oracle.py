@@ -44,7 +44,7 @@ def test_oracle_does_not_load_clip(tmp_path, monkeypatch):
         raise AssertionError("the oracle must not build CLIP")
 
     monkeypatch.setattr(build, "build_clip", no_clip)
-    monkeypatch.setattr("ovseg.pipeline.build_clip", no_clip)
+    monkeypatch.setattr("ovseg.models.bundle.build_clip", no_clip)
     alone = evaluate(data, tmp_path / "b.json", scorer="oracle", device="cpu", **kw)
     assert alone["mode"] == "oracle" and alone["miou"] == pytest.approx(with_segmenter["miou"])
     assert alone["confusion_matrix"] == with_segmenter["confusion_matrix"]

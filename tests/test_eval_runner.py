@@ -127,7 +127,7 @@ def test_tiny_models_and_oracle_end_to_end(camvid, segmenter, tmp_path):
 def test_resume_after_interruption(camvid, segmenter, tmp_path, monkeypatch):
     calls = []
     fail_at = [2]
-    original = type(segmenter).segment
+    original = type(segmenter).label
 
     def flaky(self, image, *args, **kwargs):
         calls.append(image.shape)
@@ -135,7 +135,7 @@ def test_resume_after_interruption(camvid, segmenter, tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return original(self, image, *args, **kwargs)
 
-    monkeypatch.setattr(type(segmenter), "segment", flaky)
+    monkeypatch.setattr(type(segmenter), "label", flaky)
     out = tmp_path / "run.json"
     with pytest.raises(KeyboardInterrupt):
         _run(camvid, out, segmenter)

@@ -3,6 +3,9 @@
 The tiny models have random weights, so no test expects a particular region to win; each test
 recomputes the documented score definitions independently (text embeddings straight from the
 CLIP backend, softmax by hand) and checks ranking, filtering and thresholds against them.
+Those recomputed cosines agree with ground's own to rounding, not bit for bit (other text
+batches; the backend caches each name's first embedding), so a ranking or a cut is checked
+where the values are more than ``TOL`` apart, and near-ties may go either way.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conditioning import assert_sorted_by, top2_gap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +28,8 @@ from ovseg.grounding.core import (
     phrase_from_instruction,
 )
 from ovseg.structures import Masks, masks_to_boxes
+
+TOL = 1e-5  # cosines of the two computations agree to ~1e-7
 
 WORDS = [
     "car",
@@ -59,7 +65,7 @@ def masks(synthetic_image) -> np.ndarray:
 
 
 def _embed(seg, image, masks) -> torch.Tensor:
-    return seg.scorer.embed(image, Masks.from_masks(masks))
+    return seg.region_scorer.embed(image, Masks.from_masks(masks))
 
 
 def _cosines(seg, image, masks, names) -> np.ndarray:
@@ -109,7 +115,9 @@ def test_without_competitors_ranking_is_by_cosine(tiny_segmenter, synthetic_imag
     )
     cos = _cosines(tiny_segmenter, synthetic_image, masks, ["lamp"])[:, 0]
     assert np.allclose(r.scores, 1.0)
-    assert [c.index for c in r.candidates] == list(np.argsort(-cos, kind="stable"))
+    order = [c.index for c in r.candidates]
+    assert sorted(order) == list(range(len(masks)))
+    assert_sorted_by(order, cos, TOL)
 
 
 def test_negatives_drop_exactly_the_regions_they_beat(tiny_segmenter, synthetic_image, masks):
@@ -117,7 +125,8 @@ def test_negatives_drop_exactly_the_regions_they_beat(tiny_segmenter, synthetic_
     dropped_any = kept_any = False
     for negative in WORDS[1:]:
         cos = _cosines(tiny_segmenter, synthetic_image, masks, [phrase, negative])
-        beaten = {int(i) for i in np.flatnonzero(cos[:, 1] > cos[:, 0])}
+        beaten = {int(i) for i in np.flatnonzero(cos[:, 1] > cos[:, 0] + TOL)}
+        unbeaten = {int(i) for i in np.flatnonzero(cos[:, 1] < cos[:, 0] - TOL)}
         r = ground(
             synthetic_image,
             phrase,
@@ -126,9 +135,9 @@ def test_negatives_drop_exactly_the_regions_they_beat(tiny_segmenter, synthetic_
             negatives=[negative],
             templates=["{}"],
         )
-        assert set(r.rejected) == beaten
+        assert beaten <= set(r.rejected) and not unbeaten & set(r.rejected)  # near-ties: either
         assert all(negative in why for why in r.rejected.values())
-        assert {c.index for c in r.candidates} == set(range(len(masks))) - beaten
+        assert {c.index for c in r.candidates} == set(range(len(masks))) - set(r.rejected)
         dropped_any |= bool(beaten)
         kept_any |= len(beaten) < len(masks)
     assert dropped_any and kept_any, "no negative split the candidates: the test is vacuous"
@@ -162,13 +171,17 @@ def test_several_phrases_match_single_calls(tiny_segmenter, synthetic_image, mas
     assert isinstance(many, list) and [r.phrase for r in many] == phrases
     for p, r in zip(phrases, many, strict=True):
         one = ground(synthetic_image, p, candidates=masks, segmenter=tiny_segmenter)
-        assert [c.index for c in r.candidates] == [c.index for c in one.candidates]
-        assert np.allclose(r.scores, one.scores)
+        alone = {c.index: c.score for c in one.candidates}
+        assert sorted(c.index for c in r.candidates) == sorted(alone)
+        assert np.allclose([c.score for c in r.candidates], [alone[c.index] for c in r.candidates])
+        scores = np.array([alone.get(i, np.nan) for i in range(len(masks))])
+        assert_sorted_by([c.index for c in r.candidates], scores, TOL)  # near-ties: either
 
 
 def test_category_mode_keeps_regions_won_by_the_category(tiny_segmenter, synthetic_image, masks):
     entries = ["box", "sky", "road", "background"]
     cos = _cosines(tiny_segmenter, synthetic_image, masks, entries)
+    clear = top2_gap(cos, axis=1) > TOL
     keep = {int(i) for i in np.flatnonzero(cos.argmax(1) == 0)}
     r = ground(
         synthetic_image,
@@ -179,12 +192,13 @@ def test_category_mode_keeps_regions_won_by_the_category(tiny_segmenter, synthet
         distractors=["sky", "road"],
         templates=["{}"],
     )
-    assert {c.index for c in r.candidates} == keep
-    assert set(r.rejected) == set(range(len(masks))) - keep
+    kept = {c.index for c in r.candidates}
+    for i in np.flatnonzero(clear):  # where the category's win or loss is clear of rounding
+        assert (i in kept) == (i in keep), i
+    assert set(r.rejected) == set(range(len(masks))) - kept
     assert all(why.startswith("category") for why in r.rejected.values())
     attr = _cosines(tiny_segmenter, synthetic_image, masks, ["red", "background"])
-    order = sorted(keep, key=lambda i: -(attr[i, 0] - attr[i, 1]))
-    assert [c.index for c in r.candidates] == order
+    assert_sorted_by([c.index for c in r.candidates], attr[:, 0] - attr[:, 1], 2 * TOL)
 
 
 def test_prompt_candidates(tiny_segmenter, synthetic_image):
@@ -334,9 +348,10 @@ def test_nothing_found_is_an_empty_result_not_an_error(tiny_segmenter, synthetic
         points_per_side=2,
     )
     assert not r.found and r.mask is None and r.candidates == [] and r.point is None
-    both = tiny_segmenter.ground(
+    both = ground(
         synthetic_image,
         ["car", "sky"],
+        segmenter=tiny_segmenter,
         pred_iou_thresh=1.0,
         stability_score_thresh=1.0,
         points_per_side=2,
@@ -344,11 +359,13 @@ def test_nothing_found_is_an_empty_result_not_an_error(tiny_segmenter, synthetic
     assert [x.found for x in both] == [False, False]
 
 
-def test_segmenter_methods_equal_the_module_functions(tiny_segmenter, synthetic_image, masks):
+def test_the_public_fronts_are_the_module_functions(tiny_segmenter, synthetic_image, masks):
+    import ovseg
+
     a = ground(synthetic_image, "car", candidates=masks, segmenter=tiny_segmenter)
-    b = tiny_segmenter.ground(synthetic_image, "car", candidates=masks)
+    b = ovseg.ground(synthetic_image, "car", candidates=masks, segmenter=tiny_segmenter)
     assert a.score == b.score and np.array_equal(a.mask, b.mask)
-    h1 = tiny_segmenter.heatmap(synthetic_image, "car")
+    h1 = ovseg.heatmap(synthetic_image, "car", segmenter=tiny_segmenter)
     h2 = heatmap(synthetic_image, "car", segmenter=tiny_segmenter)
     np.testing.assert_array_equal(h1, h2)
 

@@ -144,6 +144,26 @@ def reference_window(visual, dino, crop: torch.Tensor, ids: np.ndarray) -> torch
     return (out @ visual.proj).T.reshape(1, -1, fh, fw)
 
 
+def _assert_cuts_clear(dino, crop: torch.Tensor, ids: np.ndarray) -> None:
+    """CorrCLIP's two hard cuts are clear of rounding on this input, so that both
+    implementations (and every CPU) take the same side: the DBSCAN distances of the region
+    means against its radius 0.2, and every patch cosine against their mean (the scope).
+    Computed in float64 from the DINO features both implementations share."""
+    from ovseg.methods.dino import dino_last_qkv
+    from ovseg.methods.proxyclip import dino_input_from_clip
+
+    q, k, _ = dino_last_qkv(dino, dino_input_from_clip(crop))
+    f = F.normalize((q + k)[0, 1:].double(), dim=-1)
+    sim = f @ f.T
+    assert (sim - sim.mean()).abs().min().item() > 1e-5
+    cells = _nearest(ids, (crop.shape[2] // 8, crop.shape[3] // 8)).reshape(-1)
+    values = np.unique(cells)
+    if len(values) > 2:
+        means = torch.stack([f[torch.from_numpy(cells == v)].mean(0) for v in values[1:]])
+        rs = (F.normalize(means, dim=1) @ F.normalize(means, dim=1).T).numpy()
+        assert np.abs(rs.max() - rs - 0.2).min() > 1e-3
+
+
 def _image_and_regions(seed=0, h=56, w=112):
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -166,6 +186,7 @@ def test_window_matches_independent_implementation(models):
     image, ids = _image_and_regions()
     crop = normalize_image(image)
     for variant in (ids, ids + 1, np.zeros_like(ids)):  # with 0, no 0 (quirk), no regions
+        _assert_cuts_clear(dino, crop, variant)
         ours = corrclip_window_features(
             clip.model.visual, dino, crop, torch.from_numpy(variant)[None, None].float()
         )
@@ -192,6 +213,7 @@ def test_probabilities_depend_on_regions_and_match_formula(models):
     text = F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(0)), dim=-1)
     # one window, no resize, no padding: the map is the window's logits resized bilinearly
     cfg = method_config("corrclip", short_side=56, slide_crop=112, slide_stride=56)
+    _assert_cuts_clear(dino, normalize_image(image), ids)
     probs = corrclip_probabilities(clip.model.visual, dino, image, ids, text, [0, 1, 1], 2, cfg)
     feats = F.normalize(
         reference_window(clip.model.visual, dino, normalize_image(image), ids), dim=1
@@ -283,7 +305,7 @@ def test_segmenter_contract(models):
 
     clip, dino = models
     options = dict(short_side=56, slide_crop=112, slide_stride=56)
-    seg = Segmenter(None, clip, "cpu", dino=dino, method="corrclip", method_options=options)
+    seg = Segmenter(None, clip, "cpu", dino=dino, method="corrclip", **options)
     image, ids = _image_and_regions(2)
     classes = ["cat", "dog; puppy", "road"]
     probs = seg.pixel_probabilities(image, classes, masks=ids)
@@ -372,14 +394,13 @@ def test_automatic_regions_from_sam(models):
     clip, dino = models
     options = dict(short_side=56, slide_crop=112, slide_stride=56)
     with pytest.warns(UserWarning, match="tiny random SAM"):
-        seg = Segmenter("tiny-random", clip, "cpu", dino=dino, method="corrclip",
-                        method_options=options)  # fmt: skip
+        seg = Segmenter("tiny-random", clip, "cpu", dino=dino, method="corrclip", **options)
         image, _ = _image_and_regions(4)
-        ids = seg.region_map(image)
+        ids = seg.method.region_map(image, seg.models)
     assert ids.shape == image.shape[:2] and ids.dtype == np.int64
     grid = seg.propose(image, **CORRCLIP_GRID)  # the same masks, painted by area
     assert (region_id_map(grid.masks, image.shape[:2]) == ids).all()
     probs = seg.pixel_probabilities(image, ["a", "b"])
     result = seg.segment(image, ["a", "b"])
     assert (result.label_map == region_vote(probs.argmax(0), ids)).all()
-    assert seg.region_map(image) is ids  # computed once per image
+    assert seg.method.region_map(image, seg.models) is ids  # computed once per image

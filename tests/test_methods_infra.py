@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.methods.classnames import class_names, query_list
-from ovseg.methods.config import DATASETS, METHODS, MethodConfig, method_config
+from ovseg.methods.config import DATASETS, METHODS, NaclipConfig, method_config
 from ovseg.methods.geometry import (
     center_padding,
     imrescale_size,
@@ -241,7 +241,7 @@ def test_method_config_bad_names():
     with pytest.raises(ValueError, match="attention"):
         method_config("sclip", attention="vanilla")
     assert method_config("clearclip", attention="vanilla").attention == "vanilla"
-    assert MethodConfig(method="naclip").attention is None
+    assert NaclipConfig(method="naclip").attention is None
 
 
 # -------------------------------------------------------------------------- class names

@@ -68,14 +68,19 @@ def test_notebook_is_stored_without_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_and_draws(path, kernel_manager_factory):
     nb = nbformat.read(path, as_version=4)
+    km = kernel_manager_factory()
     client = nbclient.NotebookClient(
         nb,
-        km=kernel_manager_factory(),
+        km=km,
         timeout=600,
         kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},
     )
-    client.execute()  # raises CellExecutionError on the first failing cell
+    try:
+        client.execute()  # raises CellExecutionError on the first failing cell
+    finally:  # a kernel given to the client outlives it: stop it, not at interpreter exit
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     figures = [o for o in outputs if "image/png" in o.get("data", {})]

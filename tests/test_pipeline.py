@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import ovseg
-from ovseg.pipeline import default_segmenter
+from ovseg.api import default_segmenter
 from ovseg.proposals.grid import GridOptions
 
 CLASSES = ["road; street", "sky", "car", "building"]

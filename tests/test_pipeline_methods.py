@@ -44,7 +44,7 @@ def test_pixel_probabilities_equal_the_methods_front(dense_segmenter, image):
     queries, owners = ["road", "street", "car", "sky"], [0, 0, 1, 2]
     text = query_embeddings(model, seg.clip.tokenizer, queries, OPENAI_IMAGENET_TEMPLATES)
     expected = dense_probabilities(
-        seg.method, model.visual, image, text, owners, 3, method_config(seg.method)
+        seg.method.name, model.visual, image, text, owners, 3, method_config(seg.method.name)
     )
     np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
 
@@ -100,15 +100,15 @@ def test_options_override_the_reference_settings(image):
         image, CLASSES, short_side=128, slide_crop=96, slide_stride=48
     )
     assert smaller.shape == default.shape and not np.allclose(smaller, default)
-    built = Segmenter(None, "tiny-random", "cpu", method="sclip", method_options={"short_side": 128,
-                      "slide_crop": 96, "slide_stride": 48})  # fmt: skip
+    built = Segmenter(None, "tiny-random", "cpu", method="sclip", short_side=128, slide_crop=96,
+                      slide_stride=48)  # fmt: skip
     np.testing.assert_allclose(built.pixel_probabilities(image, CLASSES), smaller, atol=1e-6)
     for bad in ({"short_side": 0}, {"slide_stride": 500}, {"logit_scale": -1.0},
                 {"prob_threshold": 2.0}, {"pamr_steps": -1}, {"no_such": 1}):  # fmt: skip
         with pytest.raises(ValueError):
             seg.pixel_probabilities(image, CLASSES, **bad)
-    with pytest.raises(ValueError, match="method option"):
-        Segmenter(None, "tiny-random", "cpu", method_options={"bogus": 1})
+    with pytest.raises(ValueError, match="unknown option.*bogus.*for method 'naclip'"):
+        Segmenter(None, "tiny-random", "cpu", bogus=1)
 
 
 def test_bad_constructions():
@@ -131,8 +131,7 @@ def test_no_sam_means_no_prompts(image):
     with pytest.raises(ValueError, match="grid options"):
         seg.segment(image, CLASSES, points_per_side=4)
     sam_clip = Segmenter("tiny-random", "tiny-random", "cpu", method="sam-clip")
-    with pytest.raises(ValueError, match="per-pixel"):
-        sam_clip.pixel_probabilities(image, CLASSES)
+    assert not sam_clip.pixel_probabilities(image, CLASSES).any()  # it labels masks, not pixels
 
 
 def test_sam_is_built_on_first_use_only(tmp_path, monkeypatch, image):
@@ -144,7 +143,7 @@ def test_sam_is_built_on_first_use_only(tmp_path, monkeypatch, image):
 
 
 def test_prompted_masks_take_their_class_from_the_probabilities(image):
-    from ovseg.fusion import mask_class_scores
+    from ovseg.structures import mask_class_scores
 
     seg = Segmenter("tiny-random", "tiny-random", "cpu")
     result = seg.segment(image, CLASSES, boxes=[[10, 10, 70, 60]])
@@ -204,8 +203,8 @@ def test_very_elongated_images_keep_one_patch_on_the_short_side():
     probs = seg.pixel_probabilities(img, CLASSES)
     assert probs.shape == (3, 12, 4000) and np.isfinite(probs).all()
     # an image the reference resize handles is computed with the reference settings, unchanged
-    config = seg.dense.config()
-    assert seg.dense._fit((97, 131), config) is config
+    config = seg.config()
+    assert seg.method.fit((97, 131), config, seg.models) is config
 
 
 def test_scorer_by_name_or_object(image):
@@ -213,19 +212,21 @@ def test_scorer_by_name_or_object(image):
 
     seg = Segmenter("tiny-random", "tiny-random", "cpu", method="sam-clip", scorer="crop",
                     margin=0.3)  # fmt: skip
-    assert isinstance(seg.scorer, CropScorer) and seg.scorer.margin == 0.3
+    assert isinstance(seg.region_scorer, CropScorer) and seg.region_scorer.margin == 0.3
     built = CropScorer(seg.clip, margin=0.3)
     other = Segmenter("tiny-random", seg.clip, "cpu", method="sam-clip", scorer=built)
-    assert other.scorer is built
+    assert other.region_scorer is built
     masks = other.propose(image, boxes=[[10, 10, 70, 60]])
     np.testing.assert_allclose(other.score(masks, CLASSES, image), seg.score(masks, CLASSES, image),
                                atol=1e-6)  # fmt: skip
-    with pytest.raises(ValueError, match="already built"):
-        Segmenter(None, seg.clip, "cpu", scorer=built, margin=0.1)
-    with pytest.raises(ValueError, match="unknown option"):
-        Segmenter(None, seg.clip, "cpu", scorer="crop", window=3)
+    per_call = seg.score(masks, CLASSES, image, scorer=built)  # the same option, per call
+    np.testing.assert_allclose(per_call, other.score(masks, CLASSES, image), atol=1e-6)
+    with pytest.raises(ValueError, match="window.*options of scorer='dense'"):
+        Segmenter(None, seg.clip, "cpu", method="sam-clip", scorer="crop", window=3)
     with pytest.raises(TypeError, match="scorer must be"):
-        Segmenter(None, seg.clip, "cpu", scorer=3)
+        Segmenter(None, seg.clip, "cpu", method="sam-clip", scorer=3)
+    with pytest.raises(ValueError, match="unknown option.*margin.*for method 'naclip'"):
+        Segmenter(None, seg.clip, "cpu", scorer="crop", margin=0.1)
 
 
 def test_a_bad_sam_spec_fails_at_construction(tmp_path):
@@ -243,7 +244,7 @@ def test_area_rule_with_background_names(image):
     result = seg.segment(image, classes, background=bg, area_threshold=0.45)
     probs = seg.pixel_probabilities(image, classes, background=bg)  # (2, H, W), classes only
 
-    full = seg._dense_probs(image, seg.vocabulary(classes, bg), {}).numpy()  # (3, H, W)
+    full = seg.probabilities(image, seg.vocabulary(classes, bg), seg.config()).numpy()  # (3, H, W)
     first = full.argmax(0)
     area = np.array([(first == c).sum() for c in range(2)], float)
     kept = area > 0.45 * area.sum()

@@ -93,12 +93,16 @@ def test_dense_pixelmap_bad_input(visual, text):
 @pytest.mark.parametrize("crop", [112, None])
 def test_proxyclip_pixelmap(visual, text, crop):
     from ovseg.methods.dino import tiny_dino
-    from ovseg.methods.proxyclip import proxyclip_pixelmap, proxyclip_probabilities_from_config
+    from ovseg.methods.proxyclip import proxyclip_pixelmap, proxyclip_probabilities
 
     dino = tiny_dino(patch_size=8, seed=0)
     cfg = method_config("proxyclip", short_side=112, slide_crop=crop, slide_stride=56)
     img = _image(121, 173, seed=1)
-    probs = proxyclip_probabilities_from_config(visual, dino, img, text, QUERY_CLASS, K, cfg)
+    probs = proxyclip_probabilities(
+        visual, dino, img, text, QUERY_CLASS, K, cfg.short_side, crop, cfg.slide_stride,
+        cfg.logit_scale, beta=cfg.beta, gamma=cfg.gamma, pad_multiple=cfg.pad_multiple,
+        long_cap=cfg.long_cap, batch_windows=cfg.batch_windows,
+    )  # fmt: skip
     _same(proxyclip_pixelmap(visual, dino, img, text, QUERY_CLASS, K, cfg, tile_size=50), probs)
 
 

@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 
-import ovseg
 from ovseg.cli import main
 from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, TINY
+from ovseg.methods.registry import METHODS
 from ovseg.models.build import check_sam_spec, dino_names
 from ovseg.models.presets import DEFAULT_QUALITY, PRESETS, resolve_models
-from ovseg.pipeline import METHODS
 
 
 def test_every_preset_names_known_models_and_a_method():
@@ -61,18 +60,20 @@ def test_bad_presets(quality, given, error, match):
 
 def test_segment_with_a_preset_and_tiny_models(monkeypatch):
     built = []
-    real = ovseg.pipeline.default_segmenter
+    import ovseg.api
+
+    real = ovseg.api.default_segmenter
 
     def spy(sam, clip, device=None, **options):
         seg = real(sam, clip, device, **options)
         built.append(seg)
         return seg
 
-    monkeypatch.setattr(ovseg.pipeline, "default_segmenter", spy)
+    monkeypatch.setattr(ovseg.api, "default_segmenter", spy)
     image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     result = ovseg.segment(image, ["road", "sky"], quality="fast", clip=TINY, sam=TINY)
     assert result.label_map.shape == (48, 64)
-    assert [s.method for s in built] == ["naclip"] and built[0].dino is None
+    assert [s.method.name for s in built] == ["naclip"] and built[0].dino is None
     with pytest.raises(ValueError, match="quality must be one of"):
         ovseg.segment(image, ["road"], quality="turbo")
 

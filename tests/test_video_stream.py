@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ovseg.structures import Masks, masks_to_boxes
 from ovseg.video.propagate import Propagator, SamPromptPropagator
-from ovseg.video.stream import VideoStream
+from ovseg.video.stream import VideoStream, segment_video
 
 H, W = 64, 96
 CAR, TREE = (200, 30, 30), (30, 160, 40)
@@ -89,16 +90,16 @@ def test_class_is_the_running_mean_so_labels_do_not_flicker(oracle_segmenter, mo
     classes = ["road", "car", "truck"]
     calls = {"n": 0}
 
-    def probs(image, classes_, **kw):
+    def probs(image, vocab, config, regions=None):
         p = np.zeros((3, H, W), np.float32)
         p[0] = 1.0
         car = (image == CAR).all(-1)
         odd = calls["n"] % 2
         calls["n"] += 1
         p[:, car] = np.array([0.0, 0.45, 0.55] if odd else [0.0, 0.7, 0.3])[:, None]
-        return p
+        return torch.from_numpy(p)
 
-    monkeypatch.setattr(oracle_segmenter, "pixel_probabilities", probs)
+    monkeypatch.setattr(oracle_segmenter, "probabilities", probs)
     stream = VideoStream(oracle_segmenter, classes, propagator=ColourPropagator())
     frames = synthetic_clip(late=99)
     seen, expected_sum = [], np.zeros(3)
@@ -112,17 +113,17 @@ def test_class_is_the_running_mean_so_labels_do_not_flicker(oracle_segmenter, mo
 
 
 def test_stuff_classes_are_never_tracked(oracle_segmenter, monkeypatch):
-    def probs(image, classes_, **kw):
+    def probs(image, vocab, config, regions=None):
         p = np.zeros((2, H, W), np.float32)
         p[0] = 1.0  # everything, the car included, is road
-        return p
+        return torch.from_numpy(p)
 
-    monkeypatch.setattr(oracle_segmenter, "pixel_probabilities", probs)
+    monkeypatch.setattr(oracle_segmenter, "probabilities", probs)
     stream = VideoStream(oracle_segmenter, ["road", "car"], stuff=["road"],
                          propagator=ColourPropagator())  # fmt: skip
     for f in synthetic_clip(3):
         r = stream.step(f)
-        dense = oracle_segmenter.label_regions(f, stream.vocab).label_map  # nothing painted
+        dense = oracle_segmenter.label(f, stream.vocab).label_map  # nothing painted
         assert not track_ids(r) and np.array_equal(r.label_map, dense)
 
 
@@ -171,7 +172,7 @@ def test_resume_from_a_saved_state_gives_the_same_results(tiny_segmenter):
 
 
 def test_segment_video_yields_results_with_track_ids(tiny_segmenter):
-    results = tiny_segmenter.segment_video(iter(synthetic_clip(4)), ["road", "car"],
+    results = segment_video(tiny_segmenter, iter(synthetic_clip(4)), ["road", "car"],
                                            keyframe_every=2, points_per_side=4)  # fmt: skip
     results = list(results)
     assert len(results) == 4 and all(r.shape == (H, W) for r in results)
@@ -192,7 +193,7 @@ def test_segment_video_yields_results_with_track_ids(tiny_segmenter):
 )
 def test_bad_options_fail_before_any_frame(tiny_segmenter, options, message):
     with pytest.raises(ValueError, match=message):
-        tiny_segmenter.segment_video(iter([]), ["road", "car"], **options)
+        segment_video(tiny_segmenter, iter([]), ["road", "car"], **options)
 
 
 def test_frames_of_another_size_are_refused(tiny_segmenter):

@@ -189,7 +189,7 @@ def test_missing_file_message(wdir, monkeypatch):
 
 def test_unknown_name(wdir):
     for call in (weights.download, weights.ensure_checkpoint, weights.get_checkpoint):
-        with pytest.raises(ValueError, match="known checkpoints: fake"):
+        with pytest.raises(ValueError, match="known checkpoints: .*fake"):
             call("vit_q")
 
 

@@ -3,8 +3,9 @@
 # %% [markdown]
 # # 05 · Video: stable object ids, and monitoring zones of a scene
 #
-# `Segmenter.segment_video(frames, classes, **options)` yields one `SegmentationResult` per
-# frame; each object's segment carries a `track_id` that stays the same across frames.
+# `ovseg.video.segment_video(segmenter, frames, classes, **options)` yields one
+# `SegmentationResult` per frame; each object's segment carries a `track_id` that stays the
+# same across frames.
 # Keyframes (every `keyframe_every` frames) get the full segmentation: the dense method's map
 # and SAM's automatic grid; between them each object's mask is propagated by prompting SAM
 # with its previous box and mask. New objects found on keyframes get new ids; an object's class
@@ -50,9 +51,10 @@ print(len(clip), "frames of", clip[0].shape)
 
 # %%
 from ovseg.proposals.grid import GridOptions
+from ovseg.video import segment_video
 
 segmenter = ovseg.Segmenter(**MODELS, grid=GridOptions(**GRID) if GRID else None)
-results = list(segmenter.segment_video(clip, CLASSES, stuff=STUFF, keyframe_every=3))
+results = list(segment_video(segmenter, clip, CLASSES, stuff=STUFF, keyframe_every=3))
 for i, r in enumerate(results):
     objects = [(s.track_id, CLASSES[s.class_index]) for s in r.segments if s.track_id]
     print(f"frame {i}: objects {objects}")

@@ -6,13 +6,13 @@ returns the session with ``status`` set to a readable message (``warning`` is Tr
 message reports a problem). User mistakes never raise: they become messages.
 
 Speed: uploading computes the SAM image embedding once (the proposer caches it by content);
-a click, box or scribble decodes only its own object and embeds only that region with CLIP.
-Each region's CLIP embedding is kept, so changing the classes, templates or threshold re-runs
-only the text side and the fusion.
+a click, box or scribble decodes only its own object. The method keeps its per-image work (its
+map; ``sam-clip``: each region's CLIP embedding), so changing the classes, templates or
+threshold re-runs only the text side and the fusion.
 
-Composition: prompted objects take their pixels first; the automatic proposals (if run) are
-cut by the union of the prompted objects and fill in the rest. Both go through
-:func:`ovseg.fusion.fuse`.
+Composition: the method's map, then the automatic proposals (when its ``refine`` option asks
+for them) cut by the union of the prompted objects, then the prompted objects, painted over it
+by :meth:`ovseg.pipeline.Segmenter.label`.
 
 Coordinates: clicks are ``(x, y)`` image pixels (integers, as the browser reports them).
 """
@@ -25,24 +25,19 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from ovseg.app.session import (
     BRUSH_KINDS,
     MODES,
     POINT_ACTIONS,
-    AutoProposals,
     Progress,
     PromptObject,
     Session,
     Settings,
     file_stem,
 )
-from ovseg.fusion import fuse
 from ovseg.scoring.vocabulary import parse_classes, validate_classes
 from ovseg.structures import Masks
-
-EMBED_CHUNK = 8
 
 
 def upload(
@@ -91,31 +86,6 @@ def _no_image(session: Session | None) -> Session:
     return (session or Session()).say("Upload an image first.", warning=True)
 
 
-def _embed(
-    segmenter,
-    image: np.ndarray,
-    masks: Masks,
-    progress: Progress | None = None,
-) -> torch.Tensor:
-    """CLIP region embeddings (N, D) on the CPU, in chunks so that progress can be shown.
-
-    A dense method labels regions from its pixel probabilities: no region embedding needed."""
-    if segmenter.dense is not None:
-        return torch.zeros((len(masks), 1))
-    parts = []
-    for start in range(0, len(masks), EMBED_CHUNK):
-        if progress is not None:
-            progress(
-                0.5 + 0.45 * start / len(masks),
-                desc=f"CLIP: scoring regions {start + 1}-"
-                f"{min(start + EMBED_CHUNK, len(masks))} of {len(masks)}",
-            )
-        with segmenter.lock, torch.inference_mode():
-            emb = segmenter.scorer.embed(image, masks[start : start + EMBED_CHUNK])
-        parts.append(emb.float().cpu())
-    return torch.cat(parts) if parts else torch.zeros((0, 1))
-
-
 def run_automatic(
     segmenter, session: Session | None, settings: Settings, progress: Progress | None = None
 ) -> Session:
@@ -125,20 +95,20 @@ def run_automatic(
     with session.lock:
         if progress is not None:
             progress(0.05, desc="SAM: automatic grid proposals")
-        if segmenter.dense is not None and segmenter.refine is None:
-            h, w = session.image.shape[:2]  # the dense map labels every pixel: no grid
-            masks = Masks(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros((0, 4)))
-        else:
+        h, w = session.image.shape[:2]
+        refine = segmenter.config().refine
+        if refine:
             masks = segmenter.propose(session.image)
-        embeddings = _embed(segmenter, session.image, masks, progress)
+        else:  # the method's map labels every pixel: no grid
+            masks = Masks(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros((0, 4)))
         session._snapshot()
-        session.auto, session.corner = AutoProposals(masks, embeddings), None
+        session.auto, session.corner = masks, None
         if progress is not None:
-            progress(0.97, desc="Fusing")
+            progress(0.5, desc=f"{segmenter.method.name}: labelling")
         _refresh(segmenter, session, settings)
-        if segmenter.dense is not None and segmenter.refine is None:
+        if not refine:
             if not session.warning:
-                session.say(f"Automatic mode ({segmenter.method}): {session.status}")
+                session.say(f"Automatic mode ({segmenter.method.name}): {session.status}")
         elif len(masks) == 0 and not session.warning:
             session.say(
                 "The automatic grid kept no masks (its quality filters removed them "
@@ -191,7 +161,7 @@ def click(
                     "That box is too thin: click two opposite corners.", warning=True
                 )
             count = len(session.objects)
-            obj = PromptObject("box", None, 0.0, None, box=box)
+            obj = PromptObject("box", None, 0.0, box=box)
             _add(segmenter, session, settings, obj, new=True, snapshot=False)
             if len(session.objects) == count and session.history:
                 session.history.pop()  # the box failed: forget its first corner's snapshot
@@ -202,7 +172,7 @@ def click(
                     "A negative point removes area from an object: add an object first.",
                     warning=True,
                 )
-            obj = PromptObject("points", None, 0.0, None, points=((x, y),), labels=(1,))
+            obj = PromptObject("points", None, 0.0, points=((x, y),), labels=(1,))
             return _add(segmenter, session, settings, obj, new=True)
         last = session.objects[-1]
         label = 1 if point == "add" else 0
@@ -265,7 +235,7 @@ def add_brush(
             return session.say(f"Could not read the drawing: {e}", warning=True)
         if strokes is None:
             return session.say("Draw on the object with the brush first.", warning=True)
-        obj = PromptObject(kind, None, 0.0, None, brush=strokes)
+        obj = PromptObject(kind, None, 0.0, brush=strokes)
         return _add(segmenter, session, settings, obj, new=True)
 
 
@@ -302,8 +272,7 @@ def _add(
         return session.say(f"Could not use this prompt: {e}", warning=True)
     if len(masks) == 0 or not masks.masks[0].any():
         return session.say("SAM found no object for this prompt; try another spot.", warning=True)
-    embedding = _embed(segmenter, session.image, masks[0:1])[0]
-    obj = replace(obj, mask=masks.masks[0], score=float(masks.scores[0]), embedding=embedding)
+    obj = replace(obj, mask=masks.masks[0], score=float(masks.scores[0]))
     if snapshot:
         session._snapshot()
     session.objects = [*session.objects, obj] if new else [*session.objects[:-1], obj]
@@ -387,41 +356,23 @@ def _refresh(segmenter, session: Session, settings: Settings) -> None:
             warning=True,
         )
         return
-    masks, embeddings, scores = [], [], []
-    if session.objects:
-        masks.append(np.stack([o.mask for o in session.objects]))
-        embeddings.append(torch.stack([o.embedding for o in session.objects]))
-        scores.append(np.array([o.score for o in session.objects], np.float32))
-    if session.auto is not None and len(session.auto.masks):
-        cut = session.auto.masks.masks
+    masks, scores = [], []
+    if session.auto is not None and len(session.auto):
+        cut = session.auto.masks
         if session.objects:
-            cut = cut & ~np.logical_or.reduce(masks[0], axis=0)
+            cut = cut & ~np.logical_or.reduce([o.mask for o in session.objects])
         masks.append(cut)
-        embeddings.append(session.auto.embeddings)
-        scores.append(session.auto.masks.scores)
-    if segmenter.dense is not None:
-        result = segmenter.label_regions(
-            session.image,
-            vocab,
-            np.concatenate(masks) if masks else None,
-            np.concatenate(scores) if masks else None,
-            score_threshold=threshold,
-        )
-    elif not masks:
-        session.say("No regions to label yet.")
+        scores.append(session.auto.scores)
+    if session.objects:  # painted last: a prompted object wins its pixels
+        masks.append(np.stack([o.mask for o in session.objects]))
+        scores.append(np.array([o.score for o in session.objects], np.float32))
+    objects = Masks.from_masks(np.concatenate(masks), np.concatenate(scores)) if masks else None
+    try:
+        config = segmenter.config(score_threshold=threshold)
+        result = segmenter.label(session.image, vocab, config, objects=objects)
+    except (ValueError, TypeError) as e:
+        session.say(f"Could not label this image: {e}", warning=True)
         return
-    else:
-        emb = torch.cat(embeddings)
-        with segmenter.lock, torch.inference_mode():
-            probs = vocab.probabilities(emb, segmenter.clip)
-        result = fuse(
-            np.concatenate(masks),
-            probs,
-            vocab.classes,
-            score_threshold=threshold,
-            image=session.image,
-            proposal_scores=np.concatenate(scores),
-        )
     session.result = result
     session.hidden &= set(result.classes)
     folder = session.folder()

@@ -8,8 +8,6 @@ Coordinates: points are ``(x, y)`` image pixels; boxes ``(x0, y0, x1, y1)`` pixe
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from ovseg.app.tempfiles import make_folder, remove_folder
 from ovseg.result import SegmentationResult
 from ovseg.structures import Masks
 
@@ -42,7 +40,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class PromptObject:
-    """One prompted object: its prompt, SAM's mask for it and the mask's CLIP embedding.
+    """One prompted object: its prompt and SAM's mask for it.
 
     Attributes:
         kind: ``"points"``, ``"box"``, ``"scribble"`` or ``"mask"``.
@@ -50,25 +48,15 @@ class PromptObject:
         box: ``(x0, y0, x1, y1)`` pixels, ``x1, y1`` exclusive, or None.
         brush: bool (H, W) strokes or rough mask, or None.
         mask: bool (H, W), SAM's mask; ``score``: its predicted IoU.
-        embedding: float (D,) unit-norm CLIP embedding of the masked region (CPU).
     """
 
     kind: str
     mask: np.ndarray
     score: float
-    embedding: torch.Tensor
     points: tuple[tuple[float, float], ...] = ()
     labels: tuple[int, ...] = ()
     box: tuple[int, int, int, int] | None = None
     brush: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class AutoProposals:
-    """The automatic grid's masks and their CLIP embeddings float (N, D) (CPU)."""
-
-    masks: Masks
-    embeddings: torch.Tensor
 
 
 @dataclass
@@ -77,7 +65,8 @@ class Session:
 
     Attributes:
         image: RGB uint8 (H, W, 3) or None; ``name``: a file-name stem for downloads.
-        objects: prompted objects, oldest first; ``auto``: automatic proposals or None.
+        objects: prompted objects, oldest first; ``auto``: the automatic run's masks (empty
+            when the method's map needs none), or None before it.
         corner: the first corner ``(x, y)`` of a box awaiting its second click, or None.
         history: snapshots ``(objects, auto, corner)`` for undo, oldest first.
         result: the last fused result, or None; ``hidden``: class names not drawn.
@@ -88,7 +77,7 @@ class Session:
     image: np.ndarray | None = None
     name: str = "image"
     objects: list[PromptObject] = field(default_factory=list)
-    auto: AutoProposals | None = None
+    auto: Masks | None = None
     corner: tuple[int, int] | None = None
     history: list[tuple] = field(default_factory=list)
     result: SegmentationResult | None = None
@@ -104,15 +93,16 @@ class Session:
         return self
 
     def folder(self) -> Path:
-        """This session's own temporary folder for downloads (created on first use)."""
+        """This session's own temporary folder for downloads (created on first use; see
+        :mod:`ovseg.app.tempfiles` for when it goes)."""
         if self.workdir is None or not self.workdir.is_dir():
-            self.workdir = Path(tempfile.mkdtemp(prefix="ovseg-app-"))
+            self.workdir = make_folder("app")
         return self.workdir
 
     def close(self) -> None:
         """Delete the session's temporary folder."""
         if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            remove_folder(self.workdir)
             self.workdir = None
 
     def _snapshot(self) -> None:

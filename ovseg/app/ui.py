@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 try:
@@ -15,7 +16,13 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the environmen
 from ovseg.app import handlers
 from ovseg.app.render import render
 from ovseg.app.session import MODES, Session, Settings, example_images
+from ovseg.app.tempfiles import clean_stale
 from ovseg.app.video import add_video_tab
+
+DEFAULT_MAX_FILE_SIZE = "50mb"  # an upload above it is refused by the server (HTTP 413)
+# Gradio's own cached copies (uploads, outputs): every 10 min, those older than an hour go,
+# and all of them when the server stops.
+DELETE_CACHE = (600, 3600)
 
 DEFAULT_CLASSES = "road; street, sidewalk, car, building, tree, sky, person"
 HELP = (
@@ -27,16 +34,16 @@ HELP = (
 
 
 def describe_models(segmenter, models: dict[str, str] | None = None) -> str:
-    """A Markdown line naming the models (fixed at launch), scorer and device."""
+    """A Markdown line naming the models (fixed at launch), the method and the device."""
     from ovseg.models.weights import SAM_CHECKPOINTS
 
     models = dict(models or {})
     model = segmenter.proposer.model  # SAM 1: name its encoder; SAM 2: its transformers class
     sam = models.get("sam") or type(getattr(model, "image_encoder", model)).__name__
     clip = models.get("clip") or segmenter.clip.name
-    scorer = type(segmenter.scorer).__name__
     return (
-        f"**Models** (fixed at launch): SAM `{sam}`, CLIP `{clip}`, scorer `{scorer}`, "
+        f"**Models** (fixed at launch): SAM `{sam}`, CLIP `{clip}`, method "
+        f"`{segmenter.method.name}`, "
         f"device `{segmenter.device}`. Restart with `ovseg app --sam "
         f"{{{','.join(SAM_CHECKPOINTS)}}} --clip ARCH/TAG` to change them."
     )
@@ -47,12 +54,64 @@ def _close(session: Session | None) -> None:
         session.close()
 
 
+@dataclass(frozen=True)
+class UnreadableImage:
+    """What the image input passes on for an upload it cannot read: ovseg's message."""
+
+    message: str
+
+
+def ovseg_image_errors(component):
+    """Make a ``gr.Image`` input pass an upload it cannot read (not an image, or one too
+    large to decode safely) on as :class:`UnreadableImage`, so that the page says so in
+    ovseg's words instead of Gradio's bare "Error" on every output; returns it.
+
+    (The component keeps its class: a Gradio component subclass would write a ``.pyi`` file
+    next to this module when it is defined.)
+    """
+    preprocess = component.preprocess
+
+    def checked(payload):
+        from PIL import Image
+
+        try:
+            return preprocess(payload)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            from ovseg.models.weights import reason
+
+            name = getattr(payload, "orig_name", None) or "the upload"
+            if isinstance(e, Image.UnidentifiedImageError):
+                why = "not an image file"
+            else:  # the server's own path of the upload is none of the visitor's business
+                why = reason(e).replace(str(getattr(payload, "path", None) or name), name)
+            return UnreadableImage(
+                f"Could not read this image ({name}): {why}. Upload a PNG, JPEG, WebP, BMP "
+                "or TIFF image."
+            )
+
+    component.preprocess = checked
+    return component
+
+
+def _with_upload_limit(app, max_file_size):
+    """Make ``app.launch`` refuse uploads above ``max_file_size`` unless told otherwise."""
+    launch = app.launch
+
+    def launch_with_limit(*args, max_file_size=max_file_size, **kwargs):
+        return launch(*args, max_file_size=max_file_size, **kwargs)
+
+    launch_with_limit.__doc__ = launch.__doc__
+    app.launch = launch_with_limit
+    return app
+
+
 def build_app(
     segmenter,
     *,
     models: dict[str, str] | None = None,
     title: str = "ovseg: open-vocabulary segmentation",
     default_classes: str = DEFAULT_CLASSES,
+    max_file_size: str | int | None = DEFAULT_MAX_FILE_SIZE,
 ):
     """The interactive app as a ``gr.Blocks`` (queue enabled); launch it with ``.launch()``.
 
@@ -61,13 +120,19 @@ def build_app(
             serialises model calls); per-user state lives in ``gr.State``.
         models: optional ``{"sam": name, "clip": name}`` shown on the page.
         title: page title; ``default_classes``: the class box's initial text.
+        max_file_size: the largest upload ``.launch()`` accepts (bytes, or ``"50mb"``...;
+            None: no limit); ``.launch(max_file_size=...)`` overrides it.
+
+    Temporary folders of earlier app processes that were killed are removed here; this app's
+    own go when their session ends and when the process exits (:mod:`ovseg.app.tempfiles`).
     """
     from ovseg.scoring.vocabulary import template_sets
 
+    clean_stale()
     templates = list(template_sets())
     default_templates = segmenter.templates if segmenter.templates in templates else templates[0]
 
-    with gr.Blocks(title=title) as app:
+    with gr.Blocks(title=title, delete_cache=DELETE_CACHE) as app:
         gr.Markdown(f"## {title}\n{HELP}")
         state = gr.State(None, delete_callback=_close)
         with gr.Row():
@@ -80,6 +145,7 @@ def build_app(
                     height=260,
                     elem_id="ovseg-input",
                 )
+                ovseg_image_errors(image_in)
                 examples = example_images()
                 if examples:
                     gr.Examples(examples, inputs=image_in, label="Examples (CamVid frames)")
@@ -128,7 +194,7 @@ def build_app(
                     threshold = gr.Slider(
                         0.0,
                         1.0,
-                        value=segmenter.score_threshold,
+                        value=segmenter.config().score_threshold,
                         step=0.01,
                         label="Score threshold (min class probability)",
                     )
@@ -189,7 +255,11 @@ def build_app(
             return {"background": session.image, "layers": [], "composite": session.image}
 
         def on_image(session, path, progress=gr.Progress()):  # noqa: B008 (Gradio's API)
-            session = handlers.upload(segmenter, session, path, progress=progress)
+            if isinstance(path, UnreadableImage):
+                session = handlers.upload(segmenter, session, None)  # starts over
+                session.say(path.message, warning=True)
+            else:
+                session = handlers.upload(segmenter, session, path, progress=progress)
             return [*show(session), editor_value(session)]
 
         def on_run(session, text, tmpl, thr, progress=gr.Progress()):  # noqa: B008 (Gradio's API)
@@ -251,4 +321,4 @@ def build_app(
         visible.input(on_visible, [state, visible], views)
         mode.change(on_mode, [state, mode], [*views, run_btn, point, brush_kind, editor, brush_btn])
     app.queue(max_size=64)
-    return app
+    return _with_upload_limit(app, max_file_size)

@@ -7,9 +7,10 @@ only through :func:`add_video_tab`.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ovseg.app.tempfiles import make_folder, remove_folder
 
 MAX_FRAMES = 300
 HELP = (
@@ -21,11 +22,14 @@ HELP = (
 
 @dataclass
 class ClipOutput:
-    """What the page shows: the overlay video and JSON paths (None on a problem), a message."""
+    """What the page shows: the overlay video and JSON paths (None on a problem), a message,
+    and the temporary folder holding them (None on a problem; see :mod:`ovseg.app.tempfiles`:
+    the page removes it with the next clip or when the session ends)."""
 
     overlay: str | None
     json: str | None
     status: str
+    folder: Path | None = None
 
 
 def segment_clip(
@@ -51,7 +55,7 @@ def segment_clip(
         source = open_frames(path, max_frames=max_frames)
     except (ValueError, TypeError, FileNotFoundError) as e:
         return ClipOutput(None, None, f"⚠️ {e}")
-    out = Path(tempfile.mkdtemp(prefix="ovseg-video-"))
+    out = make_folder("video")
     info = {"input": Path(path).name, "fps": source.fps}
     settings = {"input": Path(path).name, "classes": stream.classes, "stuff": stuff,
                 "keyframe_every": int(keyframe_every)}  # fmt: skip
@@ -66,12 +70,17 @@ def segment_clip(
     try:
         writer.run(source, stream, on_frame=tick)
     except (ValueError, OSError) as e:
+        remove_folder(out)
         return ClipOutput(None, None, f"⚠️ {e}")
+    except BaseException:  # Ctrl-C, a closed page: nothing stays behind
+        remove_folder(out)
+        raise
     objects = len({o["id"] for r in writer.records for o in r["objects"]})
     return ClipOutput(
         str(out / OVERLAY_NAME),
         str(out / JSON_NAME),
         f"{len(writer.records)} frames, {objects} objects (ids in the overlay and the JSON).",
+        out,
     )
 
 
@@ -93,8 +102,13 @@ def add_video_tab(segmenter, default_classes: str) -> None:
                 overlay = gr.Video(label="Overlay", interactive=False, elem_id="ovseg-video-out")
                 json_file = gr.File(label="JSON (objects, per-frame RLE masks and boxes)")
 
-        def on_run(path, text, stuff_text, k, progress=gr.Progress()):  # noqa: B008 (Gradio)
-            out = segment_clip(segmenter, path, text, stuff_text, int(k), progress=progress)
-            return out.overlay, out.json, out.status
+        last = gr.State(None, delete_callback=remove_folder)  # this session's last clip folder
 
-        run.click(on_run, [clip, classes, stuff, keyframes], [overlay, json_file, status])
+        def on_run(folder, path, text, stuff_text, k, progress=gr.Progress()):  # noqa: B008
+            remove_folder(folder)  # the previous clip's outputs: the page has its copies
+            out = segment_clip(segmenter, path, text, stuff_text, int(k), progress=progress)
+            return out.folder, out.overlay, out.json, out.status
+
+        run.click(
+            on_run, [last, clip, classes, stuff, keyframes], [last, overlay, json_file, status]
+        )

@@ -227,18 +227,25 @@ def to_markdown(results: dict) -> str:
 def _methods_markdown(c: dict, s: dict, m: dict) -> list[str]:
     kinds = c["scorers"]
     plain = s["stages"]["end_to_end"]["plain"]
-    dino = any(row["method"] == "proxyclip" for row in s["methods"].values())
-    sam = any(row["method"] == "trident" for row in s["methods"].values())
+    from ovseg.methods.registry import method_class
+
+    classes = {row["method"]: method_class(row["method"]) for row in s["methods"].values()}
     tiny = "tiny-random" if c["sam"] == "tiny-random" else None
+    dinos = sorted(
+        f"DINO {tiny or c['dino'] or cls.hints['dino']} ({name})"
+        for name, cls in classes.items()
+        if "dino" in cls.needs
+    )
+    sams = sorted(name for name, cls in classes.items() if "sam" in cls.needs)
     lines = [
-        "## Dense methods"
-        + (" (Trident with its SAM encoder and refinement)" if sam else " (no SAM)"),
+        "## Per-pixel methods"
+        + (f" ({', '.join(sams)} with the SAM encoder and refinement)" if sams else " (no SAM)"),
         "",
         f"Per image: the method's pixel probabilities on an image it has not seen (the "
         "Segmenter's probability cache cleared), then its labels and result "
         f"(`Segmenter.segment`). Models: CLIP {c['clip']}"
-        + (f" and DINO {c['dino']} (ProxyCLIP)" if dino else "")
-        + (f", DINO {tiny or 'dino_vitb16'} and SAM {c['sam']} (Trident)" if sam else "")
+        + "".join(f", {d}" for d in dinos)
+        + (f", SAM {c['sam']} ({', '.join(sams)})" if sams else "")
         + (", tiny random test models" if c["sam"] == "tiny-random" else ", random weights")
         + "; the CLIP model object above; the same frames and repeats. Ratios: the "
         f"plain pipeline's end to end ({_fmt(plain)} s) and ovseg's SAM + CLIP end to end over "

@@ -26,46 +26,31 @@ The plain pipeline lives in :mod:`ovseg.bench.plain`; reports in :mod:`ovseg.ben
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ovseg.bench.methods import (
+    BENCH_METHODS,
+    build_methods,
+    method_error,
+    method_rows,
+    parse_methods,
+    run_method,
+    warmup_methods,
+    windows,
+)
 from ovseg.bench.plain import PlainPipeline, label_components, synthetic_scene
 from ovseg.bench.report import machine_info, summarize
+from ovseg.bench.timing import Counter, Peak, timed
 from ovseg.constants import DEFAULT_SAM
 from ovseg.proposals.sam2_grid import Sam2GridOptions
 
 CAMVID = Path("../shared/data/camvid-val")
 CAMVID_IGNORE = (11,)
 SYNTHETIC_CLASSES = ["sky", "road", "building", "car"]
-BENCH_METHODS = ("naclip", "sclip", "clearclip", "proxyclip")
-
-
-def parse_methods(text: str) -> tuple[str, ...]:
-    """``--methods``: comma-separated dense method names, ``all`` (every one) or ``none``.
-
-    Raises:
-        ValueError: an unknown name (the message lists the known ones).
-    """
-    from ovseg.methods.runner import DENSE_METHODS
-
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if names == ["none"]:
-        return ()
-    if names == ["all"]:
-        return BENCH_METHODS
-    known = (*BENCH_METHODS, *(m for m in DENSE_METHODS if m not in BENCH_METHODS))
-    bad = [n for n in names if n not in known]
-    if bad or not names:
-        raise ValueError(
-            f"unknown method(s) {bad or [text]} in --methods; choose from {', '.join(known)}, "
-            "'all' or 'none'"
-        )
-    return tuple(dict.fromkeys(names))
 
 
 @dataclass
@@ -88,7 +73,7 @@ class BenchConfig:
     min_area: int = 64
     threads: int | None = None
     methods: tuple[str, ...] = BENCH_METHODS
-    dino: str = "dino_vitb8"
+    dino: str | None = None  # None: each method's reference DINO
     batch_windows: tuple[int, ...] = ()
     notes: list[str] = field(default_factory=list)
 
@@ -131,90 +116,14 @@ def load_frames(
     return frames, SYNTHETIC_CLASSES, (), "generated (CamVid not found)"
 
 
-class _Peak:
-    """Peak memory above the level at entry: CUDA allocator peak on GPU, else the process RSS
-    sampled every 5 ms (psutil), falling back to ``ru_maxrss`` growth."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak_mb, self.method = device, 0.0, ""
-
-    def __enter__(self):
-        self._stop = threading.Event()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            self.method = "torch.cuda.max_memory_allocated"
-            return self
-        try:
-            import psutil
-        except ImportError:
-            import resource
-
-            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            self.method = "ru_maxrss growth (lower bound)"
-            return self
-        proc = psutil.Process()
-        self._base = self._max = proc.memory_info().rss / 2**20
-        self.method = "RSS sampled every 5 ms (psutil)"
-
-        def sample():
-            while not self._stop.wait(0.005):
-                self._max = max(self._max, proc.memory_info().rss / 2**20)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
-        elif hasattr(self, "_thread"):
-            self._stop.set()
-            self._thread.join()
-            self.peak_mb = self._max - self._base
-        else:
-            import resource
-
-            self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self._base
-        return False
-
-
-class _Counter:
-    """Counts calls of one bound method (CLIP image passes), by wrapping it on the instance."""
-
-    def __init__(self, obj, name: str):
-        self.obj, self.name, self.calls = obj, name, 0
-        original = getattr(obj, name)
-
-        def counted(*args, **kwargs):
-            self.calls += 1
-            return original(*args, **kwargs)
-
-        setattr(obj, name, counted)
-
-    def close(self) -> None:
-        self.obj.__dict__.pop(self.name, None)
-
-
-def _timed(fn, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - t0
-
-
-def _forget(segmenter) -> None:
-    """Drop ovseg's cached image embedding and dense feature maps so a repeat pays them again."""
-    segmenter.proposer.clear_cache()
-    segmenter._image = None
-    for scorer in (segmenter.scorer, getattr(segmenter.scorer, "dense", None)):
-        if hasattr(scorer, "_cache"):
-            scorer._cache = None
+def _forget(segmenter, scorers=()) -> None:
+    """Drop ovseg's cached work (image embedding, region embeddings, dense feature maps) so a
+    repeat pays it again."""
+    segmenter.clear_cache()
+    for scorer in scorers:
+        for part in (scorer, getattr(scorer, "dense", None)):
+            if hasattr(part, "_cache"):
+                part._cache = None
 
 
 def build(config: BenchConfig):
@@ -255,109 +164,6 @@ def build(config: BenchConfig):
     return plain, segmenter, device
 
 
-def build_methods(config: BenchConfig, clip, device) -> tuple[dict, dict[str, str]]:
-    """One Segmenter per dense method, sharing ``clip`` (and one DINO per architecture:
-    ``config.dino`` for ProxyCLIP, ViT-B/16 for Trident). Methods that run SAM themselves
-    (Trident) get ``config.sam``; the others none.
-
-    Returns ({name: Segmenter}, {name: error}): a method that cannot be built is reported, not
-    fatal, so one failing method does not lose the rest of a long run."""
-    import warnings
-
-    from ovseg.methods.runner import needs_dino, needs_sam
-    from ovseg.models.build import build_dino
-    from ovseg.pipeline import Segmenter
-
-    segmenters, errors, dinos = {}, {}, {}
-    for name in config.methods:
-        try:
-            spec = None
-            if needs_dino(name):
-                spec = "tiny-random" if config.tiny else config.dino
-                if name == "trident" and not config.tiny:
-                    spec = "dino_vitb16"  # Trident's own DINO
-                if spec not in dinos:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", UserWarning)  # random weights: timing
-                        dinos[spec] = build_dino(spec, device, random_weights=not config.tiny)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # random weights: timing only
-                segmenters[name] = Segmenter(
-                    config.sam if needs_sam(name) else None,
-                    clip,
-                    device,
-                    method=name,
-                    dino=dinos.get(spec),
-                    random_weights=not config.tiny,
-                )
-        except Exception as e:  # noqa: BLE001 - reported in the results, the run goes on
-            errors[name] = _error(e)
-    return segmenters, errors
-
-
-def _error(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-
-
-def _method_rows(config: BenchConfig) -> dict[str, tuple]:
-    """{row key: (method, method options)}: each method with its defaults, then with each
-    ``batch_windows`` value asked for."""
-    rows = {}
-    for name in config.methods:
-        rows[name] = (name, {})
-        for b in config.batch_windows:
-            rows[f"{name} batch_windows={b}"] = (name, {"batch_windows": b})
-    return rows
-
-
-def _windows(seg, shape: tuple[int, int], options: dict) -> dict:
-    """The sliding windows a method runs on an image of ``shape`` (from its resize, crop and
-    stride) and its windows per forward pass; None where its settings do not say."""
-    from ovseg.methods.geometry import imrescale_size, slide_windows
-
-    out = {"windows": None, "batch_windows": None}
-    try:
-        cfg = seg.dense.config(**options)
-        get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k, None)
-        out["batch_windows"] = get("batch_windows")
-        crop = get("slide_crop")
-        if crop is None:
-            out["windows"] = 1
-        else:
-            h, w = imrescale_size(*shape, get("short_side"), get("long_cap") or 2048)
-            out["windows"] = len(slide_windows(h, w, crop, get("slide_stride")))
-    except Exception:  # noqa: BLE001 - informative only
-        pass
-    return out
-
-
-def _run_method(seg, image, classes, options: dict, device, regions=None) -> dict:
-    """One timed dense-method run on ``image``, no cache: pixel probabilities, then labels and
-    the result (``segment``, which reuses the probabilities just computed). ``regions``: bool
-    masks (N, H, W) for a method that uses regions (CorrCLIP)."""
-    if regions is not None:
-        options = {**options, "masks": regions}
-    seg._probs_cache = None
-    if seg._proposer is not None:  # a method with SAM (Trident) pays its encoder every image
-        seg._proposer.clear_cache()
-    with _Peak(device) as peak:
-        _, t_probs = _timed(lambda: seg.pixel_probabilities(image, classes, **options), device)
-        cached = seg._probs_cache
-        _, t_labels = _timed(lambda: seg.segment(image, classes, **options), device)
-    if cached is None or seg._probs_cache is not cached:
-        raise RuntimeError(
-            "segment() recomputed the probabilities (the Segmenter's cache missed): the labels "
-            "time would count the method twice"
-        )
-    seg._probs_cache = None
-    return dict(
-        probabilities=t_probs,
-        labels=t_labels,
-        per_image=t_probs + t_labels,
-        peak_mb=peak.peak_mb,
-    )
-
-
 def run_benchmark(config: BenchConfig, progress=print) -> dict:
     """Run the side-by-side benchmark; returns the results dict (see :mod:`ovseg.bench.report`)."""
     from ovseg.proposals.grid import fused_attention
@@ -369,7 +175,7 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
     frames, classes, ignore, source = load_frames(config)
     plain, seg, device = build(config)
     methods, method_errors = build_methods(config, seg.clip, device)
-    method_rows = _method_rows(config)
+    rows = method_rows(config)
     scorers = {k: make_scorer(k, seg.clip) for k in config.scorers}
     autocast = (
         torch.autocast("cuda", dtype=torch.float16) if config.half else contextlib.nullcontext()
@@ -382,7 +188,7 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
         if i == 0:
             progress(f"[{name}] warm-up (untimed) ...")
             _warmup(plain, seg, scorers, image, fixed, classes, text, config.fused)
-            _warmup_methods(methods, method_rows, method_errors, image, classes, progress)
+            warmup_methods(methods, rows, method_errors, image, classes, progress)
         rec = {
             "image": name,
             "shape": list(image.shape[:2]),
@@ -391,8 +197,8 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
             "ovseg": [],
             "adaptive": [],
             "methods": {
-                key: {**_windows(methods[m], image.shape[:2], opts), "runs": []}
-                for key, (m, opts) in method_rows.items()
+                key: {**windows(methods[m], image.shape[:2], opts), "runs": []}
+                for key, (m, opts) in rows.items()
                 if m in methods
             },
         }
@@ -404,7 +210,7 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
             rec["ovseg"].append(run)
             if config.adaptive and not isinstance(seg.grid, Sam2GridOptions):
                 with autocast:
-                    adaptive, t_ad = _timed(lambda: seg.propose(adaptive=True), device)
+                    adaptive, t_ad = timed(lambda: seg.propose(adaptive=True), device)
                 rec["adaptive"].append(
                     dict(
                         proposals=t_ad,
@@ -412,15 +218,15 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
                         recall=_recall(ours.masks, adaptive.masks),
                     )
                 )
-            for key, (m, opts) in method_rows.items():
+            for key, (m, opts) in rows.items():
                 if m not in methods or m in method_errors:
                     continue
                 progress(f"[{name} {r + 1}/{config.repeats}] {key} ...")
                 try:
-                    regions = fixed.masks if methods[m].dense.uses_regions else None
-                    run = _run_method(methods[m], image, classes, opts, device, regions)
+                    regions = fixed.masks if "regions" in methods[m].method.needs else None
+                    run = run_method(methods[m], image, classes, opts, device, regions)
                 except Exception as e:  # noqa: BLE001 - reported in the results
-                    method_errors[m] = _error(e)
+                    method_errors[m] = method_error(e)
                     progress(f"  {key} failed: {method_errors[m]}")
                     continue
                 rec["methods"][key]["runs"].append(run)
@@ -436,7 +242,7 @@ def run_benchmark(config: BenchConfig, progress=print) -> dict:
         "data": source,
         "records": records,
         "method_errors": method_errors,
-        "summary": summarize(records, config, method_rows, method_errors),
+        "summary": summarize(records, config, rows, method_errors),
     }
 
 
@@ -446,10 +252,10 @@ def _run_plain(plain, seg, image, fixed, text, device) -> dict:
 
     fused_attention(seg.proposer.model, False)
     plain.clip_calls = 0
-    with _Peak(device) as peak:
-        (masks, t_enc, t_prop), _ = _timed(lambda: plain.proposals(image), device)
-        probs, t_score = _timed(lambda: plain.score(image, fixed.masks, text), device)
-        _, t_fuse = _timed(lambda: plain.fuse(fixed.masks, probs), device)
+    with Peak(device) as peak:
+        (masks, t_enc, t_prop), _ = timed(lambda: plain.proposals(image), device)
+        probs, t_score = timed(lambda: plain.score(image, fixed.masks, text), device)
+        _, t_fuse = timed(lambda: plain.fuse(fixed.masks, probs), device)
     return dict(
         encoder=t_enc,
         proposals=t_prop,
@@ -468,20 +274,19 @@ def _run_ovseg(config, seg, scorers, image, fixed, classes, device, autocast):
     from ovseg.proposals.grid import fused_attention
 
     fused_attention(seg.proposer.model, config.fused)
-    _forget(seg)
-    with autocast, _Peak(device) as peak:
-        _, t_enc = _timed(lambda: seg.set_image(image), device)
-        ours, t_prop = _timed(seg.propose, device)
+    _forget(seg, scorers.values())
+    with autocast, Peak(device) as peak:
+        _, t_enc = timed(lambda: seg.set_image(image), device)
+        ours, t_prop = timed(seg.propose, device)
         run = dict(encoder=t_enc, proposals=t_prop, masks=len(ours))
         for kind, scorer in scorers.items():
-            seg.scorer = scorer
-            _forget(seg)
-            seg.set_image(image)  # back from the embedding cache: a content hash
-            passes = [_Counter(seg.clip, "encode_images"), _Counter(seg.clip, "dense_features")]
-            p, t_score = _timed(lambda: seg.score(fixed, classes), device)
+            _forget(seg, scorers.values())
+            seg.set_image(image)
+            passes = [Counter(seg.clip, "encode_images"), Counter(seg.clip, "dense_features")]
+            p, t_score = timed(lambda s=scorer: seg.score(fixed, classes, scorer=s), device)
             for c in passes:
                 c.close()
-            _, t_fuse = _timed(lambda p=p: fuse(fixed.masks, p, classes, image=image), device)
+            _, t_fuse = timed(lambda p=p: fuse(fixed.masks, p, classes, image=image), device)
             run[kind] = dict(
                 scoring=t_score, fusion=t_fuse, clip_passes=sum(c.calls for c in passes)
             )
@@ -502,27 +307,9 @@ def _warmup(plain, seg, scorers, image, fixed, classes, text, seg_fused: bool) -
     fused_attention(seg.proposer.model, seg_fused)
     seg.set_image(image)
     for scorer in scorers.values():
-        seg.scorer = scorer
-        seg.score(seg.propose(points=[point]), classes)
-        seg.score(fixed[:2], classes)
-    _forget(seg)
-
-
-def _warmup_methods(methods, rows, errors, image, classes, progress) -> None:
-    """One untimed call per method row (first-call costs: text embeddings for the method's
-    vocabulary, allocator growth, position-table interpolation); failures are recorded."""
-    for key, (name, options) in rows.items():
-        if name not in methods or name in errors:
-            continue
-        progress(f"warm-up {key} (untimed) ...")
-        try:
-            if methods[name].dense.uses_regions:  # CorrCLIP: no regions for the warm-up
-                options = {**options, "masks": np.zeros((0, *image.shape[:2]), bool)}
-            methods[name].segment(image, classes, **options)
-        except Exception as e:  # noqa: BLE001 - reported in the results
-            errors[name] = _error(e)
-            progress(f"  {key} failed: {errors[name]}")
-        methods[name]._probs_cache = None
+        seg.score(seg.propose(points=[point]), classes, scorer=scorer)
+        seg.score(fixed[:2], classes, scorer=scorer)
+    _forget(seg, scorers.values())
 
 
 def _recall(reference: np.ndarray, candidate: np.ndarray, iou: float = 0.9) -> float | None:
@@ -559,19 +346,18 @@ def _clicks(config, plain, seg, scorers, image, fixed, classes, text, device, au
     plain.predictor.set_image(image)
     seg.set_image(image)  # the embedding is cached from the run above
     for scorer in scorers.values():  # warm: the dense feature map is computed once per image
-        seg.scorer = scorer
-        seg.score(seg.propose(points=[points[0]]), classes)
+        seg.score(seg.propose(points=[points[0]]), classes, scorer=scorer)
     out = {"points": points, "plain": [], **{kind: [] for kind in scorers}}
 
-    def click(pt):
+    def click(pt, scorer):
+        seg.method.clear_cache()  # a new click: no region embedding kept from a repeat
         with autocast:
             m = seg.propose(points=[pt])
-            return fuse(m.masks, seg.score(m, classes), classes, image=image)
+            return fuse(m.masks, seg.score(m, classes, scorer=scorer), classes, image=image)
 
     for _ in range(config.repeats):
         for pt in points:
-            out["plain"].append(_timed(lambda pt=pt: plain.click(pt, image, text), device)[1])
+            out["plain"].append(timed(lambda pt=pt: plain.click(pt, image, text), device)[1])
             for kind, scorer in scorers.items():
-                seg.scorer = scorer
-                out[kind].append(_timed(lambda pt=pt: click(pt), device)[1])
+                out[kind].append(timed(lambda pt=pt, s=scorer: click(pt, s), device)[1])
     return out

@@ -36,10 +36,42 @@ _PER_IMAGE = {"labels": "_labels.png", "overlay": "_overlay.png", "json": ".json
 
 @dataclass(frozen=True)
 class InputImage:
-    """One image to segment: its file, and its POSIX path relative to the input root."""
+    """One image to segment: its file, its POSIX path relative to the input root, and why its
+    outputs cannot be written (``refused``, see :func:`name_problem`; None for a usable name)."""
 
     path: Path
     name: str
+    refused: str | None = None
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name outputs inside the output folder, or None when it can.
+
+    A usable name is a relative POSIX path whose parts are neither empty, ``.`` nor ``..``,
+    without backslashes (a separator on Windows) or control characters: its outputs then lie
+    under the output folder whatever the file system.
+    """
+    if not isinstance(name, str) or not name:
+        return "an empty output name"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"its output name {name!r} holds control characters"
+    if "\\" in name:
+        return f"its output name {name!r} holds a backslash"
+    if name.startswith("/"):
+        return f"its output name {name!r} is absolute, outside the output folder"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return (
+            f"its output name {name!r} has '..', '.' or empty parts and could be written "
+            "outside the output folder"
+        )
+    return None
+
+
+def screened(images: Iterable[InputImage]) -> list[InputImage]:
+    """``images`` with :attr:`InputImage.refused` set for each whose name is unusable."""
+    from dataclasses import replace
+
+    return [replace(i, refused=name_problem(i.name)) if name_problem(i.name) else i for i in images]
 
 
 def collect_images(inputs: Sequence[str], out: Path) -> tuple[Path, list[InputImage]]:
@@ -130,28 +162,25 @@ def check_collisions(out: Path, names: Iterable[str], formats: Sequence[str]) ->
 def build_segmenter(settings: dict, device=None):
     """The :class:`~ovseg.pipeline.Segmenter` that a run of ``settings`` uses (models are
     loaded on first use). Raises what the Segmenter raises for bad model names."""
-    from ovseg.pipeline import Segmenter
+    from ovseg.cli._args import build_segmenter as build
 
-    s = settings
-    return Segmenter(
-        s["sam"], s["clip"], device, dino=s["dino"], method=s["method"], refine=s.get("refine"),
-        random_weights=s["random_weights"], templates=s["templates"], scorer=s["scorer"],
-        score_threshold=s["score_threshold"],
-    )  # fmt: skip
+    return build(settings, device)
 
 
 def segment_image(segmenter, settings: dict, image):
     """Segment ``image`` (anything :func:`ovseg.image.load_image` takes) as ``settings`` say."""
     prompts = {k: settings[k] for k in ("points", "point_labels", "boxes")}
     return segmenter.segment(
-        image, settings["classes"], background=settings["background"], **prompts,
-        **settings["grid"],
-    )  # fmt: skip
+        image, settings["classes"], background=settings["background"], **prompts
+    )
 
 
 def save_outputs(result, out: Path, name: str) -> None:
     """Write the per-image outputs of ``result`` under ``out`` as ``name``, each atomically; the
     COCO JSON last, as its presence marks the image complete."""
+    problem = name_problem(name)
+    if problem:
+        raise ValueError(f"refused: {problem}")
     paths = per_image_paths(out, name)
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
     result.save_png(paths["labels"])
@@ -178,6 +207,7 @@ def write_run_files(out: Path, settings: dict, names: Sequence[str], formats: Se
     ``names`` whose outputs are complete; returns what was written, in words."""
     from ovseg.exports import CocoInstancesWriter, CocoPanopticWriter, YoloWriter
 
+    names = [n for n in names if name_problem(n) is None]
     done = [n for n in names if is_complete(out, n)]
     if not done:
         return "no run files (no image done)"

@@ -75,8 +75,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--dino",
         default=None,
-        help="DINO of ProxyCLIP and CorrCLIP (random weights; default dino_vitb8, tiny-random "
-        "with --tiny)",
+        help="DINO of the methods that need one (random weights; default: each method's own, "
+        "dino_vitb8 for ProxyCLIP and CorrCLIP, dino_vitb16 for Trident; tiny-random with --tiny)",
     )
     p.add_argument(
         "--batch-windows",
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             clicks=args.clicks,
             threads=args.threads,
             methods=methods,
-            dino=args.dino or ("tiny-random" if args.tiny else "dino_vitb8"),
+            dino=args.dino or ("tiny-random" if args.tiny else None),
             batch_windows=batch_windows,
         )
         results = run_benchmark(config, progress=lambda msg: print(msg, file=sys.stderr))

@@ -8,21 +8,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ovseg.cli import add_grid_arguments, add_model_arguments, check_device, grid_options
+from ovseg.cli._args import (
+    add_grid_arguments,
+    add_model_arguments,
+    add_option_argument,
+    check_device,
+    grid_options,
+)
+from ovseg.cli._ray_args import add_ray_arguments
 from ovseg.eval.datasets import KINDS
 from ovseg.eval.runner import PROTOCOL_DEFAULTS, SCORERS
 
 EPILOG = (
     """examples:
-  ovseg eval --data ../shared/data/camvid-val --sam tiny-random --clip tiny-random --limit 2 \\
-      --points-per-side 8 --pred-iou-thresh 0 --stability-score-thresh 0 --box-nms-thresh 1 \\
-      --out runs/camvid_tiny.json    # tiny random SAM passes no default quality filter
-  ovseg eval --data VOCdevkit/VOC2012 --dataset voc21 --sam vit_h --clip ViT-B-16/openai \\
-      --out runs/voc21.json
+  ovseg eval --data ../shared/data/camvid-val --method sam-clip --sam tiny-random \\
+      --clip tiny-random --limit 2 --points-per-side 8 --box-nms-thresh 1 \\
+      --out runs/camvid_tiny.json    # the tiny random SAM comes with the quality filters off
+  ovseg eval --data VOCdevkit/VOC2012 --dataset voc21 --method naclip --out runs/voc21.json
+  ovseg eval --data VOCdevkit/VOC2012 --dataset voc21 --method naclip --option pamr_steps=0 \\
+      --out runs/voc21_no_pamr.json
   ovseg eval --data ../shared/data/camvid-val --scorer oracle --out runs/camvid_oracle.json
   ovseg eval --data ../shared/data/camvid-val --predictions my_pngs/ --out runs/mine.json
 
-Protocol defaults per benchmark (short side, background threshold): """
+ovseg's protocol (methods without class-name files for the benchmark, e.g. sam-clip), defaults
+per benchmark (short side, background threshold): """
     + ", ".join(
         f"{k} ({v['short_side'] or 'as is'}, {v['score_threshold']})"
         for k, v in PROTOCOL_DEFAULTS.items()
@@ -85,8 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=-1,
         metavar="PX",
-        help="resize inputs to this short side; 0 keeps the size "
-        "(default: the benchmark's protocol value)",
+        help="the method's short_side option where it has one, else the inputs are resized "
+        "to this short side; 0 keeps the size (default: the method's or ovseg's per-benchmark "
+        "value)",
     )
     p.add_argument(
         "--window",
@@ -96,13 +106,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="sliding-window dense scoring: windows of PX pixels (e.g. 224), stride "
         "half a window (default: one pass over the whole input)",
     )
+    add_option_argument(p)
     add_grid_arguments(p)
     p.add_argument(
         "--limit", type=int, default=None, metavar="N", help="evaluate only the first N images"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    from ovseg.distributed.cli import add_ray_arguments
-
     add_ray_arguments(p, "images (confusion matrices summed across workers)")
     p.set_defaults(func=_run)
 
@@ -126,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
             clip=args.clip,
             method=args.method,
             dino=args.dino,
+            method_options=dict(args.method_options),
             scorer=args.scorer,
             templates=args.templates,
             score_threshold=args.threshold,

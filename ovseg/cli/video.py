@@ -10,8 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ovseg.cli import add_grid_arguments, add_model_arguments, check_device, model_choice
-from ovseg.cli import grid_options as cli_grid_options
+from ovseg.cli._args import (
+    add_grid_arguments,
+    add_method_arguments,
+    add_model_arguments,
+    build_segmenter,
+    method_settings,
+)
 
 DESCRIPTION = """\
 Segment a video into an open vocabulary, with stable object ids. INPUT is a video file (mp4,
@@ -75,10 +80,7 @@ def register(subparsers) -> None:
         "--max-objects", type=int, default=100, metavar="N", help="objects tracked at once (100)"
     )
     add_model_arguments(p)
-    p.add_argument(
-        "--score-threshold", type=float, default=0.0,
-        help="minimum class probability for an object to label pixels (default 0)",
-    )  # fmt: skip
+    add_method_arguments(p)
     add_grid_arguments(p)
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay video")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -91,8 +93,6 @@ def _error(message: object, code: int = 2) -> int:
 
 
 def _settings(args: argparse.Namespace, source_name: str) -> dict:
-    from ovseg.methods.runner import needs_dino
-    from ovseg.pipeline import METHODS
     from ovseg.result import check_png_classes
     from ovseg.scoring.vocabulary import Vocabulary, parse_classes
 
@@ -104,31 +104,15 @@ def _settings(args: argparse.Namespace, source_name: str) -> dict:
     unknown = [s for s in stuff if s not in vocab.classes]
     if unknown:
         raise ValueError(f"--stuff names {unknown} are not among --classes {vocab.classes}")
-    models = model_choice(args)
-    method = models["method"]
-    if method not in METHODS:
-        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if needs_dino(method) and models["dino"] is None:
-        raise ValueError(f"--method {method} needs --dino (dino_vitb8, dino_vitb16, NAME:PATH)")
-    if models["sam"] in (None, "", "none"):
+    method = method_settings(args, grid_used=True)
+    if method["sam"] in (None, "", "none"):
         raise ValueError("video needs a SAM model (--sam) to propose and propagate objects")
-    if not 0.0 <= args.score_threshold <= 1.0:
-        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    check_device(args.device)
     return {
         "input": source_name,
         "classes": vocab.classes,
         "background": background,
         "stuff": stuff,
-        "templates": args.templates,
-        "method": method,
-        "sam": models["sam"],
-        "clip": models["clip"],
-        "dino": models["dino"],
-        "random_weights": args.random_weights,
-        "scorer": args.scorer,
-        "score_threshold": args.score_threshold,
-        "grid": cli_grid_options(args),
+        **method,
         "stride": args.stride,
         "start": args.start,
         "end": args.end,
@@ -174,14 +158,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stream(args, s: dict):
-    from ovseg.pipeline import Segmenter
     from ovseg.video.stream import VideoStream
 
-    seg = Segmenter(
-        s["sam"], s["clip"], args.device, dino=s["dino"], method=s["method"],
-        random_weights=s["random_weights"], templates=s["templates"], scorer=s["scorer"],
-        score_threshold=s["score_threshold"],
-    )  # fmt: skip
+    seg = build_segmenter({**s, "grid": {}}, args.device)
     return VideoStream(
         seg, s["classes"], background=s["background"], stuff=s["stuff"],
         keyframe_every=s["keyframe_every"], match_iou=s["match_iou"], min_area=s["min_area"],

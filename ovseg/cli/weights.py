@@ -56,7 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("verify", help="check cached checkpoints' size and SHA-256")
     p.add_argument(
-        "names", nargs="*", metavar="NAME", help="checkpoints to verify (default: every cached one)"
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="checkpoints (or a pinned CLIP ARCH/TAG) to verify (default: every cached one); "
+        "'ok' means the published size and SHA-256, 'loads' a file with none published",
     )
     p.set_defaults(func=_cmd_verify)
 
@@ -86,6 +90,8 @@ def _status(name: str, quick: bool) -> str:
     path = weights.cached_path(name)
     if not path.is_file():
         return "missing"
+    if not checkpoint.pinned:
+        return "unpinned"  # no published size or SHA-256: checked when it loads
     if quick:
         size = path.stat().st_size
         return "present" if checkpoint.size in (None, size) else "bad size"
@@ -110,7 +116,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     folder = weights.weights_dir()
-    print(f"SAM, SAM 2 and DINO checkpoints in {folder} (override with {weights.ENV_VAR}):")
+    print(f"SAM, SAM 2, DINO and RADIO checkpoints in {folder} (override with {weights.ENV_VAR}):")
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
         print("  " + "  ".join([*cells, row[4]]))
@@ -180,19 +186,54 @@ def _download_clip(spec: str) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    names = args.names or [n for n in weights.all_checkpoints() if weights.cached_path(n).is_file()]
+    names = args.names or [
+        *(n for n in weights.all_checkpoints() if weights.cached_path(n).is_file()),
+        *(spec for spec in _clip_specs() if _clip_file(spec) is not None),
+    ]
     if not names:
         print(f"no cached checkpoints in {weights.weights_dir()}; nothing to verify")
         return 0
     failed = 0
     for name in names:
         try:
-            checkpoint = weights.get_checkpoint(name)
-            path = weights.cached_path(name)
-            weights.verify(path, checkpoint)
+            print(_verify_one(name))
         except (ValueError, OSError) as e:
             failed += 1
             _error(e)
-            continue
-        print(f"ok  {name}  {path}")
     return 1 if failed else 0
+
+
+def _verify_one(name: str) -> str:
+    """Check one cached file: ``ok`` only for a file of the published size and SHA-256; a file
+    with nothing published must at least load as a state dict (``loads``)."""
+    if name not in weights.all_checkpoints() and name in _clip_specs():
+        from ovseg.models.clip_weights import verify_clip_file
+
+        path = _clip_file(name)
+        if path is None:
+            raise FileNotFoundError(f"CLIP weights {name} are not cached")
+        pinned = verify_clip_file(name, path)
+    else:
+        checkpoint = weights.get_checkpoint(name)
+        path = weights.cached_path(name)
+        weights.verify(path, checkpoint)
+        pinned = checkpoint.pinned
+    if pinned:
+        return f"ok  {name}  {path}"
+    weights.load_state_dict(path)
+    return f"loads  {name}  {path}  (no published size or SHA-256: read as a state dict only)"
+
+
+def _clip_specs() -> list[str]:
+    return list(dict.fromkeys(spec for spec, _ in weights.CLIP_FILES))
+
+
+def _clip_file(spec: str):
+    """The cached file of an open_clip ``ARCH/TAG``, or None (open_clip missing included)."""
+    try:
+        from ovseg.models.clip_weights import open_clip_file
+
+        arch, _, tag = spec.partition("/")
+        return open_clip_file(arch, tag)
+    except (ImportError, RuntimeError, ValueError):
+        return None

@@ -74,8 +74,8 @@ def evaluate_dataset(
     """
     from tqdm import tqdm
 
+    from ovseg.cli._ray_args import check_worker_device
     from ovseg.distributed._ray import RayOptions, connect, require_ray, worker_error
-    from ovseg.distributed.cli import check_worker_device
     from ovseg.distributed.segment import FAULT_ENV
     from ovseg.eval.runner import finish_evaluation, plan_evaluation
 

@@ -14,10 +14,19 @@ the COCO JSON last marks an image complete, so a crash leaves no half-written fi
 same command again resumes: images whose outputs are complete are not sent to the workers.
 
 The manifest ``OUT/ovseg_manifest.jsonl`` has one JSON object per image: ``image`` (its
-relative name), ``uri``, ``status`` (``ok``, ``failed``, or ``done`` for outputs found from an
-earlier run that kept no manifest row), ``classes`` (the class names its label map holds),
-``error``, ``seconds`` (``read``, ``segment``, ``write``), ``worker`` (host:pid) and
-``finished`` (when, in seconds since the epoch).
+relative name), ``uri``, ``status`` (``ok``, ``failed``, or ``done`` for outputs found from a
+run that was not a Ray run, e.g. a local ``ovseg segment``), ``classes`` (the class names its
+label map holds), ``error``, ``seconds`` (``read``, ``segment``, ``write``), ``worker``
+(host:pid; for an image refused before any work, the driver's; ``"local run"`` on ``done``
+rows) and ``finished`` (when, in seconds since the epoch).
+
+Each worker also appends its rows to ``OUT/.ovseg_journal/HOST-PID.jsonl`` as it writes the
+outputs, so rows that never reached the driver (Ctrl-C, a driver that died) are still known:
+the manifest and the summary count what is on disk. The journal is folded into the manifest
+and removed at the end of the run.
+
+An image whose output name would leave ``OUT`` (``..``, an absolute path: see
+:func:`ovseg.cli._outputs.name_problem`) is a ``failed`` row, refused before any work.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from ovseg.distributed.inputs import read_image
 __all__ = ["FAULT_ENV", "MANIFEST", "SegmentWorker", "run_ray", "segment_dataset"]
 
 MANIFEST = "ovseg_manifest.jsonl"
+JOURNAL = ".ovseg_journal"
+LOCAL_WORKER = "local run"
 # Test hook: a path; the first worker call that creates this file exits its process at once.
 FAULT_ENV = "OVSEG_RAY_FAULT_ONCE"
 _COLUMNS = ("image", "uri", "status", "classes", "error", "seconds", "worker", "finished")
@@ -56,7 +67,8 @@ class SegmentWorker:
         set_threads(threads)
         self.settings, self.out, self.fault_once = settings, Path(out), fault_once
         self.segmenter = _outputs.build_segmenter(settings, device)
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker = _host_pid()
+        self.journal = self.out / JOURNAL / f"{self.worker.replace(':', '-')}.jsonl"
 
     def __call__(self, batch: dict) -> dict:
         if self.fault_once:
@@ -78,16 +90,36 @@ class SegmentWorker:
             found = _classes_found(result.label_map, result.classes)
         except (ValueError, TypeError, OSError) as e:
             error = f"{type(e).__name__}: {e}"
-        return {
+        row = {
             "image": name,
             "uri": uri,
             "status": "failed" if error else "ok",
-            "classes": json.dumps(found),
-            "error": error or "",
-            "seconds": json.dumps({k: round(v, 4) for k, v in seconds.items()}),
+            "classes": found,
+            "error": error,
+            "seconds": {k: round(v, 4) for k, v in seconds.items()},
             "worker": self.worker,
             "finished": round(time.time(), 3),
         }
+        self._journal(row)
+        return _flat(row)
+
+    def _journal(self, row: dict) -> None:
+        """Append ``row`` to this worker's journal (see the module docstring)."""
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.journal, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def _host_pid() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _flat(row: dict) -> dict:
+    """A manifest row as Ray carries it: nested values as JSON text, no None."""
+    flat = dict(row)
+    flat["classes"], flat["seconds"] = json.dumps(row["classes"]), json.dumps(row["seconds"])
+    flat["error"] = row["error"] or ""
+    return flat
 
 
 def exit_once(marker: str) -> None:
@@ -126,13 +158,40 @@ def read_manifest(out: Path) -> dict[str, dict]:
     return rows
 
 
+def read_journal(out: Path) -> dict[str, dict]:
+    """The rows the workers journaled under ``OUT/.ovseg_journal`` by image name (the latest
+    of each; a line cut short by a killed worker is skipped)."""
+    rows: dict[str, dict] = {}
+    for path in sorted((Path(out) / JOURNAL).glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict) or set(row) != set(_COLUMNS):
+                continue
+            before = rows.get(row["image"])
+            if before is None or (row["finished"] or 0) >= (before["finished"] or 0):
+                rows[row["image"]] = row
+    return rows
+
+
 def _done_row(out: Path, image, classes: list[str]) -> dict:
+    """The row of outputs that no Ray worker journaled: written by a local run."""
     from ovseg.result import read_label_png
 
     labels = read_label_png(_outputs.per_image_paths(out, image.name)["labels"])
     found = _classes_found(labels, classes)
     row = {"image": image.name, "uri": str(image.path), "status": "done", "classes": found}
-    return row | {"error": None, "seconds": {}, "worker": None, "finished": None}
+    return row | {"error": None, "seconds": {}, "worker": LOCAL_WORKER, "finished": None}
+
+
+def _refused_row(image, driver: str) -> dict:
+    return {
+        "image": image.name, "uri": str(image.path), "status": "failed", "classes": [],
+        "error": f"ValueError: refused: {image.refused}", "seconds": {}, "worker": driver,
+        "finished": round(time.time(), 3),
+    }  # fmt: skip
 
 
 def _write_manifest(out: Path, rows: list[dict]) -> bool:
@@ -158,25 +217,31 @@ def run_ray(
     out: Path, formats, settings: dict, images, known, ray_options, *, device=None,
     progress: bool = False,
 ) -> dict:  # fmt: skip
-    """Segment ``images`` (already checked by :func:`ovseg.cli.segment.prepare`) on Ray and
+    """Segment ``images`` (already checked by :func:`ovseg.cli._plan.prepare`) on Ray and
     write the outputs, the manifest and the run files; the summary (see
     :func:`segment_dataset`; ``"interrupted": True`` after Ctrl-C). A failure of Ray itself
     (no cluster, workers that cannot build the models) raises ``RuntimeError`` naming it."""
     start = time.perf_counter()
-    names = [*known, *(i.name for i in images)]
-    todo = [i for i in images if not _outputs.is_complete(out, i.name)]
-    summary = {"images": len(images), "written": 0, "skipped": len(images) - len(todo)}
+    usable = [i for i in images if i.refused is None]
+    names = [*known, *(i.name for i in usable)]
+    todo = [i for i in usable if not _outputs.is_complete(out, i.name)]
+    summary = {"images": len(images), "written": 0, "skipped": len(usable) - len(todo)}
     recorded = (out / _outputs.RECORD).is_file()
-    rows: dict[str, dict] = {}
+    driver = _host_pid()
+    rows = {i.name: _refused_row(i, driver) for i in images if i.refused}
     if todo:
         _outputs.write_record(out, settings, names)  # before any worker writes an output
         try:
-            rows = _stream(out, settings, todo, ray_options, device, progress, summary)
+            rows |= _stream(out, settings, todo, ray_options, device, progress, summary)
         finally:
             _forget_record(out, recorded, todo)
-    merged = _merge_rows(out, images, rows, read_manifest(out), settings["classes"])
+    journal = read_journal(out)
+    for image in todo:  # rows that never reached the driver (Ctrl-C), as the worker wrote them
+        if image.name not in rows and image.name in journal:
+            rows[image.name] = journal[image.name]
+    merged = _merge_rows(out, images, rows, read_manifest(out), settings["classes"], journal)
     failed = [r for r in merged if r["status"] == "failed"]
-    summary["written"] = sum(r["status"] == "ok" for r in rows.values())
+    summary["written"] = sum(_outputs.is_complete(out, i.name) for i in todo)  # what is on disk
     summary["failed"] = [{"image": r["image"], "error": r["error"]} for r in failed]
     rewrite = summary["written"] or not all(p.is_file() for p in _outputs.run_files(out, formats))
     summary["run_files"] = (
@@ -184,6 +249,10 @@ def run_ray(
     )
     if merged:
         _write_manifest(out, merged)
+    if (out / JOURNAL).exists():
+        import shutil
+
+        shutil.rmtree(out / JOURNAL, ignore_errors=True)  # folded into the manifest
     summary["manifest"] = str(out / MANIFEST) if merged else "no manifest (no image done)"
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
@@ -224,14 +293,17 @@ def _stream(out: Path, settings, todo, ray_options, device, progress, summary) -
     return rows
 
 
-def _merge_rows(out: Path, images, rows: dict, old: dict, classes) -> list[dict]:
+def _merge_rows(out: Path, images, rows: dict, old: dict, classes, journal: dict) -> list[dict]:
     """The manifest: this run's rows, the earlier manifest's for the other images (and for an
-    image that failed again with the same error), ``done`` rows for outputs without one."""
+    image that failed again with the same error), a journaled row or a ``done`` row for
+    outputs without one."""
     merged = []
     for image in images:
         row, before = rows.get(image.name), old.get(image.name)
         if row is None and not _outputs.is_complete(out, image.name):
             merged += [before] if before else []  # interrupted before this image
+        elif row is None and before is None and image.name in journal:
+            merged.append(journal[image.name])  # written by a run whose driver died
         elif row is None:
             merged.append(before if before is not None else _done_row(out, image, classes))
         elif before and before["status"] == row["status"] == "failed":
@@ -272,10 +344,11 @@ def segment_dataset(
         ValueError, TypeError, FileNotFoundError: bad options or inputs, before any work.
         RuntimeError: Ray failed (no cluster at ``address``, models that do not build).
     """
-    from ovseg.cli.segment import prepare
+    from ovseg.cli._plan import prepare
+    from ovseg.cli._ray_args import check_worker_device
     from ovseg.distributed._ray import RayOptions
-    from ovseg.distributed.cli import check_worker_device, namespace, prepare_on_driver
     from ovseg.distributed.inputs import list_inputs
+    from ovseg.distributed.plan import namespace, prepare_on_driver
 
     ray_options = RayOptions(
         address, workers, cpus_per_worker, gpus_per_worker, batch_size, threads_per_worker

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ovseg._io import atomic_write
-from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_METHOD, UNLABELED
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, UNLABELED
 from ovseg.eval.datasets import IGNORE, SegDataset
 
 
@@ -28,9 +28,10 @@ class EvalConfig:
     ``grid``: automatic-grid options passed to ``Segmenter.segment`` / ``propose``.
     ``window``: sliding-window dense scoring with windows of this many pixels (stride half a
     window; ``scorer="dense"`` only), or None for one dense pass over the whole input.
-    ``method``: a dense method (``"naclip"``...: its own class names, per-dataset settings and
-    prediction rule) or ``"sam-clip"`` (SAM proposals scored by ``scorer``).
-    ``method_options``: overrides of the dense method's per-dataset settings.
+    ``method``: a registered method (``"naclip"``...: with class-name files for the benchmark
+    its own names, per-dataset settings and prediction rule; ``"sam-clip"``: SAM proposals
+    scored by its region scorer).
+    ``method_options``: the method's options (over its per-dataset settings).
     """
 
     data: str
@@ -168,105 +169,101 @@ METHOD_DATASETS = {
 
 
 class Predictor:
-    """Model or oracle predictions for one dataset, in dataset class indices at label size."""
+    """Model or oracle predictions for one dataset, in dataset class indices at label size.
+
+    A model run follows the method protocol (:mod:`ovseg.methods.protocol`) under one of two
+    protocols: the method's own, where it has class-name files for the benchmark (its names,
+    its per-benchmark settings, the dataset's background index in its prediction rule); else
+    ovseg's (the dataset's prompts as classes, its background words as background names, the
+    input resized to ``short_side``; pixels left unlabeled become the background class)."""
 
     def __init__(self, config: EvalConfig, dataset: SegDataset, segmenter=None, device=None):
         from ovseg.pipeline import Segmenter
+        from ovseg.scoring.vocabulary import Vocabulary
 
         self.config, self.dataset = config, dataset
-        if segmenter is None and config.scorer == "oracle":
-            segmenter = _SamOnly(config.sam, device, config.random_weights)  # no CLIP needed
-        dense = config.method != REGION_METHOD and config.scorer != "oracle"
-        options = {} if config.window is None else {"window": config.window}
-        from ovseg.methods.runner import REGION_METHODS, needs_sam
-
-        regions = dense and config.method in REGION_METHODS  # CorrCLIP: SAM regions
+        if config.scorer == "oracle":
+            self.segmenter = segmenter or _SamOnly(config.sam, device, config.random_weights)
+            return
         self.segmenter = segmenter or Segmenter(
-            None if dense and not regions and not needs_sam(config.method) else config.sam,
+            config.sam,
             config.clip,
             device,
             dino=config.dino,
-            method=config.method if dense else REGION_METHOD,
+            method=config.method,
             random_weights=config.random_weights,
             templates=config.templates,
-            scorer="dense" if config.scorer == "oracle" else config.scorer,
-            **options,
         )
-        self.dense = self._dense_setup() if dense else None
-        k, bg = len(dataset.classes), dataset.background_index
-        self.fg = np.array([i for i in range(k) if i != bg], np.int64)
-        self.background: list[str] = []
-        if bg is not None:
-            used = {s.strip().lower() for i in self.fg for s in dataset.prompts[i].split(";")}
-            self.background = [
-                s.strip() for s in dataset.prompts[bg].split(";") if s.strip().lower() not in used
-            ]
-
-    def _dense_setup(self):
-        """The method's own queries and per-dataset settings (published protocol), or, for
-        datasets it has no files for, the dataset's class names and the method's defaults."""
-        from ovseg.scoring.vocabulary import resolve_templates, text_embeddings
-
-        cfg, ds, seg = self.config, self.dataset, self.segmenter
-        if seg.dense is None or seg.method != cfg.method:
+        seg = self.segmenter
+        if seg.method.name != config.method:
             raise ValueError(
-                f"the segmenter runs method {seg.method!r}, the evaluation asks {cfg.method!r}"
+                f"the segmenter runs method {seg.method.name!r}, the evaluation asks "
+                f"{config.method!r}"
             )
-        from ovseg.methods.classnames import class_names, query_list
-
-        name = METHOD_DATASETS.get(ds.kind)
-        if name is not None:
-            classes = class_names(cfg.method, name)
+        name = METHOD_DATASETS.get(dataset.kind)
+        entries = seg.method.class_file(name) if name else None
+        self.own = entries is not None
+        if self.own:
+            self.vocab = Vocabulary.from_entries(entries, config.templates)
+            if len(self.vocab.classes) != len(dataset.classes):
+                raise ValueError(
+                    f"{config.method}'s class file for {name} has {len(self.vocab.classes)} "
+                    f"classes, the dataset {len(dataset.classes)}"
+                )
         else:
-            classes = [[n.strip() for n in p.split(";") if n.strip()] for p in ds.prompts]
-        if len(classes) != len(ds.classes):
-            raise ValueError(
-                f"{cfg.method}'s class file for {name} has {len(classes)} classes, the dataset "
-                f"{len(ds.classes)}"
-            )
-        queries, owners = query_list(classes)
-        text = text_embeddings(queries, resolve_templates(cfg.templates), seg.clip)
-        config = seg.dense.config(name, **dict(cfg.method_options))
-        return text, owners, config
+            k, bg = len(dataset.classes), dataset.background_index
+            self.fg = np.array([i for i in range(k) if i != bg], np.int64)
+            used = {s.strip().lower() for i in self.fg for s in dataset.prompts[i].split(";")}
+            words = [] if bg is None else dataset.prompts[bg].split(";")
+            self.background = [
+                s.strip() for s in words if s.strip() and s.strip().lower() not in used
+            ]
+            prompts = [dataset.prompts[i] for i in self.fg]
+            self.vocab = Vocabulary(prompts, config.templates, self.background)
+        self.method_config = seg.config(name, **dict(config.method_options))
+        self.grid = seg.models.grid_options(**dict(config.grid))
+
+    def _objects(self, image: np.ndarray):
+        """SAM's automatic masks of ``image`` when the method refines with them, else None."""
+        if not self.method_config.refine:
+            return None
+        return self.segmenter.models.automatic_masks(image, self.grid)
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> np.ndarray:
-        from ovseg.fusion import fuse
+        from ovseg.fusion import compose, fuse
+        from ovseg.methods.protocol import label_probability
 
-        cfg, ds = self.config, self.dataset
-        if self.dense is not None:
-            from ovseg.methods.dense import predict_labels
-
-            text, owners, config = self.dense
-            method = self.segmenter.dense
-            regions = self.segmenter.region_map(image) if method.uses_regions else None
-            sam = self.segmenter.proposer if method.uses_sam else None
-            probs = method.probabilities(
-                image, text, owners, len(ds.classes), config, regions=regions, sam=sam
-            )
-            pred = predict_labels(probs, config, ds.background_index)
-            if method.uses_sam:  # the method's own SAM refinement (Trident)
-                import torch
-
-                pred = torch.from_numpy(method.refine(image, probs, pred, config, sam).labels)
-            pred = method.refine_labels(pred.cpu().numpy(), regions)
-            return resize_labels(pred.astype(np.int64), label.shape)
+        cfg, ds, seg = self.config, self.dataset, self.segmenter
         small = resize_short_side(image, cfg.short_side)
         if cfg.scorer == "oracle":
-            masks = self.segmenter.propose(small, **cfg.grid)
+            masks = seg.propose(small, **cfg.grid)
             gt = resize_labels(label, small.shape[:2])
             scores = oracle_scores(masks.masks, gt, len(ds.classes), ds.ignore_index)
             pred = fuse(masks.masks, scores, ds.classes, proposal_scores=masks.scores).label_map
+        elif self.own:
+            method, models, mc, vocab = seg.method, seg.models, self.method_config, self.vocab
+            probs = method.probabilities(small, vocab, models, mc)
+            labels = method.predict(probs, mc, ds.background_index)
+            pred = method.finish(small, probs, labels, models, mc).labels
+            objects = self._objects(small)
+            if objects is not None:
+                k = len(vocab.classes)
+                scores = method.mask_scores(
+                    small, objects.masks, lambda: probs, vocab, models, mc
+                )  # fmt: skip
+                pred = compose(
+                    pred,
+                    None,
+                    vocab.classes,
+                    confidence=label_probability(probs, np.clip(pred, UNLABELED, k - 1)),
+                    masks=objects.masks,
+                    mask_scores=scores,
+                    score_threshold=mc.score_threshold,
+                ).label_map
         else:
-            result = self.segmenter.segment(
-                small,
-                [ds.prompts[i] for i in self.fg],
-                background=self.background,
-                templates=cfg.templates,
-                score_threshold=cfg.score_threshold,
-                **cfg.grid,
-            )
+            result = seg.label(small, self.vocab, self.method_config, objects=self._objects(small))
             lab = result.label_map
             pred = np.where(lab >= 0, self.fg[np.maximum(lab, 0)], UNLABELED)
         if ds.background_index is not None:
             pred = np.where(pred == UNLABELED, ds.background_index, pred)
-        return resize_labels(pred.astype(np.int64), label.shape)
+        return resize_labels(np.asarray(pred).astype(np.int64), label.shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,66 @@ def write_reports(report: dict[str, Any], out: Path, cm: ConfusionMatrix) -> dic
     report = report | {"files": {k: str(v) for k, v in paths.items()}}
     atomic_write_text(paths["json"], json.dumps(report, indent=2, allow_nan=False) + "\n")
     return paths
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def build_report(
+    dataset,
+    cm: ConfusionMatrix,
+    mode: str,
+    config,
+    counts: dict,
+    predictions,
+    cache_dir: Path | None,
+) -> dict[str, Any]:
+    """The report dict of an evaluation: scores in [0, 1] (None where undefined), the
+    dataset, the configuration (hashed), counts and the confusion matrix."""
+    import ovseg
+
+    s = cm.scores()
+    names = dataset.classes
+    cfg = asdict(config) | {
+        "grid": dict(config.grid),
+        "method_options": dict(config.method_options),
+        "hash": config.key(),
+    }
+    if mode == "predictions":
+        cfg = {
+            "data": config.data,
+            "kind": config.kind,
+            "split": config.split,
+            "predictions": str(Path(predictions).resolve()),
+        }
+    return {
+        "miou": _nan_to_none(s["miou"]),
+        "fwiou": _nan_to_none(s["fwiou"]),
+        "pixel_accuracy": _nan_to_none(s["pixel_accuracy"]),
+        "mean_accuracy": _nan_to_none(s["mean_accuracy"]),
+        "per_class_iou": {n: _nan_to_none(v) for n, v in zip(names, s["iou"], strict=True)},
+        "per_class_accuracy": {
+            n: _nan_to_none(v) for n, v in zip(names, s["accuracy"], strict=True)
+        },
+        "mode": mode,
+        "dataset": {
+            "root": config.data,
+            "kind": dataset.kind,
+            "split": config.split,
+            "classes": names,
+            "prompts": dataset.prompts,
+            "background_index": dataset.background_index,
+        },
+        "config": cfg,
+        "counts": counts
+        | {
+            "pixels": cm.total,
+            "unlabeled_pixels": int(cm.matrix[:, -1].sum()),
+            "class_pixels": dict(zip(names, cm.matrix.sum(1).tolist(), strict=True)),
+        },
+        "confusion_matrix": cm.matrix.tolist(),
+        "confusion_columns": [*names, "unlabeled"],
+        "cache": str(cache_dir) if cache_dir else None,
+        "ovseg_version": getattr(ovseg, "__version__", None),
+    }

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, REGION_METHOD
+from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM
 from ovseg.eval.datasets import SegDataset, open_dataset
 from ovseg.eval.metrics import ConfusionMatrix
 from ovseg.eval.predict import (
@@ -129,19 +129,22 @@ def evaluate(
         out: path of the JSON report; the markdown report (``.md``), the confusion plot
             (``_confusion.png``) and the prediction cache (``_cache/``) go next to it.
         predictions: folder of label PNGs to score instead of running a model.
-        method: a dense method (``"naclip"``, ``"sclip"``, ``"clearclip"``, ``"proxyclip"``):
-            the method's own class names and per-dataset settings (resize, windows, logit
-            scale, thresholds) and its prediction rule, so its published protocol is applied;
-            or ``"sam-clip"`` (SAM proposals scored by ``scorer``; ``short_side``,
-            ``score_threshold``, ``grid`` and ``window`` apply to it). None: the segmenter's
+        method: a registered method. Where it has class-name files for the benchmark (the
+            training-free methods on the eight benchmarks) its published protocol applies: its
+            own class names, per-dataset settings and prediction rule. Elsewhere (``sam-clip``,
+            or other datasets) ovseg's: the dataset's prompts, its background words as
+            background names, unlabeled pixels counted as background. None: the segmenter's
             method, else the default (``"naclip"``). ``scorer="oracle"`` always uses SAM.
-        dino: the DINO model of ProxyCLIP (``"dino_vitb8"``...).
-        method_options: overrides of the method's per-dataset settings (``short_side``,
+        dino: the DINO model of ProxyCLIP, Trident, CorrCLIP (``"dino_vitb8"``...).
+        method_options: the method's options, over its per-dataset settings (``short_side``,
             ``slide_crop``, ``slide_stride``, ``logit_scale``, ``prob_threshold``, ...).
-        scorer: ``"crop"``, ``"dense"``, ``"both"`` (CLIP scorers) or ``"oracle"``.
-        score_threshold: None takes the benchmark default (:data:`PROTOCOL_DEFAULTS`).
-        short_side: input short side in pixels; -1 takes the benchmark default, None or 0 keeps
-            the input size.
+        scorer: ``"crop"``, ``"dense"``, ``"both"`` (the region scorer of ``sam-clip``) or
+            ``"oracle"``.
+        score_threshold: minimum class probability of a mask; None takes ovseg's benchmark
+            default (:data:`PROTOCOL_DEFAULTS`) under ovseg's protocol.
+        short_side: the method's own ``short_side`` option where it has one (-1: its
+            per-benchmark setting); else the input is resized to this short side (-1: ovseg's
+            benchmark default, None or 0: the input size).
         grid: automatic-grid options (e.g. ``{"points_per_side": 16}``).
         window: sliding-window dense scoring, windows of this many pixels (e.g. 224; stride half
             a window); ``scorer="dense"`` only. None: one dense pass over the whole input.
@@ -245,35 +248,42 @@ def plan_evaluation(
         raise ValueError(f"window (sliding-window scoring) needs scorer='dense', got {scorer!r}")
     if short_side is not None and short_side < 0 and short_side != -1:
         raise ValueError("short_side must be positive, 0/None (no resizing) or -1 (default)")
-    if method is None:
-        method = getattr(segmenter, "method", DEFAULT_METHOD)
-    if scorer == "oracle":
-        method = REGION_METHOD
-    method_options = dict(method_options or {})
-    if method != REGION_METHOD:
-        from ovseg.methods.runner import DENSE_METHODS, DenseMethod
+    from ovseg.eval.predict import METHOD_DATASETS
+    from ovseg.methods.registry import method_class
 
-        if method not in DENSE_METHODS:
-            raise ValueError(
-                f"method must be one of {(*DENSE_METHODS, REGION_METHOD)}, got {method!r}"
-            )
-        DenseMethod.check_options(method_options)
+    if method is None:
+        method = segmenter.method.name if segmenter is not None else DEFAULT_METHOD
+    if scorer == "oracle":
+        method = "sam-clip"
+    cls = method_class(method)
+    takes = set(cls.options_names())
+    method_options = dict(method_options or {})
+    for name, value, default in (("scorer", scorer, "dense"), ("window", window, None)):
+        if value == default or (name == "scorer" and scorer == "oracle"):
+            continue
+        if name not in takes:
+            raise ValueError(f"{name} is an option of method 'sam-clip', not of {method!r}")
+        method_options.setdefault(name, value)
+    name = METHOD_DATASETS.get(dataset.kind)
+    defaults = PROTOCOL_DEFAULTS[dataset.kind]
+    if "short_side" in takes:  # the method's own resize
         if short_side not in (-1, None, 0):
             method_options.setdefault("short_side", short_side)
-        if window is not None or grid or score_threshold is not None:
-            raise ValueError(
-                "window, grid and score_threshold apply to method='sam-clip'; a dense method "
-                "takes method_options (e.g. slide_crop, slide_stride, prob_threshold)"
-            )
-        short_side, score_threshold = None, 0.0
-    defaults = PROTOCOL_DEFAULTS[dataset.kind]
-    if short_side == -1:
+        short_side = None
+    elif short_side == -1:  # ovseg's protocol: the input resized per benchmark
         short_side = defaults["short_side"]
-    if short_side is not None and short_side < 0:
-        raise ValueError("short_side must be positive, 0/None (no resizing) or -1 (default)")
-    threshold = defaults["score_threshold"] if score_threshold is None else score_threshold
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"score_threshold must be in [0, 1], got {threshold}")
+    if name is not None and cls.class_file(name) is not None:  # the method's own protocol
+        threshold = 0.0 if score_threshold is None else score_threshold
+    else:  # ovseg's protocol: its background threshold per benchmark
+        threshold = defaults["score_threshold"] if score_threshold is None else score_threshold
+    if threshold:
+        method_options.setdefault("score_threshold", threshold)
+    resolved = cls.configure(name, **method_options)  # a bad option fails now
+    if grid and not resolved.refine:
+        raise ValueError(
+            f"grid options set SAM's automatic masks, which method {method!r} does not use "
+            "here: add refine='masks' to the method options"
+        )
     out = Path(out)
     if out.suffix != ".json":
         raise ValueError(f"--out must name a .json file, got {out}")
@@ -310,10 +320,10 @@ def plan_evaluation(
 def finish_evaluation(plan: EvalPlan, cm: ConfusionMatrix, start: float) -> dict[str, Any]:
     """The report of ``plan`` from its summed confusion matrix ``cm``, also written as JSON,
     markdown and a confusion plot; ``start`` is the ``time.perf_counter()`` of the start."""
-    from ovseg.eval.report import write_reports
+    from ovseg.eval.report import build_report, write_reports
 
     p = plan
-    report = _report(p.dataset, cm, p.mode, p.config, p.counts, p.predictions, p.cache_dir)
+    report = build_report(p.dataset, cm, p.mode, p.config, p.counts, p.predictions, p.cache_dir)
     report["seconds"] = round(time.perf_counter() - start, 3)
     report["files"] = {k: str(v) for k, v in write_reports(report, p.out, cm).items()}
     return report
@@ -337,64 +347,3 @@ def _score_predictions(
             cm.update(pred, label)
         except ValueError as e:
             raise ValueError(f"prediction {path}: {e}") from e
-
-
-def _nan_to_none(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
-
-
-def _report(
-    dataset: SegDataset,
-    cm: ConfusionMatrix,
-    mode: str,
-    config: EvalConfig,
-    counts: dict,
-    predictions,
-    cache_dir: Path | None,
-) -> dict[str, Any]:
-    import ovseg
-
-    s = cm.scores()
-    names = dataset.classes
-    cfg = asdict(config) | {
-        "grid": dict(config.grid),
-        "method_options": dict(config.method_options),
-        "hash": config.key(),
-    }
-    if mode == "predictions":
-        cfg = {
-            "data": config.data,
-            "kind": config.kind,
-            "split": config.split,
-            "predictions": str(Path(predictions).resolve()),
-        }
-    return {
-        "miou": _nan_to_none(s["miou"]),
-        "fwiou": _nan_to_none(s["fwiou"]),
-        "pixel_accuracy": _nan_to_none(s["pixel_accuracy"]),
-        "mean_accuracy": _nan_to_none(s["mean_accuracy"]),
-        "per_class_iou": {n: _nan_to_none(v) for n, v in zip(names, s["iou"], strict=True)},
-        "per_class_accuracy": {
-            n: _nan_to_none(v) for n, v in zip(names, s["accuracy"], strict=True)
-        },
-        "mode": mode,
-        "dataset": {
-            "root": config.data,
-            "kind": dataset.kind,
-            "split": config.split,
-            "classes": names,
-            "prompts": dataset.prompts,
-            "background_index": dataset.background_index,
-        },
-        "config": cfg,
-        "counts": counts
-        | {
-            "pixels": cm.total,
-            "unlabeled_pixels": int(cm.matrix[:, -1].sum()),
-            "class_pixels": dict(zip(names, cm.matrix.sum(1).tolist(), strict=True)),
-        },
-        "confusion_matrix": cm.matrix.tolist(),
-        "confusion_columns": [*names, "unlabeled"],
-        "cache": str(cache_dir) if cache_dir else None,
-        "ovseg_version": getattr(ovseg, "__version__", None),
-    }

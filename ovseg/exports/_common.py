@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ovseg.result import SegmentationResult
+if TYPE_CHECKING:
+    from ovseg.result import SegmentationResult
 
 
 def check_classes(classes: Any) -> list[str]:
@@ -32,7 +32,7 @@ def check_classes(classes: Any) -> list[str]:
 
 def check_result(result: Any, classes: list[str] | None = None) -> SegmentationResult:
     """Return ``result`` if it is a :class:`SegmentationResult` whose classes equal ``classes``."""
-    if not isinstance(result, SegmentationResult):
+    if not all(hasattr(result, a) for a in ("label_map", "segments", "segment_map", "classes")):
         raise TypeError(f"expected an ovseg SegmentationResult; got {type(result).__name__}")
     if classes is not None and list(result.classes) != list(classes):
         raise ValueError(
@@ -109,8 +109,10 @@ def regions(result: SegmentationResult, stuff: bool = False) -> list[Region]:
     return out
 
 
-def ovseg_version() -> str | None:
-    return getattr(sys.modules.get("ovseg"), "__version__", None)
+def ovseg_version() -> str:
+    from ovseg import __version__
+
+    return __version__
 
 
 class RunWriter(ABC):

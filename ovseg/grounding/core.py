@@ -95,7 +95,8 @@ def _competitors(phrase: str, negatives: list[str], background: list[str]) -> No
 
 
 def _segmenter(segmenter, sam, clip, device):
-    from ovseg.pipeline import Segmenter, default_segmenter
+    from ovseg.api import default_segmenter
+    from ovseg.pipeline import Segmenter
 
     if segmenter is None:
         return default_segmenter(sam, clip, device)
@@ -255,7 +256,7 @@ def ground(
     with seg.lock, torch.inference_mode():
         array = seg.set_image(image)
         masks = _candidates(seg, array, candidates, grid_options)
-        emb = seg.scorer.embed(array, masks) if len(masks) else None
+        emb = seg.region_scorer.embed(array, masks) if len(masks) else None
     eligible, rejected = np.ones(len(masks), bool), {}
     if emb is None:
         results = [GroundingResult(p, [], [], {}, threshold, array) for p in phrases]

@@ -1,8 +1,16 @@
-"""Training-free dense open-vocabulary segmentation methods, reproduced exactly.
+"""The segmentation methods: one protocol, one module each, one registry.
 
-SCLIP, ClearCLIP and NACLIP (with PAMR) on an open_clip ViT, ProxyCLIP and CorrCLIP with DINO
-(CorrCLIP also with SAM regions), following each reference repository's mmseg protocol
-number for number:
+- :mod:`~ovseg.methods.protocol`: what a method is to the rest of ovseg (``Method``:
+  ``needs``, a typed ``Config``, ``probabilities``, ``predict``, ``finish``,
+  ``mask_scores``; ``Finished``); :mod:`~ovseg.methods.registry`: the methods by name;
+- the methods: :mod:`~ovseg.methods.sclip`, :mod:`~ovseg.methods.clearclip`,
+  :mod:`~ovseg.methods.naclip` (on an open_clip ViT, :mod:`~ovseg.methods.training_free`),
+  :mod:`~ovseg.methods.proxyclip`, :mod:`~ovseg.methods.trident`,
+  :mod:`~ovseg.methods.corrclip` (with DINO, Trident also with SAM, CorrCLIP with regions),
+  :mod:`~ovseg.methods.corrclipv2` and :mod:`~ovseg.methods.samclip`; the training-free ones
+  follow each reference repository's mmseg protocol number for number.
+
+Their building blocks:
 
 - :mod:`~ovseg.methods.geometry`: mmcv resize, normalisation, window placement, padding,
   position-table interpolation (generic, shared with other methods);
@@ -11,6 +19,9 @@ number for number:
 - :mod:`~ovseg.methods.pamr`: PAMR refinement;
 - :mod:`~ovseg.methods.proxyclip`, :mod:`~ovseg.methods.corrclip`: the DINO-guided methods;
 - :mod:`~ovseg.methods.regions`: region id maps, CorrCLIP's merging, scope and vote;
+- :mod:`~ovseg.methods.corrclipv2`: CorrCLIPv2 (a VFM's correlations, retrieval from a memory
+  bank, DMCE), with :mod:`~ovseg.methods.bank` (reading banks, FAISS) and
+  :mod:`~ovseg.methods.vfm` (the VFM interface);
 - :mod:`~ovseg.methods.config`: per-method, per-benchmark settings;
 - :mod:`~ovseg.methods.classnames`: each method's class-name files;
 - :mod:`~ovseg.methods.text`: template-averaged query embeddings;
@@ -26,6 +37,10 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
+    "Method": "ovseg.methods.protocol",
+    "Finished": "ovseg.methods.protocol",
+    "method_class": "ovseg.methods.registry",
+    "method_names": "ovseg.methods.registry",
     "MethodConfig": "ovseg.methods.config",
     "method_config": "ovseg.methods.config",
     "class_names": "ovseg.methods.classnames",

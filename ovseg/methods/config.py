@@ -1,8 +1,9 @@
-"""Per-method, per-dataset settings of the dense methods, read from the references' configs.
+"""Typed options of the methods, with the references' per-dataset settings.
 
-:func:`method_config` returns a frozen :class:`MethodConfig`; values come from each
-repository's ``configs/cfg_<dataset>.py`` (the ``Resize`` scale and the ``model`` dict) over
-its segmentor's defaults.
+Each method has one frozen config class; :func:`method_config` gives the reference settings of
+a method on a benchmark, with overrides. Values come from each repository's
+``configs/cfg_<dataset>.py`` (the ``Resize`` scale and the ``model`` dict) over its segmentor's
+defaults.
 
 ============  ============================  ==========================  ========================
 setting       SCLIP                         ClearCLIP                   NACLIP
@@ -21,7 +22,12 @@ other         area threshold 0.1 on voc21   pads windows to 16          PAMR 10 
 
 ProxyCLIP and CorrCLIP share their settings: short side 336 (Cityscapes, ADE20K 448), windows
 336 / 112 (Cityscapes 224 / 112) padded to 56, logit scale 40, probability threshold VOC21 0.2,
-Context60 0.15, COCO-Object 0.25.
+Context60 0.15, COCO-Object 0.25. Trident's are in :data:`_PER_DATASET` (see METHODS.md).
+
+Classes: :class:`MethodConfig` (options of every method), :class:`SlideConfig` (the mmseg
+sliding-window protocol of SCLIP, ClearCLIP, CorrCLIP), :class:`NaclipConfig`,
+:class:`ProxyConfig` (ProxyCLIP), :class:`TridentConfig` (``sam-clip``'s is in its own
+module). A method's options are exactly its config's fields.
 """
 
 from __future__ import annotations
@@ -29,10 +35,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
-__all__ = ["DATASETS", "METHODS", "MethodConfig", "method_config"]
+__all__ = [
+    "DATASETS",
+    "METHODS",
+    "MethodConfig",
+    "NaclipConfig",
+    "ProxyConfig",
+    "SlideConfig",
+    "TridentConfig",
+    "method_config",
+]
 
-METHODS = ("sclip", "clearclip", "naclip", "proxyclip", "corrclip", "trident")
 DATASETS = (
     "voc21",
     "context60",
@@ -43,64 +58,105 @@ DATASETS = (
     "cityscapes",
     "ade20k",
 )
-ATTENTIONS = {
-    "sclip": ("csa",),
-    "clearclip": ("clearclip", "vanilla"),
-    "naclip": ("naclip",),
-    "proxyclip": ("proxy",),
-    "corrclip": ("corrclip",),
-    "trident": ("trident",),
-}
-# Options that only one method reads: given for another method they are an error.
-METHOD_ONLY = {
-    "cos_fac": "trident",
-    "refine_neg_cos": "trident",
-    "coarse_thresh": "trident",
-    "minimal_area": "trident",
-    "sam_iou_thresh": "trident",
-    "sam_mask_coeff": "trident",
-    "sam_halves": "trident",
-}
+REFINES = (None, "masks")
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def int_at_least(cfg: object, name: str, low: int, optional: bool = False) -> None:
+    value = getattr(cfg, name)
+    if optional and value is None:
+        return
+    if not is_int(value) or value < low:
+        extra = " or None" if optional else ""
+        raise ValueError(f"{name} must be an int >= {low}{extra}, got {value!r}")
+
+
+def real_in(cfg: object, name: str, low: float = -math.inf, high: float = math.inf) -> None:
+    value = getattr(cfg, name)
+    if not is_real(value) or not low <= value <= high:
+        span = "a finite float" if math.isinf(low) and math.isinf(high) else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {span}, got {value!r}")
+
+
+def _boolean(cfg: object, name: str) -> None:
+    if not isinstance(getattr(cfg, name), bool):
+        raise ValueError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Settings of one dense method on one benchmark (all sizes in pixels).
+    """Options every method has.
 
     Attributes:
-        method: ``"sclip"``, ``"clearclip"`` or ``"naclip"``.
-        dataset: benchmark name or ``None`` for the method's defaults.
+        method: the method's name.
+        dataset: the benchmark whose reference settings these are, or ``None``.
+        score_threshold: minimum class probability in ``[0, 1]`` for a mask (a prompted
+            object, a refining mask, or the method's own proposals) to label pixels.
+        refine: ``None`` (the method's own map) or ``"masks"``: SAM's automatic masks are
+            painted over the map, each taking its most probable class.
+    """
+
+    method: str = ""
+    dataset: str | None = None
+    score_threshold: float = 0.0
+    refine: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset is not None and self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be None or one of {DATASETS}, got {self.dataset!r}")
+        real_in(self, "score_threshold", 0.0, 1.0)
+        if self.refine not in REFINES:
+            raise ValueError(f"refine must be one of {REFINES}, got {self.refine!r}")
+
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """The names a caller may set (every field but ``method`` and ``dataset``)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("method", "dataset"))
+
+
+@dataclass(frozen=True)
+class SlideConfig(MethodConfig):
+    """The mmseg protocol of the training-free methods (all sizes in pixels).
+
+    Attributes:
         short_side: target short side of the mmcv ``imrescale`` (>= 1).
         long_cap: cap on the long side (2048 in every reference config).
         slide_crop: window side, or ``None`` for one whole-image pass.
         slide_stride: window stride, ``1 <= stride <= crop`` (ignored without a crop).
         logit_scale: multiplier of the cosine logits before the softmax (> 0).
-        prob_threshold: pixels whose top class probability is below it become class 0,
-            in ``[0, 1]`` (0: off).
+        prob_threshold: pixels whose top class probability is below it become the background
+            class, in ``[0, 1]`` (0: off).
         area_threshold: SCLIP's rule, in ``[0, 1]`` or ``None``: a foreground class whose
             predicted area is not above this fraction of all foreground pixels gets
             probability 0 before the argmax.
         pamr_steps: PAMR iterations on the full-size logits (0: off).
         pamr_dilations: PAMR neighbour distances (positive ints).
         pad_multiple: zero-pad each window (centred) to a multiple of this, or ``None``.
-        gaussian_std: NACLIP's neighbourhood sigma in patches (> 0).
         attention: last-block variant (see :mod:`ovseg.methods.clip_blocks`); ``None`` is
-            the method's own (``"csa"``, ``"clearclip"``, ``"naclip"``).
+            the method's own.
         batch_windows: windows per forward pass (>= 1; memory knob, no effect on numbers).
-        beta, gamma: ProxyCLIP's proxy attention ``(S - beta * mean(S)) * gamma`` (finite).
-        cos_fac: Trident's SAM similarity threshold factor (finite; 0 keeps every positive
-            cosine).
-        refine_neg_cos: Trident: a negative threshold stays (True) or becomes 0.6 (False).
-        coarse_thresh: Trident's refinement: minimum probability of a prompting pixel and
-            class, in ``[0, 1]``.
-        minimal_area: Trident: minimum half-resolution area of a prompting region (int >= 0).
-        sam_iou_thresh: Trident: SAM masks with predicted IoU above it refine (finite).
-        sam_mask_coeff: Trident: scale of the dense mask prompt (finite, >= 0).
-        sam_halves: Trident: SAM sees the left and right halves separately (Cityscapes).
     """
 
-    method: str
-    dataset: str | None = None
+    ATTENTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "sclip": ("csa",),
+        "clearclip": ("clearclip", "vanilla"),
+        "naclip": ("naclip",),
+        "proxyclip": ("proxy",),
+        "corrclip": ("corrclip",),
+        "trident": ("trident",),
+    }
+
     short_side: int = 336
     long_cap: int = 2048
     slide_crop: int | None = 224
@@ -111,11 +167,80 @@ class MethodConfig:
     pamr_steps: int = 0
     pamr_dilations: tuple[int, ...] = (8, 16)
     pad_multiple: int | None = None
-    gaussian_std: float = 5.0
     attention: str | None = None
     batch_windows: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("short_side", "long_cap", "batch_windows", "slide_stride"):
+            int_at_least(self, name, 1)
+        int_at_least(self, "slide_crop", 1, optional=True)
+        int_at_least(self, "pad_multiple", 1, optional=True)
+        if self.slide_crop is not None and self.slide_stride > self.slide_crop:
+            raise ValueError(
+                f"slide_stride must be in [1, slide_crop={self.slide_crop}] (larger strides "
+                f"leave pixels uncovered), got {self.slide_stride}"
+            )
+        if not is_real(self.logit_scale) or self.logit_scale <= 0:
+            raise ValueError(f"logit_scale must be a finite float > 0, got {self.logit_scale!r}")
+        real_in(self, "prob_threshold", 0.0, 1.0)
+        if self.area_threshold is not None:
+            if not is_real(self.area_threshold) or not 0 <= self.area_threshold <= 1:
+                raise ValueError(
+                    f"area_threshold must be None or a float in [0, 1], got {self.area_threshold!r}"
+                )
+        int_at_least(self, "pamr_steps", 0)
+        dil = self.pamr_dilations
+        if not isinstance(dil, tuple) or not dil or not all(is_int(d) and d >= 1 for d in dil):
+            raise ValueError(f"pamr_dilations must be a non-empty tuple of ints >= 1, got {dil!r}")
+        allowed = self.ATTENTIONS.get(self.method, ())
+        if self.attention is not None and self.attention not in allowed:
+            raise ValueError(
+                f"attention for {self.method} must be None or one of {allowed}, "
+                f"got {self.attention!r}"
+            )
+
+
+@dataclass(frozen=True)
+class NaclipConfig(SlideConfig):
+    """NACLIP: :class:`SlideConfig` plus ``gaussian_std``, its neighbourhood sigma in patches."""
+
+    gaussian_std: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not is_real(self.gaussian_std) or self.gaussian_std <= 0:
+            raise ValueError(f"gaussian_std must be a finite float > 0, got {self.gaussian_std!r}")
+
+
+@dataclass(frozen=True)
+class ProxyConfig(SlideConfig):
+    """ProxyCLIP's proxy attention ``(S - beta * mean(S)) * gamma`` (``beta``, ``gamma``
+    finite)."""
+
     beta: float = 1.2
     gamma: float = 3.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        real_in(self, "beta")
+        real_in(self, "gamma")
+
+
+@dataclass(frozen=True)
+class TridentConfig(ProxyConfig):
+    """Trident: :class:`ProxyConfig` plus its SAM aggregation and refinement.
+
+    Attributes:
+        cos_fac: SAM similarity threshold factor (finite; 0 keeps every positive cosine).
+        refine_neg_cos: a negative threshold stays (True) or becomes 0.6 (False).
+        coarse_thresh: minimum probability of a prompting pixel and class, in ``[0, 1]``.
+        minimal_area: minimum half-resolution area of a prompting region (int >= 0).
+        sam_iou_thresh: SAM masks with predicted IoU above it refine (finite).
+        sam_mask_coeff: scale of the dense mask prompt (finite, >= 0).
+        sam_halves: SAM sees the left and right halves separately (Cityscapes).
+    """
+
     cos_fac: float = 1.2
     refine_neg_cos: bool = True
     coarse_thresh: float = 0.2
@@ -125,82 +250,14 @@ class MethodConfig:
     sam_halves: bool = False
 
     def __post_init__(self) -> None:
-        _validate(self)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _validate(cfg: MethodConfig) -> None:
-    if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
-    if cfg.dataset is not None and cfg.dataset not in DATASETS:
-        raise ValueError(f"dataset must be None or one of {DATASETS}, got {cfg.dataset!r}")
-
-    def positive_int(name: str, optional: bool = False) -> None:
-        value = getattr(cfg, name)
-        if optional and value is None:
-            return
-        if not _is_int(value) or value < 1:
-            extra = " or None" if optional else ""
-            raise ValueError(f"{name} must be an int >= 1{extra}, got {value!r}")
-
-    for name in ("short_side", "long_cap", "batch_windows"):
-        positive_int(name)
-    positive_int("slide_crop", optional=True)
-    positive_int("pad_multiple", optional=True)
-    if not _is_int(cfg.slide_stride) or cfg.slide_stride < 1:
-        raise ValueError(f"slide_stride must be an int >= 1, got {cfg.slide_stride!r}")
-    if cfg.slide_crop is not None and cfg.slide_stride > cfg.slide_crop:
-        raise ValueError(
-            f"slide_stride must be in [1, slide_crop={cfg.slide_crop}] (larger strides leave "
-            f"pixels uncovered), got {cfg.slide_stride}"
-        )
-    if not _is_real(cfg.logit_scale) or cfg.logit_scale <= 0:
-        raise ValueError(f"logit_scale must be a finite float > 0, got {cfg.logit_scale!r}")
-    if not _is_real(cfg.prob_threshold) or not 0 <= cfg.prob_threshold <= 1:
-        raise ValueError(f"prob_threshold must be a float in [0, 1], got {cfg.prob_threshold!r}")
-    if cfg.area_threshold is not None and (
-        not _is_real(cfg.area_threshold) or not 0 <= cfg.area_threshold <= 1
-    ):
-        raise ValueError(
-            f"area_threshold must be None or a float in [0, 1], got {cfg.area_threshold!r}"
-        )
-    if not _is_int(cfg.pamr_steps) or cfg.pamr_steps < 0:
-        raise ValueError(f"pamr_steps must be an int >= 0, got {cfg.pamr_steps!r}")
-    dil = cfg.pamr_dilations
-    if not isinstance(dil, tuple) or not dil or not all(_is_int(d) and d >= 1 for d in dil):
-        raise ValueError(
-            f"pamr_dilations must be a non-empty tuple of ints >= 1, got {cfg.pamr_dilations!r}"
-        )
-    for name in ("beta", "gamma", "cos_fac", "sam_iou_thresh"):
-        if not _is_real(getattr(cfg, name)):
-            raise ValueError(f"{name} must be a finite float, got {getattr(cfg, name)!r}")
-    if not _is_real(cfg.coarse_thresh) or not 0 <= cfg.coarse_thresh <= 1:
-        raise ValueError(f"coarse_thresh must be a float in [0, 1], got {cfg.coarse_thresh!r}")
-    if not _is_int(cfg.minimal_area) or cfg.minimal_area < 0:
-        raise ValueError(f"minimal_area must be an int >= 0, got {cfg.minimal_area!r}")
-    if not _is_real(cfg.sam_mask_coeff) or cfg.sam_mask_coeff < 0:
-        raise ValueError(f"sam_mask_coeff must be a finite float >= 0, got {cfg.sam_mask_coeff!r}")
-    for name in ("refine_neg_cos", "sam_halves"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ValueError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
-    if not _is_real(cfg.gaussian_std) or cfg.gaussian_std <= 0:
-        raise ValueError(f"gaussian_std must be a finite float > 0, got {cfg.gaussian_std!r}")
-    if cfg.attention is not None and cfg.attention not in ATTENTIONS[cfg.method]:
-        raise ValueError(
-            f"attention for {cfg.method} must be None or one of {ATTENTIONS[cfg.method]}, "
-            f"got {cfg.attention!r}"
-        )
+        super().__post_init__()
+        real_in(self, "cos_fac")
+        real_in(self, "sam_iou_thresh")
+        real_in(self, "coarse_thresh", 0.0, 1.0)
+        int_at_least(self, "minimal_area", 0)
+        real_in(self, "sam_mask_coeff", 0.0)
+        _boolean(self, "refine_neg_cos")
+        _boolean(self, "sam_halves")
 
 
 _DEFAULTS: dict[str, dict[str, object]] = {
@@ -268,40 +325,61 @@ _PER_DATASET: dict[str, dict[str, dict[str, object]]] = {
     },
 }
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(MethodConfig) if f.name not in ("method",))
+
+def preset(
+    cls: type[MethodConfig],
+    method: str,
+    dataset: str | None = None,
+    defaults: dict | None = None,
+    per_dataset: dict | None = None,
+    **overrides: object,
+) -> MethodConfig:
+    """``cls`` for ``method`` on ``dataset``: its ``defaults``, then its settings for the
+    dataset (``per_dataset[dataset]``), then ``overrides`` (any option of ``cls``; a list of
+    ``pamr_dilations`` becomes a tuple).
+
+    Raises:
+        ValueError: unknown dataset or option name, or a value out of range (the message names
+            the option and its allowed range).
+    """
+    if dataset is not None and dataset not in DATASETS:
+        raise ValueError(f"dataset must be None or one of {DATASETS}, got {dataset!r}")
+    allowed = cls.options()
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for method {method!r}; its options: {', '.join(allowed)}"
+        )
+    values: dict[str, object] = dict(defaults or {})
+    if dataset is not None:
+        values.update((per_dataset or {}).get(dataset, {}))
+    values.update(overrides)
+    if isinstance(values.get("pamr_dilations"), list):
+        values["pamr_dilations"] = tuple(values["pamr_dilations"])
+    return cls(method=method, dataset=dataset, **values)
+
+
+_CLASSES: dict[str, type[MethodConfig]] = {
+    "sclip": SlideConfig,
+    "clearclip": SlideConfig,
+    "naclip": NaclipConfig,
+    "proxyclip": ProxyConfig,
+    "corrclip": SlideConfig,
+    "trident": TridentConfig,
+}
+METHODS = tuple(_CLASSES)
+"""The training-free methods whose reference settings this module holds."""
 
 
 def method_config(method: str, dataset: str | None = None, **overrides: object) -> MethodConfig:
-    """The reference settings of ``method`` on ``dataset``, with ``overrides`` applied.
-
-    Args:
-        method: ``"sclip"``, ``"clearclip"`` or ``"naclip"``.
-        dataset: one of :data:`DATASETS`, or ``None`` for the method's defaults.
-        **overrides: any :class:`MethodConfig` field except ``method`` / ``dataset``
-            (``pamr_dilations`` may be any sequence of ints).
+    """The reference settings of ``method`` (one of :data:`METHODS`) on ``dataset`` (None: the
+    method's defaults), with ``overrides`` applied, as the method's own config class.
 
     Raises:
-        ValueError: unknown method, dataset or option name, or a value out of range (the
-            message names the option and its allowed range).
+        ValueError: unknown method, dataset or option name, or a value out of range.
     """
-    if method not in METHODS:
+    if method not in _CLASSES:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if dataset is not None and dataset not in DATASETS:
-        raise ValueError(f"dataset must be None or one of {DATASETS}, got {dataset!r}")
-    allowed = tuple(name for name in _FIELDS if name != "dataset")
-    unknown = sorted(set(overrides) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
-    foreign = sorted(n for n in overrides if METHOD_ONLY.get(n, method) != method)
-    if foreign:
-        raise ValueError(
-            f"option(s) {foreign} apply only to {sorted({METHOD_ONLY[n] for n in foreign})}"
-        )
-    values: dict[str, object] = dict(_DEFAULTS[method])
-    if dataset is not None:
-        values.update(_PER_DATASET[method].get(dataset, {}))
-    values.update(overrides)
-    dil = values.get("pamr_dilations")
-    if isinstance(dil, (list, tuple)):
-        values["pamr_dilations"] = tuple(dil)
-    return MethodConfig(method=method, dataset=dataset, **values)
+    return preset(
+        _CLASSES[method], method, dataset, _DEFAULTS[method], _PER_DATASET[method], **overrides
+    )

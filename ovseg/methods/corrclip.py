@@ -57,7 +57,8 @@ from ovseg.methods.dense import class_max
 from ovseg.methods.dino import check_dino, dino_grid, dino_last_qkv
 from ovseg.methods.geometry import imrescale_size, normalize_image, resize_image
 from ovseg.methods.pixelmap import PixelMap
-from ovseg.methods.proxyclip import dino_input_from_clip
+from ovseg.methods.protocol import Finished
+from ovseg.methods.proxy_attention import dino_input_from_clip
 from ovseg.methods.regions import (
     DBSCAN_EPS,
     merge_regions,
@@ -67,13 +68,16 @@ from ovseg.methods.regions import (
 )
 from ovseg.methods.slide import slide_logits_lowres
 from ovseg.methods.tiles import check_query_class
+from ovseg.methods.training_free import ClipMethod
 
 __all__ = [
     "CORRCLIP_GRID",
+    "CorrClip",
     "corrclip_dino_features",
     "corrclip_logits",
     "corrclip_pixelmap",
     "corrclip_probabilities",
+    "corrclip_window_core",
     "corrclip_window_features",
     "spatial_blocks",
 ]
@@ -124,8 +128,33 @@ def _semantic_mask(token_region: Tensor, regions: int, dtype: torch.dtype) -> Te
 
 
 def _one_window(clip_visual, dino, crop, ids, clip_mean, clip_std, eps) -> Tensor:
-    feats, (fh, fw) = corrclip_dino_features(dino, crop, clip_mean, clip_std)
-    feats = feats[0]
+    feats, grid = corrclip_dino_features(dino, crop, clip_mean, clip_std)
+    return corrclip_window_core(clip_visual, crop, feats[0], grid, ids, eps)
+
+
+def corrclip_window_core(
+    clip_visual: nn.Module,
+    crop: Tensor,
+    feats: Tensor,
+    grid: tuple[int, int],
+    ids: Tensor,
+    eps: float | None = DBSCAN_EPS,
+) -> Tensor:
+    """CorrCLIP's last block on one window, given the correlation features (steps 2-7).
+
+    Args:
+        clip_visual: open_clip ViT image tower.
+        crop: ``(1, 3, h, w)`` CLIP-normalised window.
+        feats: ``(fh * fw, C)`` unit-norm features on the grid ``(fh, fw)`` (row-major):
+            DINO's ``q + k`` (CorrCLIP) or a VFM's features (CorrCLIPv2).
+        grid: ``(fh, fw)``.
+        ids: ``(h, w)`` region ids of the window (the smallest is its unsegmented region).
+        eps: DBSCAN radius of the region merging; ``None``: no merging (CorrCLIPv2).
+
+    Returns:
+        ``(1, D, fh, fw)`` float32 projected features, not normalised.
+    """
+    fh, fw = grid
     sim = feats @ feats.T
     groups = merge_regions(resize_ids(ids, (fh, fw)), feats, eps)
     scope = scope_mask(groups.reshape(-1), sim)
@@ -173,7 +202,7 @@ def corrclip_window_features(
     *,
     clip_mean: Sequence[float] = OPENAI_MEAN,
     clip_std: Sequence[float] = OPENAI_STD,
-    eps: float = DBSCAN_EPS,
+    eps: float | None = DBSCAN_EPS,
 ) -> Tensor:
     """CorrCLIP's projected patch features of windows, on the DINO grid.
 
@@ -184,7 +213,8 @@ def corrclip_window_features(
         ids: ``(B, 1, h, w)`` region ids of the windows (float or int; the smallest per window
             is its unsegmented region).
         clip_mean, clip_std: 0-1 constants undone before DINO's own normalisation.
-        eps: DBSCAN radius of the region merging.
+        eps: DBSCAN radius of the region merging; ``None``: no merging (CorrCLIPv2's bank
+            builder).
 
     Returns:
         ``(B, D, h // pd, w // pd)`` float32 (``pd`` DINO's patch size), not normalised. Windows
@@ -320,3 +350,79 @@ def corrclip_pixelmap(
 
 def _rows(text) -> int:
     return text.shape[0] if isinstance(text, Tensor) and text.ndim == 2 else -1
+
+
+class CorrClip(ClipMethod):
+    """CorrCLIP v1 (51.0 mIoU over eight benchmarks): needs CLIP, DINO ViT-B/8 and regions
+    (``masks=`` per call, else SAM's automatic masks with :data:`CORRCLIP_GRID`, so a SAM
+    model). Its map is the one before the vote; :meth:`finish` gives every region its
+    majority class, and the regions are the instances."""
+
+    name = "corrclip"
+    needs = frozenset({"clip", "dino", "regions"})
+    hints = {**ClipMethod.hints, "clip": "ViT-B-16-quickgelu/metaclip_fullcc"}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._regions: tuple | None = None  # (key, id map) of the last image
+
+    def clear_cache(self) -> None:
+        self._regions = None
+
+    def region_map(self, image: np.ndarray, models, regions=None) -> np.ndarray:
+        """The int64 id map ``(H, W)`` of ``regions`` (bool ``(N, H, W)`` or an id map), else
+        of SAM's automatic masks with CorrCLIP's settings (computed once per image)."""
+        from ovseg.methods.regions import region_id_map
+
+        if regions is not None:
+            return region_id_map(regions, image.shape[:2])
+        if not models.has_sam:
+            raise ValueError(
+                "method 'corrclip' needs regions: pass masks= (bool (N, H, W) or an int id map, "
+                "0 = unsegmented) or build the Segmenter with a SAM model"
+            )
+        from ovseg.proposals.grid import GridOptions, automatic_masks
+        from ovseg.proposals.sam2 import Sam2Proposer
+        from ovseg.proposals.sam2_grid import Sam2GridOptions
+        from ovseg.structures import image_key
+
+        proposer = models.proposer
+        options = GridOptions(**CORRCLIP_GRID)
+        if isinstance(proposer, Sam2Proposer):  # SAM 2's generator, one mask per point
+            options = Sam2GridOptions(**CORRCLIP_GRID, multimask_output=False)
+        key = (image_key(image), options, id(proposer))
+        if self._regions is None or self._regions[0] != key:
+            proposer.set_image(image)
+            ids = region_id_map(automatic_masks(proposer, options).masks, image.shape[:2])
+            self._regions = (key, ids)
+        return self._regions[1]
+
+    def query_probabilities(self, image, text, owners, entries, models, config, regions=None):
+        ids = self.region_map(image, models, regions)
+        mean, std = self.mean_std(models)
+        visual = self.clip_visual(models)
+        return corrclip_probabilities(
+            visual, models.dino, image, ids, text, owners, entries, config, mean, std
+        )
+
+    def query_pixelmap(
+        self, image, text, owners, entries, models, config, regions=None, **map_options
+    ):
+        ids = self.region_map(image, models, regions)
+        mean, std = self.mean_std(models)
+        return corrclip_pixelmap(
+            self.clip_visual(models), models.dino, image, ids, text, owners, entries, config,
+            mean, std, **map_options,
+        )  # fmt: skip
+
+    def finish(self, image, probs, labels, models, config, regions=None) -> Finished:
+        from ovseg.methods.regions import region_vote
+
+        ids = self.region_map(image, models, regions)
+        voted = region_vote(labels, ids)
+        values, inverse = np.unique(ids, return_inverse=True)
+        inverse = inverse.reshape(ids.shape)
+        masks = np.stack([inverse == r for r in range(1, len(values))]) if len(values) > 1 \
+            else np.zeros((0, *ids.shape), bool)  # fmt: skip
+        classes = np.array([voted[m].flat[0] for m in masks], np.int64)
+        return Finished(voted, masks, classes, np.ones(len(masks), np.float32))

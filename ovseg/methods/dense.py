@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ovseg.methods.clip_blocks import METHODS, dense_features
-from ovseg.methods.config import MethodConfig
+from ovseg.methods.config import MethodConfig, SlideConfig
 from ovseg.methods.geometry import imrescale_size, normalize_image, resize_image
 from ovseg.methods.pamr import pamr
 from ovseg.methods.pixelmap import PixelMap
@@ -62,8 +62,8 @@ def _lowres(method, visual, image, text, config, mean, std):
     NACLIP the grid resized to the network input) and the normalised network input ``x``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(config, MethodConfig):
-        raise TypeError("config must be a MethodConfig (see method_config)")
+    if not isinstance(config, SlideConfig):
+        raise TypeError("config must be a SlideConfig (see method_config)")
     if config.method != method:
         raise ValueError(f"config is for {config.method!r}, not {method!r}")
     _check_image(image)
@@ -79,7 +79,7 @@ def _lowres(method, visual, image, text, config, mean, std):
         visual,
         method=method,
         attention=config.attention,
-        gaussian_std=config.gaussian_std,
+        gaussian_std=getattr(config, "gaussian_std", 5.0),
     )
     with torch.inference_mode():
         args = (x, window_fn, text, config.slide_crop, config.slide_stride)
@@ -190,7 +190,8 @@ def predict_labels(
 ) -> torch.Tensor:
     """Labels ``(H, W)`` int64 from class probabilities ``(K, H, W)``.
 
-    In the references' order: SCLIP's area rule when ``config.area_threshold`` is set (from
+    In the references' order (a config without these thresholds: plain argmax): SCLIP's area
+    rule when ``config.area_threshold`` is set (from
     the argmax, count each non-background class's pixels; a class whose count is not above
     ``area_threshold`` times the total of those counts gets probability 0), then the argmax
     (first index on ties), then pixels whose max probability is below
@@ -203,7 +204,9 @@ def predict_labels(
     if not isinstance(probs, torch.Tensor) or probs.ndim != 3:
         raise TypeError("probs must be a (K, H, W) tensor")
     k = probs.shape[0]
-    uses_bg = config.prob_threshold > 0 or config.area_threshold is not None
+    prob_threshold = getattr(config, "prob_threshold", 0.0)
+    area_threshold = getattr(config, "area_threshold", None)
+    uses_bg = prob_threshold > 0 or area_threshold is not None
     if background_class is None:
         if uses_bg:
             raise ValueError(
@@ -215,14 +218,14 @@ def predict_labels(
         )
     with torch.inference_mode():
         probs = probs.clone()
-        if config.area_threshold is not None:
+        if area_threshold is not None:
             pred = probs.argmax(dim=0)
             fg = torch.ones(k, dtype=torch.bool, device=probs.device)
             fg[background_class] = False
             area = torch.bincount(pred.flatten(), minlength=k).to(probs.dtype)[fg]
-            keep = (area > config.area_threshold * area.sum()).to(probs.dtype)
+            keep = (area > area_threshold * area.sum()).to(probs.dtype)
             probs[fg] *= keep.view(-1, 1, 1)
         labels = probs.argmax(dim=0)
-        if config.prob_threshold > 0:
-            labels[probs.max(dim=0).values < config.prob_threshold] = background_class
+        if prob_threshold > 0:
+            labels[probs.max(dim=0).values < prob_threshold] = background_class
         return labels.to(torch.int64)

@@ -84,13 +84,16 @@ def resize_ids(ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out[0, 0].to(torch.int64)
 
 
-def merge_regions(ids: torch.Tensor, feats: torch.Tensor, eps: float = DBSCAN_EPS) -> torch.Tensor:
+def merge_regions(
+    ids: torch.Tensor, feats: torch.Tensor, eps: float | None = DBSCAN_EPS
+) -> torch.Tensor:
     """CorrCLIP's region merging on one window: group index per grid cell, 0 = unsegmented.
 
     Args:
         ids: int ``(gh, gw)`` region ids on the feature grid.
         feats: ``(gh * gw, C)`` unit-norm features (row-major).
-        eps: DBSCAN radius.
+        eps: DBSCAN radius; ``None``: no merging (CorrCLIPv2, whose code comments the
+            merging out), each region its own group.
 
     Returns:
         int64 ``(gh, gw)``. Regions are the values present, the smallest one the unsegmented
@@ -103,7 +106,7 @@ def merge_regions(ids: torch.Tensor, feats: torch.Tensor, eps: float = DBSCAN_EP
 
     values, inverse = torch.unique(ids, return_inverse=True)
     group = torch.arange(len(values), device=ids.device)
-    if len(values) > 2:
+    if eps is not None and len(values) > 2:
         flat = inverse.reshape(-1)
         means = torch.stack([feats[flat == r].mean(dim=0) for r in range(len(values))])
         means = F.normalize(means, dim=1)[1:]

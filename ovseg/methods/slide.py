@@ -20,7 +20,7 @@ methods (ProxyCLIP, ...) can reuse it:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,15 +56,16 @@ def slide_logits(
     pad_multiple: int | None = None,
     batch_windows: int = 8,
     out_size: tuple[int, int] | None = None,
-    aux: torch.Tensor | None = None,
-    aux_pad: float = 0.0,
+    aux: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    aux_pad: float | str | Sequence[float | str] = 0.0,
 ) -> torch.Tensor:
     """Dense cosine logits of ``image`` against ``text``.
 
     Args:
         image: ``(1, 3, H, W)`` float32, normalised (the resized network input).
         window_fn: ``(B, 3, h, w)`` windows -> ``(B, D, gh, gw)`` features (any grid).
-        text: ``(Q, D)`` unit-norm query embeddings.
+        text: ``(Q, D)`` unit-norm query embeddings; ``None``: the window features themselves
+            (not normalised) take the place of the logits (CorrCLIPv2's bank builder).
         crop: window side in pixels, or ``None`` for one pass over the whole image.
         stride: window stride in pixels (``1 <= stride <= crop``); required with ``crop``.
         pad_multiple: zero-pad each window, centred, to a multiple of this (ClearCLIP: 16);
@@ -75,12 +76,13 @@ def slide_logits(
             it (the references' final step). Whole image: the grid logits are resized
             straight to it (SCLIP / ClearCLIP); ``None`` keeps ``H x W``, as NACLIP's
             ``forward_feature`` does before its own resize to the original size.
-        aux: optional ``(1, C, H, W)`` per-pixel data cut into the same windows (padded with
-            ``aux_pad``); then ``window_fn(crops, aux_crops)`` is called instead (CorrCLIP's
-            region ids).
+        aux: optional ``(1, C, H, W)`` per-pixel data (or a sequence of them) cut into the
+            same windows and padded with ``aux_pad`` (one value per tensor; a number, or
+            ``"replicate"`` for edge replication); then ``window_fn(crops, *aux_crops)`` is
+            called instead (CorrCLIP's region ids, CorrCLIPv2's VFM features).
 
     Returns:
-        ``(1, Q, H, W)`` float32 logits, or ``(1, Q, *out_size)``.
+        ``(1, Q, H, W)`` float32 logits, or ``(1, Q, *out_size)`` (``Q`` = ``D`` without text).
     """
     logits = slide_logits_lowres(
         image, window_fn, text, crop, stride, pad_multiple, batch_windows, aux, aux_pad
@@ -103,8 +105,8 @@ def slide_logits_lowres(
     stride: int | None = None,
     pad_multiple: int | None = None,
     batch_windows: int = 8,
-    aux: torch.Tensor | None = None,
-    aux_pad: float = 0.0,
+    aux: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    aux_pad: float | str | Sequence[float | str] = 0.0,
 ) -> torch.Tensor:
     """The logits :func:`slide_logits` resizes last: sliding windows, the windows' average
     ``(1, Q, H, W)`` at the (resized) input size; whole image, the patch-grid logits
@@ -112,23 +114,20 @@ def slide_logits_lowres(
     the output size is :func:`slide_logits`' result (arguments as there)."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[:2] != (1, 3):
         raise ValueError("image must be a (1, 3, H, W) tensor")
-    if text.ndim != 2:
+    if text is not None and text.ndim != 2:
         raise ValueError("text must be (Q, D)")
     if isinstance(batch_windows, bool) or not isinstance(batch_windows, int) or batch_windows < 1:
         raise ValueError(f"batch_windows must be an int >= 1, got {batch_windows!r}")
     h_img, w_img = image.shape[-2:]
+    auxes, pads = _aux_list(aux, aux_pad, (h_img, w_img))
+    to_logits = (lambda f: f) if text is None else (lambda f: patch_logits(f, text))
     with torch.inference_mode():
-        if aux is not None and (
-            aux.ndim != 4 or aux.shape[0] != 1 or aux.shape[-2:] != image.shape[-2:]
-        ):
-            raise ValueError(f"aux must be (1, C, {h_img}, {w_img}), got {tuple(aux.shape)}")
         if crop is None:
-            feats = window_fn(image) if aux is None else window_fn(image, aux)
-            return patch_logits(feats, text)
+            return to_logits(window_fn(image, *auxes))
         if stride is None or not 1 <= stride <= crop:
             raise ValueError(f"stride must be in [1, crop={crop}], got {stride!r}")
         boxes = slide_windows(h_img, w_img, crop, stride)
-        preds = image.new_zeros((1, text.shape[0], h_img, w_img))
+        preds = None
         count = image.new_zeros((1, 1, h_img, w_img))
         # windows grouped by size (all equal in mmseg's placement, but stay generic)
         groups: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
@@ -142,14 +141,18 @@ def slide_logits_lowres(
                 crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
                 if any(pad):
                     crops = F.pad(crops, pad)
-                if aux is None:
-                    feats = window_fn(crops)
-                else:
-                    extra = torch.cat([aux[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+                extras = []
+                for a, a_pad in zip(auxes, pads, strict=True):
+                    extra = torch.cat([a[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
                     if any(pad):
-                        extra = F.pad(extra, pad, value=aux_pad)
-                    feats = window_fn(crops, extra)
-                logits = patch_logits(feats, text)
+                        if a_pad == "replicate":
+                            extra = F.pad(extra, pad, mode="replicate")
+                        else:
+                            extra = F.pad(extra, pad, value=a_pad)
+                    extras.append(extra)
+                logits = to_logits(window_fn(crops, *extras))
+                if preds is None:
+                    preds = image.new_zeros((1, logits.shape[1], h_img, w_img))
                 for i, (y1, y2, x1, x2) in enumerate(chunk):
                     up = F.interpolate(
                         logits[i : i + 1],
@@ -160,3 +163,24 @@ def slide_logits_lowres(
                     preds[:, :, y1:y2, x1:x2] += up[:, :, top : top + h, left : left + w]
                     count[:, :, y1:y2, x1:x2] += 1
         return preds / count
+
+
+def _aux_list(aux, aux_pad, size: tuple[int, int]) -> tuple[list[torch.Tensor], list]:
+    if aux is None:
+        return [], []
+    auxes = [aux] if isinstance(aux, torch.Tensor) else list(aux)
+    if isinstance(aux_pad, (str, int, float)):
+        pads = [aux_pad] * len(auxes)
+    else:
+        pads = list(aux_pad)
+    if len(pads) != len(auxes):
+        raise ValueError(f"aux_pad needs one value per aux tensor, got {len(pads)}")
+    for a in auxes:
+        if not isinstance(a, torch.Tensor) or a.ndim != 4 or a.shape[0] != 1:
+            raise ValueError(f"aux must be (1, C, {size[0]}, {size[1]}) tensors")
+        if tuple(a.shape[-2:]) != tuple(size):
+            raise ValueError(f"aux must be (1, C, {size[0]}, {size[1]}), got {tuple(a.shape)}")
+    for p in pads:
+        if isinstance(p, str) and p != "replicate":
+            raise ValueError(f"aux_pad must be a number or 'replicate', got {p!r}")
+    return auxes, pads

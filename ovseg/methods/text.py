@@ -2,7 +2,9 @@
 
 For every query string: the 80 OpenAI ImageNet templates are filled in, tokenised, encoded
 with ``model.encode_text``; each embedding is L2-normalised, the 80 are averaged and the mean
-is L2-normalised again. Every synonym of a class is its own query.
+is L2-normalised again. Every synonym of a class is its own query. ovseg computes the same
+numbers (up to float rounding) in one batched run of only the positions each prompt needs, and
+keeps them (:func:`ovseg.scoring.vocabulary.text_embeddings`).
 """
 
 from __future__ import annotations
@@ -104,32 +106,30 @@ def query_embeddings(
     queries: Sequence[str],
     templates: Sequence[str] = OPENAI_IMAGENET_TEMPLATES,
 ) -> torch.Tensor:
-    """Unit-norm query embeddings ``(Q, D)`` float32.
+    """Unit-norm query embeddings ``(Q, D)`` float32, as the references compute them (one
+    query at a time, all 77 positions) up to float rounding, through ovseg's one text path:
+    every query's templates in one batched run of only the positions needed, kept in memory
+    and on disk (:func:`ovseg.scoring.vocabulary.text_embeddings`).
 
     Args:
-        model: a CLIP model with ``encode_text(tokens) -> (T, D)``.
+        model: an open_clip CLIP model (``encode_text(tokens) -> (T, D)``, ``visual``).
         tokenizer: strings -> ``(T, context_length)`` token ids (e.g.
             ``open_clip.get_tokenizer(...)``; OpenAI's ``clip.tokenize`` gives the same ids).
         queries: query strings, used verbatim (no stripping).
         templates: format strings with one ``{}``.
 
     Returns:
-        ``(len(queries), D)``: per query, mean over templates of the L2-normalised template
-        embeddings, L2-normalised.
+        ``(len(queries), D)`` on the model's device: per query, mean over templates of the
+        L2-normalised template embeddings, L2-normalised.
     """
+    from ovseg.scoring.backends import OpenClipBackend
+    from ovseg.scoring.vocabulary import text_embeddings
+
     if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
         raise TypeError("queries must be a sequence of strings")
     if not queries:
         raise ValueError("queries must not be empty")
     if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
         raise ValueError("templates must be a non-empty sequence of strings with one '{}'")
-    device = next(model.parameters()).device
-    out = []
-    with torch.inference_mode():
-        for query in queries:
-            tokens = tokenizer([t.replace("{}", query) for t in templates]).to(device)
-            feats = model.encode_text(tokens).float()
-            feats = feats / feats.norm(dim=-1, keepdim=True)
-            mean = feats.mean(dim=0)
-            out.append(mean / mean.norm())
-    return torch.stack(out)
+    backend = OpenClipBackend(model, tokenizer, name=type(model).__name__)
+    return text_embeddings(list(queries), tuple(templates), backend)

@@ -26,14 +26,34 @@ kept. In the reference's order:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ovseg.methods.runner import MethodRefinement
+__all__ = ["MethodRefinement", "trident_refine"]
 
-__all__ = ["trident_refine"]
+
+@dataclass
+class MethodRefinement:
+    """Trident's refinement of its map.
+
+    Attributes:
+        labels: int64 ``(H, W)``, class indices of the final map (same classes as the
+            probabilities it refines).
+        scores: float32 ``(K, H, W)``, the refined class scores (0 where nothing refined).
+        masks: bool ``(N, H, W)``, the SAM masks the refinement kept.
+        mask_classes: int64 ``(N,)``, the class of each mask.
+        mask_scores: float32 ``(N,)``, SAM's own quality score of each mask.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+    mask_classes: np.ndarray
+    mask_scores: np.ndarray
 
 
 def _components(mask: np.ndarray, minimal_area: int) -> list[np.ndarray]:

@@ -26,24 +26,12 @@ from pathlib import Path
 import torch
 
 from ovseg.constants import HF_TINY, TINY
+from ovseg.models._device import RANDOM_WARNING as _RANDOM_WARNING
+from ovseg.models._device import resolve_device
 from ovseg.models.sam2_weights import SAM2_ARCHS, build_sam2, check_sam2_spec, is_sam2_spec
 from ovseg.scoring.backends import ClipBackend, HFClipBackend, OpenClipBackend
 
 _SAM_WIDTH_TO_ARCH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
-_RANDOM_WARNING = (
-    "ovseg: building {what} with RANDOM weights (random_weights=True). Its masks and labels are "
-    "meaningless; use this only to measure speed."
-)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` picks CUDA when available, else CPU; other values go to ``torch.device``."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be like 'cpu', 'cuda' or 'cuda:0', got {device!r}") from e
 
 
 def sam_names() -> list[str]:
@@ -198,11 +186,17 @@ def _open_clip(spec: str, device, random_weights: bool) -> ClipBackend:
     elif tag not in tags:
         raise ValueError(f"unknown pretrained tag {tag!r} for {arch}; known: {tags}")
     if sep == ":":
-        try:
-            file = str(Path(tag).expanduser())
+        from ovseg.models.weights import reason
+
+        file = str(Path(tag).expanduser())
+        try:  # open_clip reads with weights_only=True (or safetensors): no pickled code runs
             model = open_clip.create_model(arch, pretrained=file, device=device)
-        except (OSError, RuntimeError, ValueError, KeyError) as e:
-            raise ValueError(f"CLIP checkpoint {tag} does not load into {arch}: {e}") from e
+        except Exception as e:  # the loaders raise many types on a wrong file; all mean "wrong"
+            raise ValueError(
+                f"CLIP checkpoint {file} does not load into {arch} ({reason(e)}); expected an "
+                "open_clip state dict of that architecture: .pt/.pth/.bin saved by torch.save, "
+                ".safetensors, or big_vision .npz for SigLIP"
+            ) from e
     else:
         model = open_clip_pretrained(arch, tag, device)  # from the cache only, never online
     return OpenClipBackend(model, open_clip.get_tokenizer(arch), name=spec)

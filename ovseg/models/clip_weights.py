@@ -19,7 +19,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["fetch_clip", "open_clip_cache", "open_clip_file", "open_clip_pretrained"]
+__all__ = [
+    "fetch_clip",
+    "open_clip_cache",
+    "open_clip_file",
+    "open_clip_pretrained",
+    "verify_clip_file",
+]
 
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 
@@ -91,14 +97,46 @@ def open_clip_pretrained(arch: str, tag: str, device):
     file = open_clip_file(arch, tag)
     if file is None:
         raise FileNotFoundError(_missing(arch, tag))
+    verify_clip_file(f"{arch}/{tag}", file)
     cfg = open_clip.pretrained.get_pretrained_cfg(arch, tag)
-    return open_clip.create_model(
-        arch,
-        pretrained=str(file),
-        device=device,
-        force_quick_gelu=bool(cfg.get("quick_gelu", False)),
-        force_preprocess_cfg={k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg},
-    )
+    try:  # open_clip reads with weights_only=True (or safetensors): no pickled code runs
+        return open_clip.create_model(
+            arch,
+            pretrained=str(file),
+            device=device,
+            force_quick_gelu=bool(cfg.get("quick_gelu", False)),
+            force_preprocess_cfg={k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg},
+        )
+    except Exception as e:  # the loaders raise many types on a damaged file
+        from ovseg.models.weights import reason
+
+        raise ValueError(
+            f"cached CLIP weights {file} of {arch}/{tag} do not load ({reason(e)}); delete the "
+            f"file and fetch it again: ovseg weights download {arch}/{tag}"
+        ) from e
+
+
+def verify_clip_file(spec: str, file: Path) -> bool:
+    """Check a cached CLIP file against its registry entry (:data:`~ovseg.models.checkpoints.
+    CLIP_FILES`: size first, then SHA-256); whether there was an entry with a size or a hash
+    to check against.
+
+    Raises:
+        ValueError: the file is not the published one (its path, what was expected, and the
+            command that fetches it again).
+    """
+    from ovseg.models import weights
+
+    entry = weights.CLIP_FILES.get((spec, Path(file).name))
+    if entry is None or not entry.pinned:
+        return False
+    try:
+        weights.verify(file, entry)
+    except ValueError as e:
+        raise ValueError(
+            f"{e}. Delete {file} and fetch it again: ovseg weights download {spec}"
+        ) from e
+    return True
 
 
 def _missing(arch: str, tag: str) -> str:

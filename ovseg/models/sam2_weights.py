@@ -278,7 +278,8 @@ def build_sam2(spec, device=None, *, video: bool = False, random_weights: bool =
         FileNotFoundError: a checkpoint file, a registry checkpoint or a hub id not on disk.
     """
     from ovseg.models import weights
-    from ovseg.models.build import _RANDOM_WARNING, resolve_device
+    from ovseg.models._device import RANDOM_WARNING as _RANDOM_WARNING
+    from ovseg.models._device import resolve_device
 
     device = resolve_device(device)
     if is_sam2_model(spec):

@@ -1,17 +1,19 @@
-"""SAM checkpoint registry, cache folder, verified download and safe loading.
+"""Checkpoint cache folder, verified download and safe loading.
 
-One frozen :class:`Checkpoint` per official Segment Anything checkpoint records where it comes
-from, its exact size in bytes, its SHA-256 and the preprocessing it expects (input size, pixel
-mean/std on the 0-255 scale). Files live in :func:`weights_dir` (env ``OVSEG_WEIGHTS_DIR``, else
-the repository's ``weights/`` folder in a source checkout, else ``~/.cache/ovseg/weights``).
+The registry (:mod:`ovseg.models.checkpoints`, re-exported here) holds one frozen
+:class:`Checkpoint` per official SAM, SAM 2 and DINO file: where it comes from, its exact size
+in bytes, its SHA-256, where those were read, and the preprocessing it expects. Files live in
+:func:`weights_dir` (env ``OVSEG_WEIGHTS_DIR``, else the repository's ``weights/`` folder in a
+source checkout, else ``~/.cache/ovseg/weights``).
 
 :func:`download` streams to a temporary file in the destination folder, verifies size and hash,
 then renames it into place: the final path only ever holds a complete, verified file.
 :func:`ensure_checkpoint` returns a cached file after verifying it, or says exactly which
 command fetches it. :func:`load_state_dict` loads with ``weights_only=True`` or safetensors.
 
-CLIP weights are not managed here: open_clip pretrained tags and Hugging Face ids are fetched by
-those libraries into their own caches.
+CLIP weights are fetched by open_clip and transformers into their caches
+(:mod:`ovseg.models.clip_weights`); the files of the presets' CLIP tags that have a published
+digest (:data:`CLIP_FILES`) are checked with :func:`verify` before they load.
 """
 
 from __future__ import annotations
@@ -22,15 +24,23 @@ import logging
 import os
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ovseg.constants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
+from ovseg.models.checkpoints import (
+    CLIP_FILES,
+    DINO_CHECKPOINTS,
+    RADIO_CHECKPOINTS,
+    SAM2_CHECKPOINTS,
+    SAM_CHECKPOINTS,
+    Checkpoint,
+)
 
 __all__ = [
+    "CLIP_FILES",
     "ENV_VAR",
     "DINO_CHECKPOINTS",
+    "RADIO_CHECKPOINTS",
     "SAM2_CHECKPOINTS",
     "SAM_CHECKPOINTS",
     "Checkpoint",
@@ -40,6 +50,7 @@ __all__ = [
     "ensure_checkpoint",
     "get_checkpoint",
     "load_state_dict",
+    "reason",
     "sha256sum",
     "verify",
     "weights_dir",
@@ -51,113 +62,9 @@ _TIMEOUT_S = 60.0
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """One downloadable checkpoint.
-
-    Attributes:
-        name: registry key, e.g. ``"vit_b"``.
-        arch: the architecture: a ``segment_anything.sam_model_registry`` key
-            (``vit_b``/``vit_l``/``vit_h``), a SAM 2 architecture (``sam2.1_hiera_tiny``...,
-            see :mod:`ovseg.models.sam2_weights`) or a DINO ViT (``dino_vitb8``...).
-        url: official download URL.
-        filename: file name in the weights folder.
-        size: exact size in bytes, or ``None`` when unknown (size check skipped).
-        sha256: lowercase hex SHA-256; a full 64-digit digest, or a published prefix (then only
-            the prefix is compared), or ``None`` when unknown (hash check skipped).
-        input_size: side of the square model input in pixels (longest side resized to this).
-        pixel_mean, pixel_std: RGB normalisation on the 0-255 scale.
-    """
-
-    name: str
-    arch: str
-    url: str
-    filename: str
-    size: int | None
-    sha256: str | None
-    input_size: int = 1024
-    pixel_mean: tuple[float, float, float] = SAM_PIXEL_MEAN
-    pixel_std: tuple[float, float, float] = SAM_PIXEL_STD
-
-
-def _sam(arch: str, tag: str, size: int, sha256: str) -> Checkpoint:
-    filename = f"sam_{arch}_{tag}.pth"
-    url = f"https://dl.fbaipublicfiles.com/segment_anything/{filename}"
-    return Checkpoint(arch, arch, url, filename, size, sha256)
-
-
-# Sizes and SHA-256 digests of the official files as published by several independent projects
-# (e.g. computational-cell-analytics/micro-sam `micro_sam/util.py` checksums); the vit_b size
-# matches the server's Content-Length. Note the hex tag in SAM's file names is NOT a prefix of
-# the file's SHA-256, so the full digests are stored.
-SAM_CHECKPOINTS: dict[str, Checkpoint] = {
-    c.name: c
-    for c in (
-        _sam(
-            "vit_b",
-            "01ec64",
-            375_042_383,
-            "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        ),
-        _sam(
-            "vit_l",
-            "0b3195",
-            1_249_524_607,
-            "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        ),
-        _sam(
-            "vit_h",
-            "4b8939",
-            2_564_550_879,
-            "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        ),
-    )
-}
-
-
-def _sam2(name: str) -> Checkpoint:
-    folder = "092824" if name.startswith("sam2.1") else "072824"
-    url = f"https://dl.fbaipublicfiles.com/segment_anything_2/{folder}/{name}.pt"
-    return Checkpoint(name, name, url, f"{name}.pt", None, None)
-
-
-# The official SAM 2.1 (September 2024) and SAM 2.0 (July 2024) checkpoints, as listed by
-# facebookresearch/sam2's checkpoints/download_ckpts.sh. Meta publishes neither sizes nor digests,
-# so those checks are skipped; the weights are checked key by key and shape by shape against the
-# architecture when they are loaded (ovseg.models.sam2_weights).
-SAM2_CHECKPOINTS: dict[str, Checkpoint] = {
-    c.name: c
-    for c in (
-        _sam2(f"{version}_hiera_{size}")
-        for version in ("sam2.1", "sam2")
-        for size in ("tiny", "small", "base_plus", "large")
-    )
-}
-
-
-def _dino(name: str, stem: str) -> Checkpoint:
-    url = f"https://dl.fbaipublicfiles.com/dino/{stem}/{stem}.pth"
-    # DINO normalises with ImageNet's mean and std, the same numbers as SAM's.
-    return Checkpoint(name, name, url, f"{stem}.pth", None, None, 224)
-
-
-# The official DINO backbones (facebookresearch/dino README, "backbone only"; ViT-S 21M and
-# ViT-B 85M parameters, as the README gives them). DINO publishes no sizes or digests, so those
-# checks are skipped; the state dict is checked key by key and shape by shape when it is loaded.
-DINO_CHECKPOINTS: dict[str, Checkpoint] = {
-    c.name: c
-    for c in (
-        _dino("dino_vitb8", "dino_vitbase8_pretrain"),
-        _dino("dino_vitb16", "dino_vitbase16_pretrain"),
-        _dino("dino_vits8", "dino_deitsmall8_pretrain"),
-        _dino("dino_vits16", "dino_deitsmall16_pretrain"),
-    )
-}
-
-
 def all_checkpoints() -> dict[str, Checkpoint]:
-    """Every registered checkpoint: SAM, SAM 2, then DINO."""
-    return {**SAM_CHECKPOINTS, **SAM2_CHECKPOINTS, **DINO_CHECKPOINTS}
+    """Every registered checkpoint: SAM, SAM 2, DINO, then RADIO."""
+    return {**SAM_CHECKPOINTS, **SAM2_CHECKPOINTS, **DINO_CHECKPOINTS, **RADIO_CHECKPOINTS}
 
 
 # (path, size, mtime_ns) of files verified in this process, so repeated use skips rehashing.
@@ -384,11 +291,28 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"cannot read safetensors file {path}: {e}") from e
+            raise ValueError(
+                f"cannot read safetensors file {path}: {reason(e)} (truncated or not safetensors)"
+            ) from e
     try:
         import torch
 
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler raises many types on junk; all mean "unreadable"
-        raise ValueError(f"cannot load checkpoint {path} (weights_only=True): {e}") from e
+        raise ValueError(
+            f"cannot load checkpoint {path}: not a PyTorch state dict that loads without running "
+            f"code (torch.load with weights_only=True: {reason(e)}); expected a .pt/.pth/.bin "
+            "file saved by torch.save, or .safetensors"
+        ) from e
     return _unwrap(obj, path)
+
+
+def reason(error: BaseException) -> str:
+    """One short line for ``error``: the loaders' messages run over several lines (torch's
+    weights-only refusal puts the reason after ``WeightsUnpickler error:``)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    text = str(error).replace("WeightsUnpickler error:", "\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = next((x for x in lines if not x.startswith(boilerplate)), lines[0] if lines else "")
+    line = f"{type(error).__name__}: {line}" if line else type(error).__name__
+    return line if len(line) <= 200 else line[:197] + "..."

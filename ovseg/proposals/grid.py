@@ -36,32 +36,9 @@ from segment_anything.utils.amg import build_point_grid
 from torchvision.ops import batched_nms
 
 from ovseg.proposals.decoder import decode_points
+from ovseg.proposals.options import GridOptions
 from ovseg.proposals.sam import Proposer
 from ovseg.structures import Masks
-
-
-@dataclass(frozen=True)
-class GridOptions:
-    """Options of the automatic grid (names and defaults as in ``SamAutomaticMaskGenerator``)."""
-
-    points_per_side: int = 32
-    points_per_batch: int = 128
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    adaptive: bool = False
-    max_masks: int | None = None
-
-    def __post_init__(self):
-        if not isinstance(self.points_per_side, int) or self.points_per_side < 1:
-            raise ValueError(f"points_per_side must be a positive int, got {self.points_per_side}")
-        if self.points_per_batch < 1:
-            raise ValueError(f"points_per_batch must be >= 1, got {self.points_per_batch}")
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
 @dataclass

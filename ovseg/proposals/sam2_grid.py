@@ -24,30 +24,9 @@ import torch.nn.functional as F
 from segment_anything.utils.amg import build_point_grid
 from torchvision.ops import batched_nms
 
-from ovseg.proposals.grid import GridOptions
+from ovseg.proposals.options import GridOptions, Sam2GridOptions
 from ovseg.proposals.sam2 import MASK_THRESHOLD, Sam2Proposer
 from ovseg.structures import Masks
-
-
-@dataclass(frozen=True)
-class Sam2GridOptions(GridOptions):
-    """Options of SAM 2's automatic grid: names and defaults of ``SAM2AutomaticMaskGenerator``
-    (``points_per_batch`` 64, ``pred_iou_thresh`` 0.8), plus ``multimask_output`` (three
-    candidates per point, else one) and ``use_m2m`` (one mask-to-mask refinement step).
-    ``adaptive`` is a SAM 1 option and is refused here."""
-
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.8
-    multimask_output: bool = True
-    use_m2m: bool = False
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.adaptive:
-            raise ValueError("adaptive applies to SAM 1's grid only, not to SAM 2")
-        for name in ("multimask_output", "use_m2m"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 @dataclass

@@ -45,9 +45,31 @@ class ClipBackend(ABC):
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """``pixels`` B x 3 x S x S, normalised with ``mean``/``std`` -> B x D, unit norm."""
 
-    @abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """N strings -> the text tower's inputs on the model's device: ``input_ids`` (N, C)
+        int64 padded to the context length C (and ``attention_mask`` (N, C) where the model
+        takes one). Cache keys of text embeddings are built from these ids; a backend without
+        it (one that only overrides :meth:`encode_text`) keeps its embeddings in memory only."""
+        raise NotImplementedError(f"{type(self).__name__} does not tokenize")
+
+    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`tokenize`'s output -> N x D float32, unit norm. Runs only the positions each
+        batch needs (see :mod:`ovseg.scoring.text_tower`); equal to the full run up to float
+        rounding."""
+        raise NotImplementedError(f"{type(self).__name__} does not encode tokens")
+
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """N strings -> N x D, unit norm."""
+        """N strings -> N x D float32, unit norm. Subclasses implement this, or
+        :meth:`tokenize` and :meth:`encode_tokens`."""
+        return self.encode_tokens(self.tokenize(texts))
+
+    def text_identity(self) -> str:
+        """Hex SHA-256 identifying the text tower's weights and structure (not its device):
+        what the disk cache of text embeddings is keyed on. Computed once per set of weights
+        and remembered (see :func:`ovseg.scoring.text_cache.text_identity`)."""
+        from ovseg.scoring.text_cache import text_identity
+
+        return text_identity(self.model)
 
     @property
     @abstractmethod
@@ -110,10 +132,14 @@ class OpenClipBackend(ClipBackend):
         x = pixels.to(self.device, self.dtype)
         return F.normalize(self.model.encode_image(x).float(), dim=-1)
 
-    @torch.inference_mode()
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.tokenizer(list(texts)).to(self.device)}
+
+    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        from ovseg.scoring.text_tower import encode_open_clip_tokens
+
+        feats = encode_open_clip_tokens(self.model, tokens["input_ids"])
+        return F.normalize(feats.float(), dim=-1)
 
     @property
     def supports_dense(self) -> bool:
@@ -188,8 +214,7 @@ class HFClipBackend(ClipBackend):
         out = self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
         return F.normalize(self._pooled(out).float(), dim=-1)
 
-    @torch.inference_mode()
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(
             list(texts),
             padding="max_length",
@@ -197,9 +222,14 @@ class HFClipBackend(ClipBackend):
             max_length=self.context_length,
             return_tensors="pt",
         )
-        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        out = self.model.get_text_features(**enc)
-        return F.normalize(self._pooled(out).float(), dim=-1)
+        keep = ("input_ids", "attention_mask")
+        return {k: v.to(self.device) for k, v in enc.items() if k in keep}
+
+    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        from ovseg.scoring.text_tower import encode_hf_tokens
+
+        feats = encode_hf_tokens(self.model, tokens["input_ids"], tokens.get("attention_mask"))
+        return F.normalize(feats.float(), dim=-1)
 
     @property
     def supports_dense(self) -> bool:

@@ -86,21 +86,64 @@ def validate_classes(classes, what: str = "classes", allow_empty: bool = False) 
 def text_embeddings(
     names: Sequence[str], templates: Sequence[str], backend: ClipBackend
 ) -> torch.Tensor:
-    """(M, D) unit-norm embeddings of ``names``: each name in every template, each embedding
-    L2-normalised, the mean over templates L2-normalised again (the CLIP prompt ensemble).
+    """(M, D) float32 unit-norm embeddings of ``names``, on the backend's device: each name in
+    every template (``{}`` replaced by the name), each embedding L2-normalised, the mean over
+    templates L2-normalised again (the CLIP prompt ensemble).
 
-    Cached on the backend per (name, templates): a name is embedded once per model.
+    Names not yet known are embedded together in one batched, truncated run of the text tower
+    (see :mod:`ovseg.scoring.text_tower`). Kept in memory on the backend per (name, templates)
+    while its weights stay the same, and on disk between runs (see
+    :mod:`ovseg.scoring.text_cache`; ``OVSEG_TEXT_CACHE=0`` turns that off).
     """
+    from ovseg.scoring import text_cache
+
     templates = tuple(templates)
-    cache = backend.__dict__.setdefault("_ovseg_text_cache", {})
-    missing = [n for n in dict.fromkeys(names) if (n, templates) not in cache]
+    token = text_cache.weights_token(backend.model)
+    memory = backend.__dict__.get("_ovseg_text_cache")
+    if memory is None or memory[0] != token:
+        memory = backend.__dict__["_ovseg_text_cache"] = (token, {})
+    known = memory[1]
+    missing = [n for n in dict.fromkeys(names) if (n, templates) not in known]
     if missing:
-        prompts = [t.format(n) for n in missing for t in templates]
-        emb = backend.encode_text(prompts).reshape(len(missing), len(templates), -1)
-        emb = torch.nn.functional.normalize(emb.mean(1), dim=-1)
-        for n, e in zip(missing, emb, strict=True):
-            cache[(n, templates)] = e
-    return torch.stack([cache[(n, templates)] for n in names])
+        embedded = _embed_names(missing, templates, backend, text_cache)
+        for n, e in zip(missing, embedded, strict=True):
+            known[(n, templates)] = e
+    return torch.stack([known[(n, templates)] for n in names])
+
+
+def _ensemble(embeddings: torch.Tensor, n_names: int, n_templates: int) -> torch.Tensor:
+    emb = embeddings.reshape(n_names, n_templates, -1)
+    return torch.nn.functional.normalize(emb.mean(1), dim=-1)
+
+
+def _embed_names(names: list[str], templates: tuple[str, ...], backend, text_cache) -> list:
+    """Each name's ensemble embedding: from the disk cache where it has one, the others from
+    one batched run of the text tower (then stored)."""
+
+    def prompts(subset):
+        return [t.replace("{}", n) for n in subset for t in templates]
+
+    tokenizes = type(backend).tokenize is not ClipBackend.tokenize
+    if not text_cache.enabled() or not tokenizes:  # in memory only
+        return list(_ensemble(backend.encode_text(prompts(names)), len(names), len(templates)))
+    tokens = {k: v.cpu() for k, v in backend.tokenize(prompts(names)).items()}
+    identity = backend.text_identity()
+    span = len(templates)
+    keys = [
+        text_cache.entry_key(
+            identity, templates, n, {k: v[i * span : (i + 1) * span] for k, v in tokens.items()}
+        )
+        for i, n in enumerate(names)
+    ]
+    found = [text_cache.load(k) for k in keys]
+    todo = [i for i, f in enumerate(found) if f is None]
+    out = [None if f is None else torch.from_numpy(f).to(backend.device) for f in found]
+    if todo:
+        fresh = backend.encode_text(prompts([names[i] for i in todo]))
+        for i, e in zip(todo, _ensemble(fresh, len(todo), span), strict=True):
+            text_cache.store(keys[i], e)
+            out[i] = e
+    return out
 
 
 class Vocabulary:
@@ -132,6 +175,23 @@ class Vocabulary:
                     self.names.append(name)
                     owners.append(i)
         self.owners = np.asarray(owners)
+
+    @classmethod
+    def from_entries(
+        cls, entries: Sequence[Sequence[str]], templates: str | Sequence[str] = "imagenet"
+    ) -> Vocabulary:
+        """A vocabulary of classes given as lists of synonyms, each name used verbatim (not
+        stripped or split): a method's class-name file, as its reference code reads it."""
+        entries = [list(e) for e in entries]
+        if not entries or not all(e and all(isinstance(n, str) and n for n in e) for e in entries):
+            raise ValueError("entries must be a non-empty list of non-empty lists of names")
+        vocab = cls.__new__(cls)
+        vocab.classes = ["; ".join(e) for e in entries]
+        vocab.background = []
+        vocab.templates = resolve_templates(templates)
+        vocab.names = [n for e in entries for n in e]
+        vocab.owners = np.asarray([i for i, e in enumerate(entries) for _ in e])
+        return vocab
 
     def __len__(self) -> int:
         return len(self.classes)

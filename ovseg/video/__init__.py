@@ -5,8 +5,9 @@ them each object's mask is propagated (SAM prompted from its previous box and ma
 objects found on keyframes get new ids, matched to existing ones by mask IoU; an object's class
 is the running mean of its probabilities. See :mod:`ovseg.video.stream`.
 
+>>> from ovseg.video import segment_video
 >>> seg = ovseg.Segmenter(sam="vit_b")
->>> for result in seg.segment_video("drive.mp4", ["road", "car", "person"], stuff=["road"]):
+>>> for result in segment_video(seg, "drive.mp4", ["road", "car", "person"], stuff=["road"]):
 ...     [s.track_id for s in result.segments]
 """
 

@@ -42,20 +42,7 @@ def default_propagator(segmenter) -> Propagator:
     proposer = segmenter.proposer
     if not isinstance(proposer, Sam2Proposer):
         return SamPromptPropagator(proposer)
-    model = proposer.model
-    if type(model).__name__ != "Sam2VideoModel":
-        from ovseg.models.sam2_weights import build_sam2
-
-        spec = segmenter._sam_spec
-        if not isinstance(spec, str):
-            raise TypeError(
-                "video with SAM 2 needs its video model: pass a transformers Sam2VideoModel or "
-                "a SAM 2 name as sam="
-            )
-        model = build_sam2(spec, segmenter.device, video=True,
-                           random_weights=segmenter.random_weights)  # fmt: skip
-        with segmenter.lock:
-            segmenter._proposer = Sam2Proposer(model)
+    model = segmenter.models.video_sam()
     return Sam2VideoPropagator(model)
 
 

@@ -10,11 +10,12 @@ Per frame (:meth:`VideoStream.step`):
    proposes masks; each proposal whose best class is not a ``stuff`` class is matched to the
    objects by mask IoU (greedy, highest first, at least ``match_iou``): a matched object is
    re-anchored on the proposal, an unmatched one becomes a new object with a new id;
-4. each object's class probabilities on this frame (the mean of the dense probabilities inside
-   its mask, or the region scorer's for ``sam-clip``) join its running mean; its class is the
-   mean's argmax, so a label does not flicker with one noisy frame;
-5. the objects are painted over the dense map (strongest first, as in :func:`ovseg.fusion.fuse`)
-   and each instance segment of the result carries its object's ``track_id``.
+4. each object's class probabilities on this frame (as the method scores a mask: the mean of
+   its probabilities inside, or the region scorer's for ``sam-clip``) join its running mean;
+   its class is the mean's argmax, so a label does not flicker with one noisy frame;
+5. the objects are painted over the method's map (strongest first, as in
+   :func:`ovseg.fusion.compose`) and each instance segment of the result carries its object's
+   ``track_id``.
 
 Memory is bounded whatever the length: the stream keeps the objects' state, not the frames.
 """
@@ -22,15 +23,13 @@ Memory is bounded whatever the length: the stream keeps the objects' state, not 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from ovseg.fusion import fuse, fuse_dense, mask_class_scores
 from ovseg.image import load_image
-from ovseg.methods.runner import METHOD_OPTIONS
-from ovseg.pipeline import GRID_OPTIONS, Segmenter
 from ovseg.result import SegmentationResult
+from ovseg.structures import Masks
 from ovseg.video.propagate import Propagator, default_propagator
 
 __all__ = ["Track", "VideoStream", "segment_video"]
@@ -74,7 +73,7 @@ class VideoStream:
 
     Args:
         segmenter: the :class:`~ovseg.pipeline.Segmenter` (it needs a SAM model).
-        classes, background, templates, score_threshold: as for ``Segmenter.segment``.
+        classes, background, templates: as for ``Segmenter.segment``.
         keyframe_every: SAM's automatic grid runs on every K-th frame (1: every frame).
         match_iou: mask IoU at which a keyframe proposal is the same object as a track.
         min_area: objects (and proposals) smaller than this many pixels are dropped.
@@ -83,7 +82,8 @@ class VideoStream:
         propagator: a :class:`~ovseg.video.propagate.Propagator`; default
             (:func:`~ovseg.video.propagate.default_propagator`): SAM 2's video memory with a
             SAM 2 model, else SAM 1 prompted from each object's previous box and mask.
-        **options: grid options (``points_per_side``, ...) and method options.
+        **options: the method's options (``score_threshold``: an object labels pixels when its
+            class probability reaches it, ...) and grid options (``points_per_side``, ...).
 
     Raises:
         ValueError / TypeError: bad classes, options or values, at construction.
@@ -91,12 +91,11 @@ class VideoStream:
 
     def __init__(
         self,
-        segmenter: Segmenter,
+        segmenter,
         classes: Sequence[str],
         *,
         background: Sequence[str] = (),
         templates=None,
-        score_threshold: float | None = None,
         keyframe_every: int = 10,
         match_iou: float = 0.5,
         min_area: int = 16,
@@ -105,18 +104,13 @@ class VideoStream:
         propagator: Propagator | None = None,
         **options,
     ):
-        if not isinstance(segmenter, Segmenter):
+        if not callable(getattr(segmenter, "label", None)):
             raise TypeError(f"segmenter must be a Segmenter, got {type(segmenter).__name__}")
         if not segmenter.has_sam:
             raise ValueError("video needs a SAM model to propose and propagate objects")
         self.segmenter = segmenter
         self.vocab = segmenter.vocabulary(classes, background, templates)
         self.classes = list(self.vocab.classes)
-        self.score_threshold = (
-            segmenter.score_threshold if score_threshold is None else score_threshold
-        )
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         checks = (("keyframe_every", keyframe_every, 1), ("min_area", min_area, 0),
                   ("max_objects", max_objects, 1))  # fmt: skip
         for name, value, low in checks:
@@ -132,19 +126,9 @@ class VideoStream:
                              [self.classes.index(s) for s in stuff])  # fmt: skip
         self.keyframe_every, self.match_iou = keyframe_every, match_iou
         self.min_area, self.max_objects = min_area, max_objects
-        self.grid_options = {k: v for k, v in options.items() if k in GRID_OPTIONS}
-        self.method_options = {k: v for k, v in options.items() if k not in GRID_OPTIONS}
-        unknown = sorted(set(self.method_options) - set(METHOD_OPTIONS))
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown}; video options: {', '.join(STREAM_OPTIONS)}; "
-                f"grid options: {', '.join(GRID_OPTIONS)}; method options: "
-                f"{', '.join(METHOD_OPTIONS)}"
-            )
-        if self.method_options and segmenter.dense is None:
-            raise ValueError(f"method options {sorted(self.method_options)} need a dense method")
-        replace(segmenter.grid, **self.grid_options)  # validates them now
-        self._text = dict(background=self.vocab.background, templates=self.vocab.templates)
+        self.config, _ = segmenter.options(options)  # validates every option now
+        self.grid_options = {k: v for k, v in options.items() if k not in self.config.options()}
+        self.score_threshold = self.config.score_threshold
         self.propagator = propagator or default_propagator(segmenter)
         self.tracks: dict[int, Track] = {}
         self.ended: dict[int, Track] = {}
@@ -166,24 +150,11 @@ class VideoStream:
         index = self.frame_count if index is None else int(index)
         seg = self.segmenter
         with seg.lock:
-            dense = seg.dense is not None
-            if dense:
-                labels = seg.label_regions(array, self.vocab, **self.method_options).label_map
-                probs = seg.pixel_probabilities(
-                    array, self.classes, **self._text, **self.method_options
-                )
             ids, masks, _ = self.propagator.step(array)
             ids, masks = self._prune(ids, masks)
             if self.frame_count % self.keyframe_every == 0:
-                ids, masks = self._detect(array, ids, masks, probs if dense else None)
-            if len(ids):
-                observed = (
-                    mask_class_scores(masks, probs)
-                    if dense
-                    else seg.score(_masks(masks), self.classes, array, **self._text)
-                )
-            else:
-                observed = np.zeros((0, len(self.classes)), np.float32)
+                ids, masks = self._detect(array, ids, masks)
+            observed = self._scores(array, masks)
         for t, p in zip(ids.tolist(), observed, strict=True):
             track = self.tracks.get(t)
             if track is None:
@@ -197,13 +168,17 @@ class VideoStream:
         ]
         means = np.stack([self.tracks[t].probabilities for t in ids[shown].tolist()]) if shown \
             else np.zeros((0, len(self.classes)), np.float32)  # fmt: skip
-        masks, ids = masks[shown], ids[shown]
-        if dense:
-            return fuse_dense(labels, probs, self.classes, masks=masks, mask_scores=means,
-                              track_ids=ids, score_threshold=self.score_threshold,
-                              image=array)  # fmt: skip
-        return fuse(masks, means, self.classes, score_threshold=self.score_threshold,
-                    image=array, track_ids=ids)  # fmt: skip
+        with seg.lock:
+            return seg.label(
+                array, self.vocab, self.config, objects=Masks.from_masks(masks[shown]),
+                object_scores=means, track_ids=ids[shown],
+            )  # fmt: skip
+
+    def _scores(self, array: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, K) of masks on this frame, as the method scores a mask."""
+        return self.segmenter._mask_scores(
+            array, self.vocab, self.config, Masks.from_masks(masks)
+        )  # fmt: skip
 
     @property
     def all_tracks(self) -> list[Track]:
@@ -231,15 +206,12 @@ class VideoStream:
         kept = np.sort(np.asarray(keep, np.int64))
         return ids[kept], masks[kept]
 
-    def _detect(self, array: np.ndarray, ids: np.ndarray, masks: np.ndarray, probs):
+    def _detect(self, array: np.ndarray, ids: np.ndarray, masks: np.ndarray):
         """Keyframe: SAM's grid; proposals matched to objects by IoU re-anchor them, the
         others (not stuff, large enough) become new objects."""
         seg = self.segmenter
         proposals = seg.propose(array, **self.grid_options)
-        if probs is not None:
-            scores = mask_class_scores(proposals.masks, probs)
-        else:
-            scores = seg.score(proposals, self.classes, array, **self._text)
+        scores = self._scores(array, proposals.masks)
         best = scores.argmax(1) if len(proposals) else np.zeros(0, int)
         areas = proposals.masks.sum((1, 2))
         good = (
@@ -325,7 +297,7 @@ class VideoStream:
 
 
 def segment_video(
-    segmenter: Segmenter, frames, classes: Sequence[str], *, start: int = 0,
+    segmenter, frames, classes: Sequence[str], *, start: int = 0,
     end: int | None = None, stride: int = 1, max_frames: int | None = None, **options,
 ) -> Iterator[SegmentationResult]:  # fmt: skip
     """Segment a video, yielding one :class:`~ovseg.result.SegmentationResult` per frame whose
@@ -352,12 +324,6 @@ def segment_video(
             yield stream.step(frame, index)
 
     return results()
-
-
-def _masks(masks: np.ndarray):
-    from ovseg.structures import Masks
-
-    return Masks.from_masks(masks)
 
 
 def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
