@@ -1,38 +1,41 @@
-"""Peak memory of the dense path against megapixels and classes: full tensors vs tiles.
+"""Peak memory of ``Segmenter.segment`` against megapixels and classes: tensors vs tiles.
 
-    python benchmarks/memory.py [--methods sclip,naclip] [--megapixels 1,4,16,64]
-                                [--classes 3,11,100] [--limit-gb 6] [-o OUT]
+    python benchmarks/memory.py [--methods naclip,sclip] [--megapixels 0.25,1,4,16]
+                                [--classes 3,30,150] [--limit-gb 6] [-o OUT]
 
-Each point runs in its own process (peak RSS from ``resource.getrusage``), on a square random
-image of that many megapixels, with a tiny random CLIP ViT (3 blocks, width 64, patch 16: the
-real architecture class, random weights). The model's share of the memory is therefore small
-and the numbers show the shape of the growth, not a real CLIP's totals (ViT-B/16 adds about
-0.6 GB of weights and activations on top, at any image size).
+Each point runs in its own process (peak RSS from ``resource.getrusage``): a square random
+image of that many megapixels segmented into that many classes (``c0``, ``c1``, ...; the
+80 ImageNet templates) by ``Segmenter(sam=None, clip="tiny-random", method=...)``, the
+user's path through the method protocol and fusion to a ``SegmentationResult``. The CLIP is
+ovseg's tiny random test model (the real open_clip ViT class, random weights): the model's
+share of the memory is small, so the numbers show how memory grows with the image and the
+classes, not a real CLIP's totals (ViT-B/16 adds about 0.6 GB at any image size). NACLIP is
+the ``fast`` preset's method.
 
-Two paths per point, both ending with labels and confidence (what ``Segmenter.segment`` keeps):
+Two paths per point:
 
-- ``full``: ``dense_probabilities`` (logits, PAMR, softmax and class max at the input size),
-  then ``predict_labels`` and the probability of each label: the path before tiling;
-- ``tiled``: ``dense_pixelmap`` (the model at its working resolution), then
-  ``PixelMap.predict``, tile by tile.
+- ``full``: the method's probabilities as one ``(Q, H, W)`` tensor at the input size
+  (``method.map_bytes = inf``): what every image did before tiling;
+- ``tiled``: the default (a :class:`~ovseg.methods.pixelmap.PixelMap` above
+  ``ClipMethod.map_bytes``, 256 MiB): the input-size steps tile by tile.
 
-``base`` is the process after building the model and the image, before the dense step. Points
-of the full path whose estimated memory exceeds ``--limit-gb`` are skipped (the machine is
-shared). Writes ``memory.json`` and ``memory.md`` under OUT.
+``base`` is the process after building the models, the image and the text embeddings
+(computed by a first run on a 64 x 64 image), before the segmentation. Points of the full path
+whose estimated memory exceeds ``--limit-gb`` are skipped (the machine is shared). Writes
+``memory.json`` and ``memory.md`` under OUT.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-_SETTINGS = {"sclip": dict(), "naclip": dict(slide_crop=224)}  # reference defaults
 
 
 def _rss_mb() -> float:
@@ -42,38 +45,25 @@ def _rss_mb() -> float:
 def _child(method: str, megapixels: float, classes: int, path: str) -> dict:
     import numpy as np
     import torch
-    import torch.nn.functional as F
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    from ovseg.methods.config import method_config
-    from ovseg.methods.dense import dense_pixelmap, dense_probabilities, predict_labels
+    from ovseg.pipeline import Segmenter
 
     torch.manual_seed(0)
-    visual = CLIP(
-        embed_dim=32,
-        vision_cfg=CLIPVisionCfg(layers=3, width=64, head_width=32, patch_size=16, image_size=224),
-        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
-    ).visual.eval()
-    side = round((megapixels * 1e6) ** 0.5)
+    seg = Segmenter(None, "tiny-random", "cpu", method=method)
+    if path == "full":
+        seg.method.map_bytes = math.inf
+    names = [f"c{i}" for i in range(classes)]
     rng = np.random.default_rng(0)
+    seg.segment(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), names)  # text embeddings
+    side = round((megapixels * 1e6) ** 0.5)
     image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-    text = F.normalize(torch.randn(classes + 1, 32), dim=-1)  # the classes and one background
-    owners = list(range(classes + 1))
-    config = method_config(method, **_SETTINGS[method])
     base = _rss_mb()
     start = time.perf_counter()
-    with torch.inference_mode():
-        if path == "full":
-            probs = dense_probabilities(method, visual, image, text, owners, classes + 1, config)
-            labels = predict_labels(probs, config, background_class=classes)
-            conf = probs.gather(0, labels[None])[0].numpy()
-            labels = labels.numpy().astype(np.int32)
-        else:
-            pm = dense_pixelmap(method, visual, image, text, owners, classes + 1, config)
-            labels, conf = pm.predict(background_class=classes)
+    result = seg.segment(image, names)
     seconds = time.perf_counter() - start
-    assert labels.shape == conf.shape == (side, side)
-    return {"base_mb": base, "peak_mb": _rss_mb(), "seconds": seconds, "side": side}
+    assert result.label_map.shape == (side, side)
+    return {"base_mb": base, "peak_mb": _rss_mb(), "seconds": seconds, "side": side,
+            "segments": len(result.segments)}  # fmt: skip
 
 
 def _estimate_gb(method: str, megapixels: float, classes: int) -> float:
@@ -86,9 +76,9 @@ def _estimate_gb(method: str, megapixels: float, classes: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--methods", default="sclip,naclip")
-    ap.add_argument("--megapixels", default="1,4,16,64")
-    ap.add_argument("--classes", default="3,11,100")
+    ap.add_argument("--methods", default="naclip,sclip")
+    ap.add_argument("--megapixels", default="0.25,1,4,16")
+    ap.add_argument("--classes", default="3,30,150")
     ap.add_argument("--paths", default="full,tiled")
     ap.add_argument("--limit-gb", type=float, default=6.0)
     ap.add_argument("--skip", default="", help="METHOD:MP:CLASSES;... points not to run")
@@ -121,7 +111,8 @@ def main(argv=None) -> int:
                     print(method, f"{mp:g} MP", k, "classes", path, row[path], flush=True)
                 rows.append(row)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "python": sys.version.split()[0]}
+    meta = {"machine": platform.processor() or platform.machine(), "python": sys.version.split()[0],
+            "models": "tiny-random CLIP (random weights)"}  # fmt: skip
     (args.out / "memory.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = ["| method | MP | classes | base MB | full: peak MB (s) | tiled: peak MB (s) |",
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip

@@ -210,6 +210,21 @@ def test_pick_heatmap_and_numpy():
         pm.pick(labels[:-1])
 
 
+def test_pick_of_the_predicted_labels_needs_no_pass(monkeypatch):
+    probs = _probs_tensor(h=45, w=38)
+    pm = PixelMap.from_tensor(probs, tile_size=17)
+    labels, confidence = pm.predict(prob_threshold=0.3, background_class=0)
+    fresh = PixelMap.from_tensor(probs, tile_size=17)
+    unlabeled = np.where(labels == 0, -1, labels)  # the background made UNLABELED, as callers do
+    other = (labels + 1) % 5
+    monkeypatch.setattr(PixelMap, "tile", lambda *a: pytest.fail("a pass over the tiles"))
+    np.testing.assert_array_equal(pm.pick(labels), confidence)
+    np.testing.assert_array_equal(pm.pick(unlabeled), np.where(labels == 0, 0, confidence))
+    monkeypatch.undo()
+    np.testing.assert_array_equal(pm.pick(other), fresh.pick(other))  # other labels: a pass
+    np.testing.assert_array_equal(fresh.pick(labels), confidence)
+
+
 def test_mask_scores_equal_mask_class_scores():
     probs = _probs_tensor(h=70, w=90).numpy()
     rng = np.random.default_rng(1)

@@ -103,6 +103,7 @@ class PixelMap:
         self.shape = (rows, *source.size)
         self.work_bytes = positive_int(work_bytes, "work_bytes")
         self._tile_size = None if tile_size is None else positive_int(tile_size, "tile_size")
+        self._predicted: tuple[np.ndarray, np.ndarray] | None = None  # the last predict()
 
     # -- constructors
     @classmethod
@@ -344,7 +345,8 @@ class PixelMap:
                 labels[rows, cols] = lab.cpu().numpy()
                 confidence[rows, cols] = top.cpu().numpy()
             if not area_rule:
-                return labels, confidence
+                self._predicted = (labels, confidence)
+                return labels.copy(), confidence.copy()
             fg = torch.ones(c, dtype=torch.bool)
             fg[bg] = False
             area = counts.to(torch.float32)[fg]
@@ -368,14 +370,22 @@ class PixelMap:
                     low = confidence[rows, cols] < prob_threshold
                     labels[rows, cols][low] = bg
                     confidence[rows, cols][low] = bg_prob[rows, cols][low]
-        return labels, confidence
+        self._predicted = (labels, confidence)
+        return labels.copy(), confidence.copy()
 
     def pick(self, labels: np.ndarray, tile_size: int | None = None) -> np.ndarray:
         """The map's value of each pixel's row: float32 ``(H, W)``, 0 where ``labels`` is
-        outside ``[0, C)`` (e.g. ``UNLABELED``)."""
+        outside ``[0, C)`` (e.g. ``UNLABELED``). Labels that are those of the last
+        :meth:`predict` (some of them possibly set outside ``[0, C)``) are answered from its
+        confidence, without a pass over the tiles."""
         labels = np.asarray(labels)
         if labels.shape != self.size or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"labels must be an int array of shape {self.size}")
+        valid = (labels >= 0) & (labels < self.num_classes)
+        if self._predicted is not None:
+            known, confidence = self._predicted
+            if np.array_equal(np.where(valid, labels, known), known):
+                return np.where(valid, confidence, 0.0).astype(np.float32)
         out = np.zeros(self.size, np.float32)
         with torch.inference_mode():
             for rows, cols, p in self.tiles(tile_size):
