@@ -24,6 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ovseg.methods.proxy_attention as proxy_attention_module
 import ovseg.methods.proxyclip as proxyclip_module
 from ovseg.constants import OPENAI_MEAN, OPENAI_STD
 from ovseg.methods.classnames import class_names
@@ -285,13 +286,13 @@ def ours_dino_features(monkeypatch):
     """The DINO feature maps ovseg's ProxyCLIP attends with, one (C, gh, gw) per window in
     call order (recorded at ``proxy_attention``)."""
     seen = []
-    original = proxyclip_module.proxy_attention
+    original = proxy_attention_module.proxy_attention
 
     def recording(features, *args, **kwargs):
         seen.extend(features.detach().clone())
         return original(features, *args, **kwargs)
 
-    monkeypatch.setattr(proxyclip_module, "proxy_attention", recording)
+    monkeypatch.setattr(proxy_attention_module, "proxy_attention", recording)
     return seen
 
 
