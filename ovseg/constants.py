@@ -6,6 +6,9 @@ UNLABELED = -1
 PNG_UNLABELED = 255
 """Pixel value of unlabeled pixels in exported label PNGs."""
 
+PNG_MAX_CLASSES = 255
+"""Most classes a label PNG holds (values 0-254; 255 is unlabeled)."""
+
 DEFAULT_SAM = "vit_b"
 DEFAULT_CLIP = "ViT-B-16/openai"
 DEFAULT_METHOD = "naclip"

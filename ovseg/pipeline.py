@@ -18,7 +18,8 @@ import torch
 from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM
 from ovseg.fusion import compose
 from ovseg.image import load_image
-from ovseg.methods.protocol import Finished, Method, with_background
+from ovseg.methods.pixelmap import PixelMap
+from ovseg.methods.protocol import Finished, Method, label_probability, with_background
 from ovseg.methods.registry import method_class
 from ovseg.models.bundle import GRID_OPTIONS, Models, split_options
 from ovseg.proposals.grid import GridOptions
@@ -256,11 +257,12 @@ class Segmenter:
 
     def run(
         self, array: np.ndarray, vocab: Vocabulary, config, regions=None
-    ) -> tuple[torch.Tensor, Finished]:
+    ) -> tuple[torch.Tensor | PixelMap, Finished]:
         """The method's steps on ``array`` with ovseg's vocabulary: probabilities of the
         classes and one background row (the best background name), the prediction with that
         row as the background class, then the method's own finish. Returns ``(probs
-        (K + 1, H, W), finished)``; label K is the background."""
+        (K + 1, H, W), finished)``, probs a tensor or, for a method that computes them tile
+        by tile, a :class:`~ovseg.methods.pixelmap.PixelMap`; label K is the background."""
         k = len(vocab.classes)
         with self.lock:
             full = with_background(self.probabilities(array, vocab, config, regions), k)
@@ -284,6 +286,8 @@ class Segmenter:
         with self.lock:
             array = self._use(image, sam=False)
             probs = self.probabilities(array, vocab, config, masks)
+        if isinstance(probs, PixelMap):  # asked for in full: C x H x W float32
+            return probs.numpy()[: len(vocab)]
         return probs[: len(vocab)].cpu().numpy().astype(np.float32)
 
     def instances(self, image, classes, *, background=(), templates=None, **options):
@@ -385,11 +389,14 @@ class Segmenter:
             if objects is not None and scores is None:
                 scores = self._mask_scores(array, vocab, config, objects)
         labels = np.where(finished.labels >= k, UNLABELED, finished.labels).astype(np.int32)
+        confidence = label_probability(full, labels)  # 0 where UNLABELED
+        if finished.confidence is not None:  # the method's own score where it has one
+            confidence = np.where(finished.confidence > 0, finished.confidence, confidence)
         return compose(
             labels,
-            full[:k].cpu().numpy(),
+            None,
             vocab.classes,
-            confidence=finished.confidence,
+            confidence=confidence,
             instances=(finished.masks, finished.mask_classes, finished.mask_scores),
             masks=None if objects is None else objects.masks,
             mask_scores=scores,

@@ -26,12 +26,32 @@ from pycocotools import mask as mask_utils
 
 from ovseg import viz
 from ovseg._io import atomic_write, atomic_write_text
-from ovseg.constants import PNG_UNLABELED, UNLABELED
+from ovseg.constants import PNG_MAX_CLASSES, PNG_UNLABELED, UNLABELED
 
-__all__ = ["UNLABELED", "PNG_UNLABELED", "Segment", "SegmentationResult", "read_label_png"]
+__all__ = [
+    "UNLABELED",
+    "PNG_UNLABELED",
+    "Segment",
+    "SegmentationResult",
+    "check_png_classes",
+    "read_label_png",
+]
 
-_PNG_MAX_CLASSES = 255
 _EPS = 1e-5  # float32 rounding slack for scores and confidences; values are clipped
+
+
+def check_png_classes(count: int) -> None:
+    """Refuse more classes than a label PNG holds (:data:`~ovseg.constants.PNG_MAX_CLASSES`):
+    callers that write PNGs check this before any model runs.
+
+    Raises:
+        ValueError: one line naming the limit.
+    """
+    if count > PNG_MAX_CLASSES:
+        raise ValueError(
+            f"PNG export holds at most {PNG_MAX_CLASSES} classes (255 = unlabeled); got {count}:"
+            " give fewer classes"
+        )
 
 
 @dataclass
@@ -198,10 +218,7 @@ class SegmentationResult:
     def to_png_image(self) -> Image.Image:
         """The label map as a mode ``P`` image: class ``i`` -> ``i``, unlabeled -> 255."""
         k = len(self.classes)
-        if k > _PNG_MAX_CLASSES:
-            raise ValueError(
-                f"PNG export holds at most {_PNG_MAX_CLASSES} classes (255 = unlabeled); got {k}"
-            )
+        check_png_classes(k)
         values = np.where(self.label_map == UNLABELED, PNG_UNLABELED, self.label_map)
         png = Image.fromarray(values.astype(np.uint8)).convert("P")
         pal = np.zeros((256, 3), dtype=np.uint8)

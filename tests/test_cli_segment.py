@@ -243,6 +243,8 @@ def test_grid_flags_reach_the_segmenter(fake, tmp_path):
         (["--classes", "a", "--background", "a"], "background"),
         (["--classes", "a", "--method", "bogus"], "--method must be one of"),
         (["--classes", "a", "--method", "proxyclip"], "needs --dino"),
+        (["--classes", ",".join(f"c{i}" for i in range(256))], "at most 255 classes"),
+        (["--classes", ",".join(f"c{i}" for i in range(256)), "--ray"], "at most 255 classes"),
     ],
 )
 def test_image_independent_errors_once_before_models_load(

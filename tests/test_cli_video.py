@@ -131,6 +131,11 @@ def test_bad_inputs_are_named(clip_inputs, tmp_path, capsys):
     assert main(["video", str(clip_inputs / "frames"), "-o", str(tmp_path / "o"), *OPTS,
                  "--stuff", "water"]) == 2  # fmt: skip
     assert "--stuff names ['water']" in capsys.readouterr().err
+    many = ["--classes", ",".join(f"c{i}" for i in range(300))]
+    assert main(["video", str(clip_inputs / "frames"), "-o", str(tmp_path / "o"), *OPTS,
+                 *many]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "at most 255 classes" in err and "got 304" in err and err.count("\n") == 1
 
 
 def test_camvid_clip_h264(camvid_dir, tmp_path):

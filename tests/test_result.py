@@ -19,6 +19,7 @@ from ovseg.result import (
     UNLABELED,
     Segment,
     SegmentationResult,
+    check_png_classes,
     read_label_png,
 )
 
@@ -180,6 +181,9 @@ def test_png_too_many_classes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="255"):
         r.save_png(tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+    check_png_classes(255)  # the limit itself is fine
+    with pytest.raises(ValueError, match="at most 255 classes .* got 256"):
+        check_png_classes(256)
 
 
 def test_read_label_png_errors(tmp_path: Path) -> None:

@@ -86,12 +86,14 @@ def _json_arg(text: str | None, name: str):
 def _settings(args: argparse.Namespace) -> dict:
     """Everything besides the images that decides what the run writes (checked on resume)."""
     from ovseg.proposals.prompts import make_prompt
+    from ovseg.result import check_png_classes
     from ovseg.scoring.vocabulary import Vocabulary, parse_classes
 
     classes = [c for token in args.classes for c in parse_classes(token)]
     background = [c for token in args.background for c in parse_classes(token)]
     # the library's own checks: names, synonyms, duplicates, background, templates
     vocab = Vocabulary(classes, args.templates, background)
+    check_png_classes(len(vocab.classes))  # every run writes label PNGs
     prompts = {
         "points": _json_arg(args.points, "points"),
         "point_labels": _json_arg(args.point_labels, "point-labels"),

@@ -93,12 +93,14 @@ def _error(message: object, code: int = 2) -> int:
 
 
 def _settings(args: argparse.Namespace, source_name: str) -> dict:
+    from ovseg.result import check_png_classes
     from ovseg.scoring.vocabulary import Vocabulary, parse_classes
 
     classes = [c for token in args.classes for c in parse_classes(token)]
     background = [c for token in args.background for c in parse_classes(token)]
     stuff = [c for token in args.stuff for c in parse_classes(token)]
     vocab = Vocabulary(classes, args.templates, background)
+    check_png_classes(len(vocab.classes))  # every run writes label PNGs
     unknown = [s for s in stuff if s not in vocab.classes]
     if unknown:
         raise ValueError(f"--stuff names {unknown} are not among --classes {vocab.classes}")

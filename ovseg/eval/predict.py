@@ -241,6 +241,7 @@ class Predictor:
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> np.ndarray:
         from ovseg.fusion import compose, fuse
+        from ovseg.methods.protocol import label_probability
 
         cfg, ds, seg = self.config, self.dataset, self.segmenter
         small = resize_short_side(image, cfg.short_side)
@@ -262,8 +263,9 @@ class Predictor:
                 )  # fmt: skip
                 pred = compose(
                     pred,
-                    probs[:k].cpu().numpy(),
+                    None,
                     vocab.classes,
+                    confidence=label_probability(probs, np.clip(pred, UNLABELED, k - 1)),
                     masks=objects.masks,
                     mask_scores=scores,
                     score_threshold=mc.score_threshold,

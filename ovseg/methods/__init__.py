@@ -26,7 +26,9 @@ Their building blocks:
 - :mod:`~ovseg.methods.config`: per-method, per-benchmark settings;
 - :mod:`~ovseg.methods.classnames`: each method's class-name files;
 - :mod:`~ovseg.methods.text`: template-averaged query embeddings;
-- :mod:`~ovseg.methods.dense`: the per-image front (probabilities, labels).
+- :mod:`~ovseg.methods.dense`: the per-image front (probabilities, labels);
+- :mod:`~ovseg.methods.pixelmap`: the probabilities at the input size as a lazy, tiled map
+  (:mod:`~ovseg.methods.tiles`: its windows and sources).
 
 Submodules are imported on first use of a name, so ``import ovseg.methods`` stays light.
 """
@@ -48,6 +50,8 @@ _LAZY = {
     "OPENAI_IMAGENET_TEMPLATES": "ovseg.methods.text",
     "dense_logits": "ovseg.methods.dense",
     "dense_probabilities": "ovseg.methods.dense",
+    "dense_pixelmap": "ovseg.methods.dense",
+    "PixelMap": "ovseg.methods.pixelmap",
     "predict_labels": "ovseg.methods.dense",
     "dense_features": "ovseg.methods.clip_blocks",
     "slide_logits": "ovseg.methods.slide",

@@ -56,6 +56,7 @@ from ovseg.methods.clip_blocks import embed_tokens, run_block
 from ovseg.methods.dense import class_max
 from ovseg.methods.dino import check_dino, dino_grid, dino_last_qkv
 from ovseg.methods.geometry import imrescale_size, normalize_image, resize_image
+from ovseg.methods.pixelmap import PixelMap
 from ovseg.methods.protocol import Finished
 from ovseg.methods.proxy_attention import dino_input_from_clip
 from ovseg.methods.regions import (
@@ -65,7 +66,8 @@ from ovseg.methods.regions import (
     resize_ids,
     scope_mask,
 )
-from ovseg.methods.slide import slide_logits
+from ovseg.methods.slide import slide_logits_lowres
+from ovseg.methods.tiles import check_query_class
 from ovseg.methods.training_free import ClipMethod
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "CorrClip",
     "corrclip_dino_features",
     "corrclip_logits",
+    "corrclip_pixelmap",
     "corrclip_probabilities",
     "corrclip_window_core",
     "corrclip_window_features",
@@ -252,6 +255,7 @@ def corrclip_logits(
     config,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    low_res: bool = False,
 ) -> Tensor:
     """CorrCLIP's cosine logits ``(Q, H, W)`` float32 at the input size (before the softmax).
 
@@ -263,6 +267,9 @@ def corrclip_logits(
         config: a :class:`~ovseg.methods.config.MethodConfig` (``short_side``, ``long_cap``,
             ``slide_crop``, ``slide_stride``, ``pad_multiple``, ``batch_windows``).
         mean, std: CLIP normalisation as fractions of 255; None: the references' constants.
+        low_res: return instead the windows' averaged logits at the network input (or the
+            patch grid of a whole-image pass), before the last bilinear resize: the tensor a
+            :class:`~ovseg.methods.pixelmap.PixelMap` starts from.
     """
     ranks = _check_inputs(image, regions, text)
     h0, w0 = image.shape[:2]
@@ -279,7 +286,7 @@ def corrclip_logits(
         clip_std=OPENAI_STD if std is None else tuple(std),
     )
     crop = config.slide_crop
-    logits = slide_logits(
+    low = slide_logits_lowres(
         x,
         window_fn,
         text.to(device=device, dtype=torch.float32),
@@ -287,11 +294,13 @@ def corrclip_logits(
         stride=config.slide_stride if crop is not None else None,
         pad_multiple=config.pad_multiple if crop is not None else None,
         batch_windows=config.batch_windows,
-        out_size=(h0, w0),
         aux=ids[None, None].float(),
         aux_pad=float(pad_id),
     )
-    return logits[0]
+    if low_res:
+        return low[0]
+    with torch.inference_mode():
+        return F.interpolate(low, size=(h0, w0), mode="bilinear", align_corners=False)[0]
 
 
 def corrclip_probabilities(
@@ -309,15 +318,38 @@ def corrclip_probabilities(
     """CorrCLIP's class probabilities ``(K, H, W)`` float32 in ``[0, 1]`` before its vote:
     ``softmax(logit_scale * cosine)`` over the queries, then per class the max over its
     queries. Arguments as :func:`corrclip_logits`; ``query_class`` the class of each query."""
-    qc = [int(k) for k in query_class]
-    if len(qc) != (text.shape[0] if isinstance(text, Tensor) else -1):
-        raise ValueError("query_class must have one entry per row of text")
-    if any(not 0 <= k < num_classes for k in qc):
-        raise ValueError(f"query_class entries must be ints in [0, {num_classes})")
+    qc = check_query_class(query_class, _rows(text), num_classes)
     logits = corrclip_logits(clip_visual, dino, image, regions, text, config, mean, std)
     with torch.inference_mode():
         probs = torch.softmax(logits * config.logit_scale, dim=0)
         return class_max(probs, qc, num_classes).float()
+
+
+def corrclip_pixelmap(
+    clip_visual: nn.Module,
+    dino: nn.Module,
+    image: np.ndarray,
+    regions: np.ndarray,
+    text: Tensor,
+    query_class: Sequence[int],
+    num_classes: int,
+    config,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **map_options,
+) -> PixelMap:
+    """:func:`corrclip_probabilities` as a :class:`~ovseg.methods.pixelmap.PixelMap` (the
+    models run now, the input-size steps per tile); ``map_options``: ``work_bytes`` or
+    ``tile_size``. The vote that follows needs only the map's labels (``predict``)."""
+    qc = check_query_class(query_class, _rows(text), num_classes)
+    low = corrclip_logits(clip_visual, dino, image, regions, text, config, mean, std, True)
+    return PixelMap.from_logits(
+        low, image.shape[:2], config.logit_scale, qc, num_classes, **map_options
+    )
+
+
+def _rows(text) -> int:
+    return text.shape[0] if isinstance(text, Tensor) and text.ndim == 2 else -1
 
 
 class CorrClip(ClipMethod):
@@ -372,6 +404,16 @@ class CorrClip(ClipMethod):
         return corrclip_probabilities(
             visual, models.dino, image, ids, text, owners, entries, config, mean, std
         )
+
+    def query_pixelmap(
+        self, image, text, owners, entries, models, config, regions=None, **map_options
+    ):
+        ids = self.region_map(image, models, regions)
+        mean, std = self.mean_std(models)
+        return corrclip_pixelmap(
+            self.clip_visual(models), models.dino, image, ids, text, owners, entries, config,
+            mean, std, **map_options,
+        )  # fmt: skip
 
     def finish(self, image, probs, labels, models, config, regions=None) -> Finished:
         from ovseg.methods.regions import region_vote

@@ -13,9 +13,14 @@
    normalised input resized bilinearly to the original size;
 5. ``softmax(logit_scale * cosine)`` over all queries, then per class the max over its queries.
 
+:func:`dense_pixelmap` stops before the input size: it returns a
+:class:`~ovseg.methods.pixelmap.PixelMap` over the logits of step 3 before their last resize
+(and the network input, PAMR's guide), which computes steps 3-5 tile by tile on demand.
+
 :func:`predict_labels` then applies SCLIP's area rule, the argmax and the probability
-threshold. (NACLIP's final division of its returned probabilities by their sum comes after
-the prediction and is not part of either.)
+threshold (:meth:`~ovseg.methods.pixelmap.PixelMap.predict` on a map). (NACLIP's final
+division of its returned probabilities by their sum comes after the prediction and is not part
+of either.)
 """
 
 from __future__ import annotations
@@ -31,9 +36,17 @@ from ovseg.methods.clip_blocks import METHODS, dense_features
 from ovseg.methods.config import MethodConfig, SlideConfig
 from ovseg.methods.geometry import imrescale_size, normalize_image, resize_image
 from ovseg.methods.pamr import pamr
-from ovseg.methods.slide import slide_logits
+from ovseg.methods.pixelmap import PixelMap
+from ovseg.methods.slide import slide_logits, slide_logits_lowres
+from ovseg.methods.tiles import check_query_class
 
-__all__ = ["class_max", "dense_logits", "dense_probabilities", "predict_labels"]
+__all__ = [
+    "class_max",
+    "dense_logits",
+    "dense_pixelmap",
+    "dense_probabilities",
+    "predict_labels",
+]
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -43,17 +56,10 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
 
 
-def dense_logits(
-    method: str,
-    visual: torch.nn.Module,
-    image: np.ndarray,
-    text: torch.Tensor,
-    config: MethodConfig,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> torch.Tensor:
-    """Cosine logits ``(Q, H, W)`` float32 at the input size, after PAMR where configured
-    (steps 1-4 of the module docstring). Arguments as :func:`dense_probabilities`."""
+def _lowres(method, visual, image, text, config, mean, std):
+    """``(low, x)``: the logits whose bilinear resize to the input size is step 3's result
+    (sliding: the windows' average at the network input; whole image: the patch grid, or for
+    NACLIP the grid resized to the network input) and the normalised network input ``x``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(config, SlideConfig):
@@ -76,23 +82,60 @@ def dense_logits(
         gaussian_std=getattr(config, "gaussian_std", 5.0),
     )
     with torch.inference_mode():
-        whole = config.slide_crop is None
-        logits = slide_logits(
-            x,
-            window_fn,
-            text,
-            crop=config.slide_crop,
-            stride=config.slide_stride,
-            pad_multiple=config.pad_multiple,
-            batch_windows=config.batch_windows,
-            out_size=None if whole and method == "naclip" else (h0, w0),
-        )
-        if logits.shape[-2:] != (h0, w0):
-            logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
+        args = (x, window_fn, text, config.slide_crop, config.slide_stride)
+        kwargs = dict(pad_multiple=config.pad_multiple, batch_windows=config.batch_windows)
+        if config.slide_crop is None and method == "naclip":
+            return slide_logits(*args, **kwargs, out_size=None), x
+        return slide_logits_lowres(*args, **kwargs), x
+
+
+def dense_logits(
+    method: str,
+    visual: torch.nn.Module,
+    image: np.ndarray,
+    text: torch.Tensor,
+    config: MethodConfig,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Cosine logits ``(Q, H, W)`` float32 at the input size, after PAMR where configured
+    (steps 1-4 of the module docstring). Arguments as :func:`dense_probabilities`."""
+    low, x = _lowres(method, visual, image, text, config, mean, std)
+    h0, w0 = image.shape[:2]
+    with torch.inference_mode():
+        logits = F.interpolate(low, size=(h0, w0), mode="bilinear", align_corners=False)
         if config.pamr_steps > 0:
             guide = F.interpolate(x, size=(h0, w0), mode="bilinear", align_corners=False)
             logits = pamr(guide, logits, config.pamr_steps, config.pamr_dilations)
         return logits[0]
+
+
+def dense_pixelmap(
+    method: str,
+    visual: torch.nn.Module,
+    image: np.ndarray,
+    text: torch.Tensor,
+    query_class: Sequence[int],
+    num_classes: int,
+    config: MethodConfig,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **map_options,
+) -> PixelMap:
+    """:func:`dense_probabilities` as a :class:`~ovseg.methods.pixelmap.PixelMap`: the model
+    runs now, the input-size steps (resize, PAMR, softmax, class max) per tile on demand.
+    ``map_options``: ``work_bytes`` or ``tile_size`` of the map."""
+    qc = check_query_class(query_class, _rows(text), num_classes)
+    low, x = _lowres(method, visual, image, text, config, mean, std)
+    return PixelMap.from_logits(
+        low[0], image.shape[:2], config.logit_scale, qc, num_classes,
+        guide=x[0], pamr_steps=config.pamr_steps, pamr_dilations=config.pamr_dilations,
+        **map_options,
+    )  # fmt: skip
+
+
+def _rows(text) -> int:
+    return text.shape[0] if isinstance(text, torch.Tensor) and text.ndim == 2 else -1
 
 
 def class_max(probs: torch.Tensor, query_class: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -135,17 +178,11 @@ def dense_probabilities(
         queries; per pixel the values of a class's best query, so they need not sum to 1.
         On the device of ``visual``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-    qc = list(query_class)
-    if len(qc) != (text.shape[0] if isinstance(text, torch.Tensor) else -1):
-        raise ValueError("query_class must have one entry per row of text")
-    if any(isinstance(k, bool) or int(k) != k or not 0 <= k < num_classes for k in qc):
-        raise ValueError(f"query_class entries must be ints in [0, {num_classes})")
+    qc = check_query_class(query_class, _rows(text), num_classes)
     logits = dense_logits(method, visual, image, text, config, mean, std)
     with torch.inference_mode():
         probs = torch.softmax(logits * config.logit_scale, dim=0)
-        return class_max(probs, [int(k) for k in qc], num_classes)
+        return class_max(probs, qc, num_classes)
 
 
 def predict_labels(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pamr", "pamr_affinity"]
+__all__ = ["pamr", "pamr_affinity", "pamr_halo", "pamr_propagate"]
 
 # neighbour order of the reference 3x3 kernels: row-major, centre skipped
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -41,16 +41,72 @@ def _shifted(x: torch.Tensor, d: int, offsets) -> torch.Tensor:
     )
 
 
-def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+def _affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    total = None
+    for c in range(image.shape[1]):  # one channel at a time: a third of the buffers
+        channel = image[:, c : c + 1]
+        taps = torch.cat([_shifted(channel, d, _TAPS) for d in dilations], dim=2)
+        std = taps.std(dim=2, keepdim=True)
+        del taps
+        diff = torch.cat(
+            [(channel.unsqueeze(2) - _shifted(channel, d, _NEIGHBOURS)).abs() for d in dilations],
+            dim=2,
+        )
+        term = diff.neg_().div_(1e-8 + 0.1 * std)
+        total = term if total is None else total.add_(term)
+    return torch.softmax(total.div_(image.shape[1]), dim=2)
+
+
+def pamr_affinity(
+    image: torch.Tensor, dilations: Sequence[int], strip_pixels: int | None = None
+) -> torch.Tensor:
     """Neighbour weights ``(1, 1, 8 * len(dilations), H, W)`` of ``image`` ``(1, 3, H, W)``;
-    they sum to 1 over dimension 2."""
-    taps = torch.cat([_shifted(image, d, _TAPS) for d in dilations], dim=2)
-    std = taps.std(dim=2, keepdim=True)
-    diff = torch.cat(
-        [(image.unsqueeze(2) - _shifted(image, d, _NEIGHBOURS)).abs() for d in dilations], dim=2
-    )
-    aff = (-diff / (1e-8 + 0.1 * std)).mean(dim=1, keepdim=True)
-    return torch.softmax(aff, dim=2)
+    they sum to 1 over dimension 2.
+
+    With ``strip_pixels``, computed in strips of rows of about that many pixels, each grown by
+    the largest dilation (the weights of a pixel read the image that far): the numbers of one
+    pass (to float rounding, ~1e-9), with temporaries (about 60 floats per pixel) for one
+    strip instead of the whole image. None: one pass.
+    """
+    dilations = tuple(dilations)
+    h, w = image.shape[-2:]
+    rows = h if strip_pixels is None else max(1, int(strip_pixels) // w)
+    if rows >= h:
+        return _affinity(image, dilations)
+    grow = max(dilations)
+    out = image.new_empty((image.shape[0], 1, 8 * len(dilations), h, w))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        e0, e1 = max(0, r0 - grow), min(h, r1 + grow)
+        out[..., r0:r1, :] = _affinity(image[:, :, e0:e1], dilations)[..., r0 - e0 : r1 - e0, :]
+    return out
+
+
+def pamr_propagate(
+    affinity: torch.Tensor, logits: torch.Tensor, steps: int, dilations: Sequence[int]
+) -> torch.Tensor:
+    """``steps`` PAMR iterations of ``logits`` ``(1, Q, H, W)`` with the weights of
+    :func:`pamr_affinity` ``(1, 1, 8 * len(dilations), H, W)``; returns a new tensor."""
+    h, w = logits.shape[-2:]
+    mask = logits.contiguous()
+    for _ in range(steps):
+        acc = torch.zeros_like(mask)
+        n = 0
+        for d in dilations:
+            padded = F.pad(mask, [d] * 4, mode="replicate")
+            for oy, ox in _NEIGHBOURS:
+                ys, xs = d + oy * d, d + ox * d
+                acc.addcmul_(padded[..., ys : ys + h, xs : xs + w], affinity[:, :, n])
+                n += 1
+        mask = acc
+    return mask
+
+
+def pamr_halo(steps: int, dilations: Sequence[int]) -> int:
+    """Receptive field of ``steps`` PAMR iterations, in pixels: ``steps * max(dilations)``.
+    Refining a window that extends this far beyond a tile on every side (or to the image
+    border) gives the tile the numbers of the whole-image refinement."""
+    return int(steps) * max(int(d) for d in dilations)
 
 
 def pamr(
@@ -88,19 +144,8 @@ def pamr(
         if steps == 0:
             return logits
         aff = pamr_affinity(image, dilations)  # (B, 1, P, H, W)
-        h, w = size
         out = torch.empty_like(logits)
         for start in range(0, logits.shape[1], chunk):
-            mask = logits[:, start : start + chunk].contiguous()
-            for _ in range(steps):
-                acc = torch.zeros_like(mask)
-                n = 0
-                for d in dilations:
-                    padded = F.pad(mask, [d] * 4, mode="replicate")
-                    for oy, ox in _NEIGHBOURS:
-                        ys, xs = d + oy * d, d + ox * d
-                        acc.addcmul_(padded[..., ys : ys + h, xs : xs + w], aff[:, :, n])
-                        n += 1
-                mask = acc
-            out[:, start : start + chunk] = mask
+            chunk_logits = logits[:, start : start + chunk]
+            out[:, start : start + chunk] = pamr_propagate(aff, chunk_logits, steps, dilations)
         return out

@@ -5,7 +5,10 @@ A method is one object that declares what it needs and does its own steps; ``Seg
 
 1. :meth:`Method.probabilities`: per-pixel probabilities ``(E, H, W)`` of the vocabulary's
    entries (its K classes, then its B background names; each entry the max over its
-   synonyms) at the input size;
+   synonyms) at the input size: a tensor, or for a large image a
+   :class:`~ovseg.methods.pixelmap.PixelMap` that computes them tile by tile (the steps below
+   and the caller read it through :func:`with_background`, :func:`label_probability` and the
+   map's own reductions, never at full size);
 2. :meth:`Method.predict`: labels from probabilities (the references' rule by default);
 3. :meth:`Method.finish`: the method's own last step (CorrCLIP's region vote, Trident's SAM
    refinement; nothing for most), returning :class:`Finished`;
@@ -33,8 +36,16 @@ import numpy as np
 import torch
 
 from ovseg.methods.config import MethodConfig, preset
+from ovseg.methods.pixelmap import PixelMap
 
-__all__ = ["MODEL_NEEDS", "NEEDS", "Finished", "Method", "with_background"]
+__all__ = [
+    "MODEL_NEEDS",
+    "NEEDS",
+    "Finished",
+    "Method",
+    "label_probability",
+    "with_background",
+]
 
 MODEL_NEEDS = ("clip", "dino", "sam", "bank", "vfm")
 """Needs that name a model the caller must be given (``Segmenter(clip=..., dino=...)``)."""
@@ -69,14 +80,30 @@ class Finished:
     confidence: np.ndarray | None = None
 
 
-def with_background(probs: torch.Tensor, k: int) -> torch.Tensor:
+def with_background(probs: torch.Tensor | PixelMap, k: int) -> torch.Tensor | PixelMap:
     """``(K + B, H, W)`` -> ``(K + 1, H, W)``: the K class rows, then one background row, the
-    max over the B background rows (zeros without background names)."""
+    max over the B background rows (zeros without background names). A
+    :class:`~ovseg.methods.pixelmap.PixelMap` gives a map (lazily, nothing computed)."""
+    if isinstance(probs, PixelMap):
+        return probs.select([[i] for i in range(k)] + [list(range(k, probs.num_classes))])
     if probs.shape[0] > k:
         background = probs[k:].amax(0, keepdim=True)
     else:
         background = probs.new_zeros((1, *probs.shape[1:]))
     return torch.cat([probs[:k], background])
+
+
+def label_probability(probs: torch.Tensor | PixelMap, labels: np.ndarray) -> np.ndarray:
+    """The probability of each pixel's label: float32 ``(H, W)`` from ``(C, H, W)``
+    probabilities (a tensor or a :class:`~ovseg.methods.pixelmap.PixelMap`, read tile by
+    tile) and int labels ``(H, W)``; 0 where a label is outside ``[0, C)`` (``UNLABELED``)."""
+    if isinstance(probs, PixelMap):
+        return probs.pick(np.asarray(labels))
+    labels = np.asarray(labels).astype(np.int64)
+    c = probs.shape[0]
+    index = torch.from_numpy(np.clip(labels, 0, c - 1))[None].to(probs.device)
+    value = probs.gather(0, index)[0].float().cpu().numpy()
+    return np.where((labels >= 0) & (labels < c), value, 0.0).astype(np.float32)
 
 
 class Method(ABC):
@@ -154,8 +181,10 @@ class Method(ABC):
     @abstractmethod
     def probabilities(
         self, image: np.ndarray, vocab, models, config: MethodConfig, regions=None
-    ) -> torch.Tensor:
-        """Per-pixel probabilities float32 ``(E, H, W)`` of the vocabulary's entries.
+    ) -> torch.Tensor | PixelMap:
+        """Per-pixel probabilities float32 ``(E, H, W)`` of the vocabulary's entries: a tensor,
+        or a :class:`~ovseg.methods.pixelmap.PixelMap` computing them tile by tile (then
+        :meth:`predict`, :meth:`finish` and :meth:`mask_scores` must take one).
 
         Args:
             image: RGB uint8 ``(H, W, 3)``.
@@ -167,13 +196,21 @@ class Method(ABC):
         """
 
     def predict(
-        self, probs: torch.Tensor, config: MethodConfig, background: int | None
+        self, probs: torch.Tensor | PixelMap, config: MethodConfig, background: int | None
     ) -> np.ndarray:
         """Labels int64 ``(H, W)`` in ``[0, C)`` (or -1: no class) from ``(C, H, W)``
-        probabilities: the
-        references' rule (:func:`~ovseg.methods.dense.predict_labels`: SCLIP's area rule,
-        argmax, ``prob_threshold`` -> ``background``)."""
+        probabilities: the references' rule (:func:`~ovseg.methods.dense.predict_labels`:
+        SCLIP's area rule, argmax, ``prob_threshold`` -> ``background``; on a map,
+        :meth:`~ovseg.methods.pixelmap.PixelMap.predict`, tile by tile)."""
         from ovseg.methods.dense import predict_labels
+
+        if isinstance(probs, PixelMap):
+            labels, _ = probs.predict(
+                prob_threshold=getattr(config, "prob_threshold", 0.0),
+                area_threshold=getattr(config, "area_threshold", None),
+                background_class=background,
+            )
+            return labels.astype(np.int64)
 
         return predict_labels(probs, config, background).cpu().numpy()
 
@@ -206,7 +243,10 @@ class Method(ABC):
         k = len(vocab.classes)
         if masks.shape[0] == 0:
             return np.zeros((0, k), np.float32)
-        return mask_class_scores(masks, probs()[:k].cpu().numpy())
+        full = probs()
+        if isinstance(full, PixelMap):  # tile by tile, only where masks are
+            return full.mask_scores(masks)[:, :k]
+        return mask_class_scores(masks, full[:k].cpu().numpy())
 
     def region_scorer(self, models, config: MethodConfig):
         """The CLIP region scorer this method embeds regions with (grounding): by default

@@ -53,11 +53,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ovseg.constants import OPENAI_MEAN, OPENAI_STD
 from ovseg.methods.config import ProxyConfig
 from ovseg.methods.geometry import imrescale_size, normalize_image, resize_image
+from ovseg.methods.pixelmap import PixelMap
 from ovseg.methods.proxy_attention import (
     _finite,
     _three_floats,
@@ -67,7 +69,8 @@ from ovseg.methods.proxy_attention import (
     proxy_similarity_mean,
     proxyclip_window_features,
 )
-from ovseg.methods.slide import slide_logits
+from ovseg.methods.slide import slide_logits_lowres
+from ovseg.methods.tiles import check_query_class
 from ovseg.methods.training_free import ClipMethod
 
 __all__ = [
@@ -77,6 +80,7 @@ __all__ = [
     "proxy_attention",
     "proxy_similarity_mean",
     "proxyclip_logits",
+    "proxyclip_pixelmap",
     "proxyclip_probabilities",
     "proxyclip_window_features",
 ]
@@ -112,10 +116,13 @@ def proxyclip_logits(
     batch_windows: int = 4,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    low_res: bool = False,
 ) -> Tensor:
     """ProxyCLIP's cosine logits ``(Q, H, W)`` float32 at the input size (before the softmax).
 
-    Arguments as :func:`proxyclip_probabilities`.
+    Arguments as :func:`proxyclip_probabilities`; ``low_res``: return instead the logits
+    before the last bilinear resize (the windows' average at the network input, or the patch
+    grid of a whole-image pass), from which a :class:`~ovseg.methods.pixelmap.PixelMap` starts.
     """
     image = _check_image(image)
     if not isinstance(text, Tensor) or text.ndim != 2 or text.shape[0] < 1:
@@ -149,7 +156,7 @@ def proxyclip_logits(
         clip_mean=clip_mean,
         clip_std=clip_std,
     )
-    logits = slide_logits(
+    low = slide_logits_lowres(
         x,
         window_fn,
         text.to(device=device, dtype=torch.float32),
@@ -157,9 +164,11 @@ def proxyclip_logits(
         stride=stride if crop is not None else None,
         pad_multiple=pad_multiple if crop is not None else None,
         batch_windows=batch_windows,
-        out_size=(h0, w0),
     )
-    return logits[0]
+    if low_res:
+        return low[0]
+    with torch.inference_mode():
+        return F.interpolate(low, size=(h0, w0), mode="bilinear", align_corners=False)[0]
 
 
 def proxyclip_probabilities(
@@ -208,18 +217,9 @@ def proxyclip_probabilities(
         ``softmax(logit_scale * cosine)`` over the ``Q`` queries, then per class the max over
         its queries (a class without queries gets 0), so the values need not sum to 1.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-    qc = list(query_class)
-    if not isinstance(text, Tensor) or text.ndim != 2 or len(qc) != text.shape[0]:
+    if not isinstance(text, Tensor) or text.ndim != 2:
         raise ValueError("text must be (Q, D) and query_class must have one entry per row")
-    if any(
-        isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < num_classes
-        for k in qc
-    ):
-        raise ValueError(f"query_class entries must be ints in [0, {num_classes})")
+    qc = check_query_class(query_class, text.shape[0], num_classes)
     scale = _finite(logit_scale, "logit_scale")
     if scale <= 0:
         raise ValueError(f"logit_scale must be > 0, got {logit_scale!r}")
@@ -241,7 +241,7 @@ def proxyclip_probabilities(
     )
     with torch.inference_mode():
         probs = torch.softmax(logits * scale, dim=0)
-        idx = torch.as_tensor([int(k) for k in qc], device=probs.device)
+        idx = torch.as_tensor(qc, device=probs.device)
         out = probs.new_zeros((int(num_classes), *probs.shape[1:]))
         for k in torch.unique(idx).tolist():
             out[k] = probs[idx == k].amax(dim=0)
@@ -277,3 +277,40 @@ class ProxyClip(ClipMethod):
             mean=mean,
             std=std,
         )
+
+    def query_pixelmap(
+        self, image, text, owners, entries, models, config, regions=None, **map_options
+    ):
+        mean, std = self.mean_std(models)
+        return proxyclip_pixelmap(
+            self.clip_visual(models), models.dino, image, text, owners, entries, config,
+            mean, std, **map_options,
+        )  # fmt: skip
+
+
+def proxyclip_pixelmap(
+    clip_visual: nn.Module,
+    dino: nn.Module,
+    image: np.ndarray,
+    text: Tensor,
+    query_class: Sequence[int],
+    num_classes: int,
+    config: ProxyConfig,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **map_options,
+) -> PixelMap:
+    """:func:`proxyclip_probabilities` with the settings of ``config`` as a
+    :class:`~ovseg.methods.pixelmap.PixelMap` (the models run now, the input-size steps per
+    tile); ``map_options``: ``work_bytes`` or ``tile_size``."""
+    if not isinstance(text, Tensor) or text.ndim != 2:
+        raise TypeError("text must be a (Q, D) tensor")
+    qc = check_query_class(query_class, text.shape[0], num_classes)
+    scale = _finite(config.logit_scale, "logit_scale")
+    low = proxyclip_logits(
+        clip_visual, dino, image, text, config.short_side, config.slide_crop,
+        config.slide_stride, beta=config.beta, gamma=config.gamma,
+        pad_multiple=config.pad_multiple, long_cap=config.long_cap,
+        batch_windows=config.batch_windows, mean=mean, std=std, low_res=True,
+    )  # fmt: skip
+    return PixelMap.from_logits(low, image.shape[:2], scale, qc, num_classes, **map_options)

@@ -13,6 +13,9 @@ methods (ProxyCLIP, ...) can reuse it:
    size, the padding cut off, summed into an ``H x W`` map and divided by the per-pixel
    window count;
 5. optionally resized bilinearly to ``out_size`` (the original image size).
+
+:func:`slide_logits_lowres` stops before the last resize (the tensor a
+:class:`~ovseg.methods.pixelmap.PixelMap` starts from).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 
 from ovseg.methods.geometry import center_padding, slide_windows
 
-__all__ = ["patch_logits", "slide_logits"]
+__all__ = ["patch_logits", "slide_logits", "slide_logits_lowres"]
 
 WindowFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -81,6 +84,34 @@ def slide_logits(
     Returns:
         ``(1, Q, H, W)`` float32 logits, or ``(1, Q, *out_size)`` (``Q`` = ``D`` without text).
     """
+    logits = slide_logits_lowres(
+        image, window_fn, text, crop, stride, pad_multiple, batch_windows, aux, aux_pad
+    )
+    with torch.inference_mode():
+        if crop is None:
+            size = tuple(out_size) if out_size is not None else tuple(image.shape[-2:])
+        elif out_size is None:
+            return logits
+        else:
+            size = tuple(out_size)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def slide_logits_lowres(
+    image: torch.Tensor,
+    window_fn: WindowFn,
+    text: torch.Tensor,
+    crop: int | None,
+    stride: int | None = None,
+    pad_multiple: int | None = None,
+    batch_windows: int = 8,
+    aux: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    aux_pad: float | str | Sequence[float | str] = 0.0,
+) -> torch.Tensor:
+    """The logits :func:`slide_logits` resizes last: sliding windows, the windows' average
+    ``(1, Q, H, W)`` at the (resized) input size; whole image, the patch-grid logits
+    ``(1, Q, gh, gw)``. ``F.interpolate(..., mode="bilinear", align_corners=False)`` of them to
+    the output size is :func:`slide_logits`' result (arguments as there)."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[:2] != (1, 3):
         raise ValueError("image must be a (1, 3, H, W) tensor")
     if text is not None and text.ndim != 2:
@@ -92,9 +123,7 @@ def slide_logits(
     to_logits = (lambda f: f) if text is None else (lambda f: patch_logits(f, text))
     with torch.inference_mode():
         if crop is None:
-            logits = to_logits(window_fn(image, *auxes))
-            size = tuple(out_size) if out_size is not None else (h_img, w_img)
-            return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            return to_logits(window_fn(image, *auxes))
         if stride is None or not 1 <= stride <= crop:
             raise ValueError(f"stride must be in [1, crop={crop}], got {stride!r}")
         boxes = slide_windows(h_img, w_img, crop, stride)
@@ -133,10 +162,7 @@ def slide_logits(
                     )
                     preds[:, :, y1:y2, x1:x2] += up[:, :, top : top + h, left : left + w]
                     count[:, :, y1:y2, x1:x2] += 1
-        preds = preds / count
-        if out_size is not None:
-            preds = F.interpolate(preds, size=tuple(out_size), mode="bilinear", align_corners=False)
-        return preds
+        return preds / count
 
 
 def _aux_list(aux, aux_pad, size: tuple[int, int]) -> tuple[list[torch.Tensor], list]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ import torch
 from ovseg.constants import OPENAI_MEAN, OPENAI_STD
 from ovseg.methods.config import MethodConfig, SlideConfig, method_config
 from ovseg.methods.geometry import imrescale_size
+from ovseg.methods.pixelmap import PixelMap
 from ovseg.methods.protocol import Method
 
 __all__ = ["ClipMethod"]
@@ -27,6 +29,13 @@ class ClipMethod(Method):
     needs = frozenset({"clip"})
     Config = SlideConfig
     hints = {"clip": "ViT-B-16/openai", "dino": "dino_vitb8", "sam": "vit_b"}
+    tiled: ClassVar[bool] = True
+    """Whether :meth:`query_pixelmap` gives this method's probabilities as a map (its
+    :meth:`finish` reads no full-size probabilities)."""
+    map_bytes: ClassVar[int] = 256 * 2**20
+    """Above this size of the queries' float32 logits at the input size (``Q x H x W x 4``),
+    :meth:`probabilities` returns a :class:`~ovseg.methods.pixelmap.PixelMap` (the same
+    numbers, computed tile by tile) instead of a tensor."""
 
     @classmethod
     def configure(cls, dataset: str | None = None, **options) -> MethodConfig:
@@ -84,12 +93,18 @@ class ClipMethod(Method):
         return mean, std
 
     @torch.inference_mode()
-    def probabilities(self, image, vocab, models, config, regions=None) -> torch.Tensor:
+    def probabilities(self, image, vocab, models, config, regions=None) -> torch.Tensor | PixelMap:
+        """The entries' probabilities: a tensor, or a :class:`~ovseg.methods.pixelmap.
+        PixelMap` when the method is :attr:`tiled` and the logits at the input size would
+        exceed :attr:`map_bytes`."""
         text = vocab.text_embeddings(models.clip)
         entries = len(vocab.classes) + len(vocab.background)
         config = self.fit(image.shape[:2], config, models)
         owners = [int(k) for k in vocab.owners]
-        return self.query_probabilities(image, text, owners, entries, models, config, regions)
+        args = (image, text, owners, entries, models, config, regions)
+        if self.tiled and len(owners) * image.shape[0] * image.shape[1] * 4 > self.map_bytes:
+            return self.query_pixelmap(*args)
+        return self.query_probabilities(*args)
 
     def query_probabilities(
         self,
@@ -112,4 +127,26 @@ class ClipMethod(Method):
         visual = self.clip_visual(models)
         return dense_probabilities(
             self.name, visual, image, text, owners, entries, config, mean, std
+        )
+
+    def query_pixelmap(
+        self,
+        image: np.ndarray,
+        text: torch.Tensor,
+        owners: list[int],
+        entries: int,
+        models,
+        config: SlideConfig,
+        regions=None,
+        **map_options,
+    ) -> PixelMap:
+        """:meth:`query_probabilities` as a :class:`~ovseg.methods.pixelmap.PixelMap`: the
+        models run now, the input-size steps (resize, PAMR, softmax, max per entry) tile by
+        tile when read. ``map_options``: ``work_bytes`` or ``tile_size`` of the map."""
+        from ovseg.methods.dense import dense_pixelmap
+
+        mean, std = self.mean_std(models)
+        visual = self.clip_visual(models)
+        return dense_pixelmap(
+            self.name, visual, image, text, owners, entries, config, mean, std, **map_options
         )

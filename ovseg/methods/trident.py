@@ -48,12 +48,14 @@ from torch import Tensor, nn
 from ovseg.constants import OPENAI_MEAN, OPENAI_STD
 from ovseg.methods.config import MethodConfig, TridentConfig
 from ovseg.methods.geometry import imrescale_size, normalize_image, resize_image, slide_windows
+from ovseg.methods.pixelmap import PixelMap
 from ovseg.methods.protocol import Finished
 from ovseg.methods.proxy_attention import (
     dino_window_features,
     proxy_similarity_mean,
     proxyclip_window_features,
 )
+from ovseg.methods.tiles import check_query_class
 from ovseg.methods.training_free import ClipMethod
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "sam_image",
     "sam_input_size",
     "trident_logits",
+    "trident_pixelmap",
 ]
 
 _CHUNK = 2**24  # attention entries (heads x queries x keys) per chunk of SAM rows
@@ -195,6 +198,7 @@ def trident_logits(
     config: MethodConfig,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    low_res: bool = False,
 ) -> Tensor:
     """Trident's cosine logits ``(Q, H, W)`` float32 at the input size, before the softmax.
 
@@ -207,6 +211,9 @@ def trident_logits(
         text: ``(Q, D)`` unit-norm query embeddings.
         config: ``method_config("trident", dataset)``.
         mean, std: CLIP normalisation as fractions of 255 (None: the references' constants).
+        low_res: return instead the logits on SAM's token grid ``(Q, vh, vw)`` (halves side by
+            side), before their bilinear resize to the input size: the tensor a
+            :class:`~ovseg.methods.pixelmap.PixelMap` starts from.
     """
     if not isinstance(config, MethodConfig) or config.method != "trident":
         raise TypeError("config must be a MethodConfig for 'trident'")
@@ -271,8 +278,35 @@ def trident_logits(
         feats_out = clip_visual.ln_post(agg.flatten(1).T) @ clip_visual.proj
         feats_out = F.normalize(feats_out, dim=-1)
         logits = (feats_out @ text.to(feats_out).T).T.reshape(-1, *agg.shape[1:])
+        if low_res:
+            return logits.float()
         logits = F.interpolate(logits[None], size=(h0, w0), mode="bilinear", align_corners=False)
         return logits[0].float()
+
+
+def trident_pixelmap(
+    clip_visual: nn.Module,
+    dino: nn.Module,
+    guides: Sequence[SamGuide],
+    image: np.ndarray,
+    text: Tensor,
+    query_class: Sequence[int],
+    num_classes: int,
+    config: MethodConfig,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **map_options,
+) -> PixelMap:
+    """Trident's coarse class probabilities (``softmax(logit_scale * cosine)`` over the
+    queries, max over each class's) as a :class:`~ovseg.methods.pixelmap.PixelMap` over its
+    logits on SAM's grid; ``map_options``: ``work_bytes`` or ``tile_size``. Arguments as
+    :func:`trident_logits`."""
+    rows = text.shape[0] if isinstance(text, Tensor) and text.ndim == 2 else -1
+    qc = check_query_class(query_class, rows, num_classes)
+    low = trident_logits(clip_visual, dino, guides, image, text, config, mean, std, True)
+    return PixelMap.from_logits(
+        low, image.shape[:2], config.logit_scale, qc, num_classes, **map_options
+    )
 
 
 def sam_image(image: np.ndarray, clip_visual: nn.Module) -> np.ndarray:
@@ -322,6 +356,7 @@ class Trident(ClipMethod):
     needs = frozenset({"clip", "dino", "sam"})
     Config = TridentConfig
     hints = {**ClipMethod.hints, "dino": "dino_vitb16"}
+    tiled = False  # its refinement reads the full-size probabilities
 
     @classmethod
     def check_specs(cls, specs, flags: bool = False) -> None:
