@@ -89,17 +89,9 @@ class Segmenter:
         self.lock = threading.RLock()
         self.templates = templates
         self.models = Models(
-            sam=sam,
-            clip=clip,
-            dino=dino,
-            vfm=vfm,
-            bank=bank,
-            aux_clip=aux_clip,
-            device=device,
-            random_weights=random_weights,
-            grid=grid,
-            fused_attention=fused_attention,
-        )
+            sam=sam, clip=clip, dino=dino, vfm=vfm, bank=bank, aux_clip=aux_clip, device=device,
+            random_weights=random_weights, grid=grid, fused_attention=fused_attention,
+        )  # fmt: skip
         cls.check_specs({**self.models.specs, "sam_family": self.models.sam_family})
         if self.method.config().refine and not self.models.has_sam:
             raise ValueError(f"refine={self.method.config().refine!r} needs a SAM model")

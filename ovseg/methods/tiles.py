@@ -307,3 +307,59 @@ def check_size(size) -> tuple[int, int]:
     except (TypeError, ValueError) as e:
         raise TypeError(f"size must be (H, W), got {size!r}") from e
     return positive_int(h, "H"), positive_int(w, "W")
+
+
+def check_logits_args(logits, size, logit_scale, query_class, num_classes, guide, pamr_steps,
+                      pamr_dilations):  # fmt: skip
+    """The arguments of :meth:`~ovseg.methods.pixelmap.PixelMap.from_logits`, checked:
+    ``(logits (Q, h, w), size, groups (one list of query rows per class, or None), guide
+    (3, hg, wg) float32 or None, dilations)``."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim not in (3, 4):
+        raise TypeError("logits must be a (Q, h, w) tensor")
+    if logits.ndim == 4:
+        if logits.shape[0] != 1:
+            raise ValueError(f"logits must be (Q, h, w) or (1, Q, h, w), got {logits.shape}")
+        logits = logits[0]
+    if min(logits.shape) < 1 or not logits.is_floating_point():
+        raise TypeError(f"logits must be a non-empty float tensor, got {logits.dtype}")
+    size = check_size(size)
+    check_real(logit_scale, "logit_scale", 0.0, math.inf, open_low=True)
+    q = logits.shape[0]
+    groups = None
+    if query_class is not None:
+        qc = check_query_class(query_class, q, num_classes)
+        groups = [[i for i, k in enumerate(qc) if k == c] for c in range(int(num_classes))]
+    elif num_classes is not None:
+        raise ValueError("num_classes needs query_class")
+    if pamr_steps != 0:
+        positive_int(pamr_steps, "pamr_steps (or 0)")
+    dilations = tuple(positive_int(d, "pamr_dilations entries") for d in pamr_dilations)
+    if not dilations:
+        raise ValueError("pamr_dilations must not be empty")
+    if pamr_steps:
+        if not isinstance(guide, torch.Tensor) or guide.ndim not in (3, 4):
+            raise TypeError("PAMR needs a guide image tensor (3, h, w)")
+        guide = guide[0] if guide.ndim == 4 else guide
+        if guide.shape[0] != 3 or min(guide.shape) < 1:
+            raise ValueError(f"guide must be (3, h, w), got {tuple(guide.shape)}")
+        guide = guide.to(device=logits.device, dtype=torch.float32)
+    return logits, size, groups, guide, dilations
+
+
+def check_predict_args(c, prob_threshold, area_threshold, background_class) -> None:
+    """The thresholds and background row of :meth:`~ovseg.methods.pixelmap.PixelMap.predict`,
+    checked for ``c`` rows."""
+    check_real(prob_threshold, "prob_threshold", 0.0, 1.0)
+    if area_threshold is not None:
+        check_real(area_threshold, "area_threshold", 0.0, 1.0)
+    if background_class is None:
+        if prob_threshold > 0 or area_threshold is not None:
+            raise ValueError("background_class is None but a probability or area threshold is set")
+    elif (
+        isinstance(background_class, bool)
+        or not isinstance(background_class, (int, np.integer))
+        or not 0 <= background_class < c
+    ):
+        raise ValueError(
+            f"background_class must be None or an int in [0, {c}), got {background_class!r}"
+        )

@@ -383,14 +383,10 @@ class Trident(ClipMethod):
         sam = models.proposer
         sam.set_image(sam_image(image, self.clip_visual(models)))  # cached: no second encoder run
         refined = trident_refine(
-            probs,
-            torch.from_numpy(np.asarray(labels)),
-            sam.predictor,
-            coarse_thresh=config.coarse_thresh,
-            minimal_area=config.minimal_area,
-            sam_mask_coeff=config.sam_mask_coeff,
-            sam_iou_thresh=config.sam_iou_thresh,
-        )
+            probs, torch.from_numpy(np.asarray(labels)), sam.predictor,
+            coarse_thresh=config.coarse_thresh, minimal_area=config.minimal_area,
+            sam_mask_coeff=config.sam_mask_coeff, sam_iou_thresh=config.sam_iou_thresh,
+        )  # fmt: skip
         index = refined.labels.astype(np.int64)[None]
         own = np.take_along_axis(refined.scores, index, 0)[0]
         return Finished(
