@@ -27,3 +27,8 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+APP_MAX_SIDE = 2048
+"""The app segments an upload whose longer side is above it downsized to it
+(``build_app(max_side=)``, ``ovseg app --max-side``): its memory and time stay those of a
+4-megapixel image."""

@@ -485,3 +485,23 @@ def test_dense_method_click_equals_the_segmenter(dense_seg, image):
     direct = dense_seg.segment(image, NAMES, points=[[45, 90]], templates="simple")
     np.testing.assert_array_equal(session.result.label_map, direct.label_map)
     assert session.result.segments[0].proposal_score > 0
+
+
+def test_a_large_upload_is_segmented_downsized_and_its_label_png_mapped_back(dense_seg):
+    rng = np.random.default_rng(3)
+    big = rng.integers(0, 256, (150, 300, 3), dtype=np.uint8)
+    session = H.upload(dense_seg, None, big, name="big.png", max_side=100)
+    assert session.image.shape == (50, 100, 3) and session.original_size == (150, 300)
+    assert "300x150, segmented at 100x50" in session.status and not session.warning
+    H.run_automatic(dense_seg, session, SETTINGS)
+    assert not session.warning, session.status
+    small = np.asarray(Image.fromarray(big).resize((100, 50), Image.Resampling.LANCZOS))
+    np.testing.assert_array_equal(session.image, small)
+    expected = dense_seg.segment(small, NAMES, templates="simple").label_map
+    np.testing.assert_array_equal(session.result.label_map, expected)
+    full = read_label_png(session.downloads["labels"])  # each pixel: its 3x3 block's label
+    assert full.shape == (150, 300)
+    np.testing.assert_array_equal(full, np.repeat(np.repeat(expected, 3, 0), 3, 1))
+
+    fits = H.upload(dense_seg, session, big, name="big.png", max_side=300)
+    assert fits.image.shape == big.shape and fits.original_size is None

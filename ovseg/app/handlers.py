@@ -35,7 +35,10 @@ from ovseg.app.session import (
     Session,
     Settings,
     file_stem,
+    fit_side,
+    save_label_png,
 )
+from ovseg.image import load_image
 from ovseg.scoring.vocabulary import parse_classes, validate_classes
 from ovseg.structures import Masks
 
@@ -46,10 +49,13 @@ def upload(
     image,
     name: str | None = None,
     progress: Progress | None = None,
+    max_side: int | None = None,
 ) -> Session:
     """Start over with a new image: a path, PIL image or array (None clears the session).
 
     Computes the SAM embedding now (cached by content), so later prompts cost only the decoder.
+    An image whose longer side is above ``max_side`` is segmented downsized to it (the page
+    says so; the label PNG download is mapped back to the upload's size).
     """
     if session is not None:
         session.close()
@@ -62,15 +68,20 @@ def upload(
         if progress is not None:
             progress(0.1, desc="SAM: image embedding")
         try:
-            session.image = segmenter.set_image(image)
+            array, session.original_size = fit_side(load_image(image), max_side)
+            session.image = segmenter.set_image(array)
         except (ValueError, TypeError, FileNotFoundError, OSError) as e:
             return session.say(f"Could not read this image: {e}", warning=True)
         session.name = file_stem(
             name if name is not None else (image if isinstance(image, (str, os.PathLike)) else None)
         )
         h, w = session.image.shape[:2]
+        size = f"{w}x{h}"
+        if session.original_size is not None:
+            big = "x".join(map(str, session.original_size[::-1]))
+            size = f"{big}, segmented at {size}: above {max_side} px; label PNGs are {big}"
         return session.say(
-            f"Loaded {session.name} ({w}x{h}). Type classes, then run automatic "
+            f"Loaded {session.name} ({size}). Type classes, then run automatic "
             "mode or click on objects."
         )
 
@@ -377,7 +388,9 @@ def _refresh(segmenter, session: Session, settings: Settings) -> None:
     session.hidden &= set(result.classes)
     folder = session.folder()
     session.downloads = {
-        "labels": result.save_png(folder / f"{session.name}_labels.png"),
+        "labels": save_label_png(
+            result, folder / f"{session.name}_labels.png", session.original_size
+        ),
         "json": result.save_json(
             folder / f"{session.name}.json", file_name=f"{session.name}_labels.png"
         ),

@@ -7,6 +7,7 @@ Coordinates: points are ``(x, y)`` image pixels; boxes ``(x0, y0, x1, y1)`` pixe
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, PngImagePlugin
 
+from ovseg._io import atomic_write
 from ovseg.app.tempfiles import make_folder, remove_folder
 from ovseg.result import SegmentationResult
 from ovseg.structures import Masks
@@ -72,6 +75,7 @@ class Session:
         result: the last fused result, or None; ``hidden``: class names not drawn.
         downloads: ``{"labels": png path, "json": path}`` of the last result.
         status, warning: the message for the page and whether it reports a problem.
+        original_size: ``(H, W)`` of the upload when it was downsized to ``image``, else None.
     """
 
     image: np.ndarray | None = None
@@ -86,6 +90,7 @@ class Session:
     status: str = ""
     warning: bool = False
     workdir: Path | None = None
+    original_size: tuple[int, int] | None = None  # (H, W) of an upload that was downsized
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def say(self, message: str, warning: bool = False) -> Session:
@@ -120,3 +125,26 @@ def file_stem(name: str | None) -> str:
     stem = Path(str(name)).stem if name else "image"
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._")
     return stem[:80] or "image"
+
+
+def fit_side(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """``image`` (RGB uint8) downsized with Pillow's Lanczos filter so that its longer side is
+    ``max_side``, and its original ``(H, W)``; an image that fits (or ``max_side`` None)
+    comes back as it is, with None."""
+    h, w = image.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return image, None
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS)), (h, w)
+
+
+def save_label_png(result: SegmentationResult, path, size: tuple[int, int] | None) -> Path:
+    """:meth:`~ovseg.result.SegmentationResult.save_png`, mapped back to ``size`` ``(H, W)``
+    (each pixel takes the label of the nearest segmented pixel) when given."""
+    if size is None or tuple(size) == result.shape:
+        return result.save_png(path)
+    png = result.to_png_image().resize((size[1], size[0]), Image.Resampling.NEAREST)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("ovseg:classes", json.dumps(result.classes))
+    return atomic_write(path, lambda fh: png.save(fh, format="PNG", pnginfo=info))

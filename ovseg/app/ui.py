@@ -18,6 +18,7 @@ from ovseg.app.render import render
 from ovseg.app.session import MODES, Session, Settings, example_images
 from ovseg.app.tempfiles import clean_stale
 from ovseg.app.video import add_video_tab
+from ovseg.constants import APP_MAX_SIDE
 
 DEFAULT_MAX_FILE_SIZE = "50mb"  # an upload above it is refused by the server (HTTP 413)
 # Gradio's own cached copies (uploads, outputs): every 10 min, those older than an hour go,
@@ -112,6 +113,7 @@ def build_app(
     title: str = "ovseg: open-vocabulary segmentation",
     default_classes: str = DEFAULT_CLASSES,
     max_file_size: str | int | None = DEFAULT_MAX_FILE_SIZE,
+    max_side: int | None = APP_MAX_SIDE,
 ):
     """The interactive app as a ``gr.Blocks`` (queue enabled); launch it with ``.launch()``.
 
@@ -122,6 +124,8 @@ def build_app(
         title: page title; ``default_classes``: the class box's initial text.
         max_file_size: the largest upload ``.launch()`` accepts (bytes, or ``"50mb"``...;
             None: no limit); ``.launch(max_file_size=...)`` overrides it.
+        max_side: uploads with a longer side above it are segmented downsized to it (the page
+            says so; label PNG downloads come back at the upload's size); None: never.
 
     Temporary folders of earlier app processes that were killed are removed here; this app's
     own go when their session ends and when the process exits (:mod:`ovseg.app.tempfiles`).
@@ -259,7 +263,9 @@ def build_app(
                 session = handlers.upload(segmenter, session, None)  # starts over
                 session.say(path.message, warning=True)
             else:
-                session = handlers.upload(segmenter, session, path, progress=progress)
+                session = handlers.upload(
+                    segmenter, session, path, progress=progress, max_side=max_side
+                )
             return [*show(session), editor_value(session)]
 
         def on_run(session, text, tmpl, thr, progress=gr.Progress()):  # noqa: B008 (Gradio's API)

@@ -12,6 +12,7 @@ from ovseg.cli._args import (
     build_segmenter,
     method_settings,
 )
+from ovseg.constants import APP_MAX_SIDE
 
 
 def register(subparsers) -> None:
@@ -46,6 +47,14 @@ def register(subparsers) -> None:
         default="50mb",
         metavar="SIZE",
         help="largest upload accepted, e.g. 20mb, 1gb, or bytes (default 50mb)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=APP_MAX_SIDE,
+        metavar="PX",
+        help=f"uploads with a longer side above PX are segmented downsized to it (the page says "
+        f"so; label PNGs come back at full size); 0: never (default {APP_MAX_SIDE})",
     )
     add_grid_arguments(p)
     p.set_defaults(func=run)
@@ -144,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"ovseg app: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
+        if args.max_side < 0:
+            raise ValueError(
+                f"--max-side must be 0 (no limit) or a positive size, got {args.max_side}"
+            )
         auth = _auth(args.auth)
         max_file_size = _max_file_size(args.max_file_size)
         settings = method_settings(args, grid_used=True)
@@ -156,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
 
         segmenter = build_segmenter(settings, args.device)
         names = {"sam": str(settings["sam"]), "clip": str(settings["clip"])}
-        app = build_app(segmenter, models=names, max_file_size=max_file_size)
+        app = build_app(
+            segmenter, models=names, max_file_size=max_file_size, max_side=args.max_side or None
+        )
     except (ValueError, TypeError, OSError, ModuleNotFoundError) as e:
         print(f"ovseg app: error: {e}", file=sys.stderr)
         return 2
