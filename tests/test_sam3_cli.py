@@ -48,6 +48,14 @@ def test_threshold_flag_is_the_methods_option():
         )
 
 
+def test_tiny_stand_in_of_sam3_is_the_tiny_sam3():
+    from ovseg.models.presets import tiny_models
+
+    assert tiny_models({"sam": "sam3"})["sam"] == SAM3_TINY
+    assert tiny_models({"sam": "facebook/sam3"})["sam"] == SAM3_TINY
+    assert tiny_models({"sam": "vit_b"})["sam"] == "tiny-random"
+
+
 def test_mixed_method_on_the_command_line(images, tmp_path):
     out = tmp_path / "out"
     code = main(["segment", str(images), "--sam", SAM3_TINY, "--clip", "tiny-random",
