@@ -87,3 +87,17 @@ def test_ray_run_of_sam3_equals_the_local_run(images, tmp_path):
     assert ours == theirs
     coco = json.loads((local / "instances.json").read_text())
     assert coco["annotations"] and np.all([a["score"] > 0 for a in coco["annotations"]])
+
+
+def test_bench_times_sam3s_instances(camvid_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["bench", "--sam", SAM3_TINY, "--method", "sam3", "--repeats", "1",
+                 "--data", str(camvid_dir), "-o", str(out), "--stem", "s3"])  # fmt: skip
+    assert code == 0
+    result = json.loads((out / "s3.json").read_text())
+    assert result["same_instances"] and result["max_score_diff"] < 1e-4
+    assert len(result["seconds"]["per_class"]) == len(result["seconds"]["batched"]) == 1
+    assert (out / "s3.md").read_text().startswith("# SAM 3: 11 classes")
+    assert main(["bench", "--sam", SAM3_TINY, "--method", "naclip", "-o", str(out)]) == 2
+    assert "finds no instances" in capsys.readouterr().err
+    assert main(["bench", "--sam", "tiny-random", "--method", "sam3", "-o", str(out)]) == 2
