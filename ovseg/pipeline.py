@@ -284,15 +284,15 @@ class Segmenter:
 
     def instances(self, image, classes, *, background=(), templates=None, **options):
         """Every instance of every class, from a method that finds instances itself
-        (``method="sam3"``, options such as ``threshold`` and ``mask_threshold`` per call): for
+        (``method.finds_instances``: ``"sam3"``; options such as ``threshold`` per call): for
         SAM 3 a :class:`~ovseg.proposals.sam3.Sam3Instances` (``class_index`` int64 (N,),
         ``score`` float32 (N,) in [0, 1], ``box`` float32 (N, 4) XYXY pixels, ``mask`` bool
         (N, H, W)). Raises ``ValueError`` for a method without instances of its own."""
-        if not callable(find := getattr(self.method, "instances", None)):
+        if not self.method.finds_instances:
             raise ValueError(f"method {self.method.name!r} finds no instances: use method='sam3'")
         vocab, config = self.vocabulary(classes, background, templates), self.config(**options)
         with self.lock:
-            return find(self._use(image, sam=False), vocab, self.models, config)
+            return self.method.instances(self._use(image, sam=False), vocab, self.models, config)
 
     @torch.inference_mode()
     def score(

@@ -5,6 +5,7 @@ registry line runs everywhere a method runs."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,12 @@ def test_every_method_declares_what_the_protocol_asks(name):
     assert config.method == name and set(cls.options_names()) >= {"score_threshold", "refine"}
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.score_threshold = 0.5  # type: ignore[misc]
-    with pytest.raises(ValueError, match=f"unknown option.*for method '{name}'"):
+    with pytest.raises(ValueError, match=f"unknown option.*for method '{re.escape(name)}'"):
         cls.configure(None, no_such_option=1)
     for need in ("clip", "dino", "sam"):
         if need in cls.needs:
             specs = {"clip": "x", "dino": "x", "sam": "x", need: None}
-            with pytest.raises(ValueError, match=f"method '{name}' needs"):
+            with pytest.raises(ValueError, match=f"method '{re.escape(name)}' needs"):
                 cls.check_specs(specs)
 
 

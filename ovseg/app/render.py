@@ -11,12 +11,13 @@ size, so a click at canvas pixel ``(x, y)`` with ``x < W`` and ``y < H`` is imag
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ovseg.app.find import draw_found, found_labels
 from ovseg.app.session import Session
 from ovseg.viz import confidence_image, palette
 
@@ -37,6 +38,7 @@ class View:
         legend: HTML legend: class swatches with areas in %, and the prompted objects' classes.
         classes: the class names of the result; ``visible``: those not hidden.
         labels_png, coco_json: download paths of the last result, or None.
+        found, found_visible: labels of the "find all" instances, and of those drawn.
         status, warning: the message and whether it reports a problem.
     """
 
@@ -49,6 +51,8 @@ class View:
     coco_json: Path | None
     status: str
     warning: bool
+    found: list[str] = field(default_factory=list)
+    found_visible: list[str] = field(default_factory=list)
 
 
 def render(session: Session | None, alpha: float = 0.5) -> View:
@@ -76,7 +80,7 @@ def render(session: Session | None, alpha: float = 0.5) -> View:
         confidence = confidence_image(result.confidence, cmap="viridis")
         classes = list(result.classes)
         visible = [c for c in classes if c not in session.hidden]
-    canvas = draw_prompts(canvas.convert("RGB"), session)
+    canvas = draw_prompts(draw_found(canvas.convert("RGB"), session), session)
     return View(
         canvas,
         confidence,
@@ -87,6 +91,8 @@ def render(session: Session | None, alpha: float = 0.5) -> View:
         session.downloads.get("json"),
         session.status,
         session.warning,
+        found_labels(session),
+        [t for i, t in enumerate(found_labels(session)) if i not in session.found_hidden],
     )
 
 

@@ -73,6 +73,8 @@ class Session:
         corner: the first corner ``(x, y)`` of a box awaiting its second click, or None.
         history: snapshots ``(objects, auto, corner)`` for undo, oldest first.
         result: the last fused result, or None; ``hidden``: class names not drawn.
+        found: the last "find all" instances (:class:`ovseg.app.find.Found`), or None;
+            ``found_hidden``: indices of those not drawn.
         downloads: ``{"labels": png path, "json": path}`` of the last result.
         status, warning: the message for the page and whether it reports a problem.
         original_size: ``(H, W)`` of the upload when it was downsized to ``image``, else None.
@@ -86,6 +88,8 @@ class Session:
     history: list[tuple] = field(default_factory=list)
     result: SegmentationResult | None = None
     hidden: set[str] = field(default_factory=set)
+    found: Any = None
+    found_hidden: set[int] = field(default_factory=set)
     downloads: dict[str, Path] = field(default_factory=dict)
     status: str = ""
     warning: bool = False

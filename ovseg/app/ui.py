@@ -13,7 +13,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the environmen
         "the ovseg app needs Gradio: pip install 'ovseg[app]'", name=e.name
     ) from e
 
-from ovseg.app import handlers
+from ovseg.app import find, handlers
 from ovseg.app.render import render
 from ovseg.app.session import MODES, Session, Settings, example_images
 from ovseg.app.tempfiles import clean_stale
@@ -39,9 +39,11 @@ def describe_models(segmenter, models: dict[str, str] | None = None) -> str:
     from ovseg.models.weights import SAM_CHECKPOINTS
 
     models = dict(models or {})
-    model = segmenter.proposer.model  # SAM 1: name its encoder; SAM 2: its transformers class
-    sam = models.get("sam") or type(getattr(model, "image_encoder", model)).__name__
-    clip = models.get("clip") or segmenter.clip.name
+    sam = models.get("sam")
+    if not sam and segmenter.has_sam:  # SAM 1: its encoder; SAM 2: its class; SAM 3: its bundle
+        model = getattr(segmenter.proposer, "model", None) or segmenter.proposer.sam
+        sam = type(getattr(model, "image_encoder", model)).__name__
+    clip = models.get("clip") or (segmenter.clip.name if "clip" in segmenter.method.needs else "-")
     return (
         f"**Models** (fixed at launch): SAM `{sam}`, CLIP `{clip}`, method "
         f"`{segmenter.method.name}`, "
@@ -194,6 +196,23 @@ def build_app(
                 with gr.Row():
                     undo_btn = gr.Button("Undo last prompt", elem_id="ovseg-undo")
                     clear_btn = gr.Button("Clear prompts", elem_id="ovseg-clear")
+                finds = find.available(segmenter)  # the method protocol says, not its name
+                with gr.Accordion("Find all", open=True, visible=finds):
+                    find_text = gr.Textbox(
+                        label="Phrases (every instance of each; comma separated)",
+                        value="car, person",
+                        elem_id="ovseg-find",
+                    )
+                    threshold_name = "threshold" in segmenter.method.options_names()
+                    find_threshold = gr.Slider(
+                        0.0,
+                        1.0,
+                        value=getattr(segmenter.config(), "threshold", 0.5),
+                        step=0.01,
+                        label="Instance score threshold",
+                        visible=threshold_name,
+                    )
+                    find_btn = gr.Button("Find all", elem_id="ovseg-find-run")
                 with gr.Accordion("Settings", open=False):
                     threshold = gr.Slider(
                         0.0,
@@ -216,6 +235,9 @@ def build_app(
                     buttons=["download", "fullscreen"],
                 )
                 visible = gr.CheckboxGroup([], label="Show classes", elem_id="ovseg-visible")
+                found = gr.CheckboxGroup(
+                    [], label="Found instances (score)", visible=finds, elem_id="ovseg-found"
+                )
                 legend = gr.HTML("<i>No labels yet.</i>", elem_id="ovseg-legend")
                 with gr.Row():
                     confidence = gr.Image(
@@ -234,7 +256,7 @@ def build_app(
                         )
 
         add_video_tab(segmenter, default_classes)
-        views = [state, canvas, confidence, legend, visible, dl_png, dl_json, status]
+        views = [state, canvas, confidence, legend, visible, dl_png, dl_json, status, found]
         settings_in = [classes, template, threshold]
 
         def show(session: Session | None, toast: bool = True) -> list[Any]:
@@ -251,6 +273,7 @@ def build_app(
                 gr.DownloadButton(value=view.labels_png, interactive=view.labels_png is not None),
                 gr.DownloadButton(value=view.coco_json, interactive=view.coco_json is not None),
                 text,
+                gr.CheckboxGroup(choices=view.found, value=view.found_visible),
             ]
 
         def editor_value(session: Session | None):
@@ -299,6 +322,12 @@ def build_app(
                 handlers.refresh(segmenter, session, Settings(text, tmpl, thr)), toast=False
             )
 
+        def on_find(session, text, thr):
+            return show(find.find_all(segmenter, session, text, thr if threshold_name else None))
+
+        def on_found(session, names):
+            return show(find.set_found_visible(session, names), toast=False)
+
         def on_visible(session, names):
             return show(handlers.set_visible(session, names), toast=False)
 
@@ -325,6 +354,9 @@ def build_app(
         template.input(on_settings, [state, *settings_in], views)
         threshold.release(on_settings, [state, *settings_in], views)
         visible.input(on_visible, [state, visible], views)
+        find_btn.click(on_find, [state, find_text, find_threshold], views)
+        find_text.submit(on_find, [state, find_text, find_threshold], views)
+        found.input(on_found, [state, found], views)
         mode.change(on_mode, [state, mode], [*views, run_btn, point, brush_kind, editor, brush_btn])
     app.queue(max_size=64)
     return _with_upload_limit(app, max_file_size)

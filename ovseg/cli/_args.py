@@ -229,14 +229,22 @@ def check_device(device: str | None) -> None:
 
 
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
-    """The method's options: ``--score-threshold``, ``--refine`` and ``--option NAME=VALUE``
-    for any other (the names of the method's config, as in the Python API)."""
+    """The method's options: ``--score-threshold``, ``--threshold``, ``--refine`` and
+    ``--option NAME=VALUE`` for any other (the names of the method's config, as in the Python
+    API)."""
     p.add_argument(
         "--score-threshold",
         type=float,
         default=None,
         help="minimum class probability for a mask (a prompt, a refining mask, an object) to "
         "label pixels (the method's default: 0)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="instance score threshold in [0, 1] of a method that finds instances (sam3, "
+        "naclip+sam3...; the same as --option threshold=T; the method's default: 0.5)",
     )
     p.add_argument(
         "--refine",
@@ -276,7 +284,7 @@ def _option(text: str) -> tuple[str, object]:
 def method_options(args: argparse.Namespace) -> dict:
     """The method options given on the command line: ``--option``s, then the named flags."""
     options = dict(getattr(args, "method_options", None) or [])
-    for name in ("score_threshold", "refine", "scorer"):
+    for name in ("score_threshold", "threshold", "refine", "scorer"):
         value = getattr(args, name, None)
         if value is not None and not (name == "scorer" and value == "oracle"):
             options[name] = value
@@ -304,6 +312,11 @@ def method_settings(args: argparse.Namespace, grid_used: bool = False) -> dict:
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {threshold}")
     options = method_options(args)
+    if getattr(args, "threshold", None) is not None and "threshold" not in cls.options_names():
+        raise ValueError(
+            f"--threshold is the instance score threshold of a method that finds instances; "
+            f"method {models['method']!r} has no option 'threshold'"
+        )
     config = cls.configure(None, **options)
     sam = models["sam"]
     check_sam_spec(sam)

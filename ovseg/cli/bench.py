@@ -29,6 +29,13 @@ def register(subparsers) -> None:
         "weights; the plain side is then Meta's sam2 package), sam2-tiny-random",
     )
     p.add_argument("--clip", default="ViT-B-16", help="open_clip architecture (random weights)")
+    p.add_argument(
+        "--method",
+        default=None,
+        help="a method that finds instances (sam3, naclip+sam3...): time SAM 3's instances of "
+        "11 classes, the official per-class loop against ovseg's batched path (needs a SAM 3 "
+        "--sam: sam3 with random weights, or sam3-tiny-random; --images is ignored)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
     p.add_argument("--images", type=int, default=None, help="number of frames (default 1)")
     p.add_argument(
@@ -107,6 +114,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.method is not None:
+        return _instances(args)
     if args.video:
         return _video(args)
     from ovseg.bench.report import to_markdown, write_results
@@ -177,3 +186,27 @@ def _video(args: argparse.Namespace) -> int:
     print(video_markdown(results))
     print(f"ovseg bench: wrote {paths['json']} and {paths['markdown']}", file=sys.stderr)
     return 0
+
+
+def _instances(args: argparse.Namespace) -> int:
+    from ovseg.bench.sam3 import run_sam3_bench, sam3_markdown, write_sam3_results
+    from ovseg.methods.registry import method_class
+
+    try:
+        if not method_class(args.method).finds_instances:  # the protocol says, not the name
+            raise ValueError(
+                f"--method {args.method} finds no instances of its own: the dense methods are "
+                "timed with --methods"
+            )
+        sam = "sam3-tiny-random" if args.tiny else args.sam
+        results = run_sam3_bench(
+            sam, args.device, args.repeats or (2 if args.tiny else 1), 8, args.data,
+            progress=lambda msg: print(msg, file=sys.stderr),
+        )  # fmt: skip
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"ovseg bench: error: {e}", file=sys.stderr)
+        return 2
+    paths = write_sam3_results(results, args.out, args.stem)
+    print(sam3_markdown(results))
+    print(f"ovseg bench: wrote {paths['json']} and {paths['markdown']}", file=sys.stderr)
+    return 0 if results["same_instances"] else 1

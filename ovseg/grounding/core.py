@@ -259,7 +259,7 @@ def ground(
         threshold = float(threshold)
     seg = _segmenter(segmenter, sam, clip, device)
     templates = seg.templates if templates is None else templates
-    if candidates is None and callable(getattr(seg.method, "instances", None)):
+    if candidates is None and seg.method.finds_instances:
         if category is not None or grid_options:
             raise ValueError(
                 f"method {seg.method.name!r} grounds a phrase by its own instances: category= "

@@ -8,7 +8,9 @@
   :mod:`~ovseg.methods.proxyclip`, :mod:`~ovseg.methods.trident`,
   :mod:`~ovseg.methods.corrclip` (with DINO, Trident also with SAM, CorrCLIP with regions),
   :mod:`~ovseg.methods.corrclipv2`, :mod:`~ovseg.methods.samclip` and
-  :mod:`~ovseg.methods.sam3` (SAM 3's instances and dense map; trained, not training-free);
+  :mod:`~ovseg.methods.sam3` (SAM 3's instances and dense map; trained, not training-free),
+  :mod:`~ovseg.methods.mixed` (``"naclip+sam3"``...: SAM 3 for objects, a dense method for
+  stuff);
   the training-free ones follow each reference repository's mmseg protocol number for number.
 
 Their building blocks:

@@ -13,7 +13,9 @@ A method is one object that declares what it needs and does its own steps; ``Seg
 3. :meth:`Method.finish`: the method's own last step (CorrCLIP's region vote, Trident's SAM
    refinement; nothing for most), returning :class:`Finished`;
 4. :meth:`Method.mask_scores`: class probabilities of extra masks (prompted objects, SAM's
-   automatic masks with ``refine="masks"``); by default their mean probability inside.
+   automatic masks with ``refine="masks"``); by default their mean probability inside;
+5. :meth:`Method.instances`: every instance of every class, for a method that finds instances
+   itself (:attr:`Method.finds_instances`; SAM 3); the others have none.
 
 A method's options are the fields of its frozen :attr:`Method.Config`: given at construction
 (``Method(**options)``), overridable per call under the same names (:meth:`Method.config`),
@@ -115,6 +117,8 @@ class Method(ABC):
         Config: its frozen config class (a :class:`~ovseg.methods.config.MethodConfig`).
         defaults, per_dataset: its reference settings, and per benchmark.
         hints: an example spec per model it needs, for error messages.
+        finds_instances: whether :meth:`instances` finds instances (a method with its own
+            detector, such as SAM 3); ask it, never the method's name.
 
     Args:
         **options: the method's options (fields of :attr:`Config`), validated now.
@@ -126,6 +130,7 @@ class Method(ABC):
     defaults: ClassVar[Mapping[str, Any]] = {}
     per_dataset: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     hints: ClassVar[Mapping[str, str]] = {}
+    finds_instances: bool = False
 
     def __init__(self, **options: Any):
         self.options = dict(options)
@@ -247,6 +252,14 @@ class Method(ABC):
         if isinstance(full, PixelMap):  # tile by tile, only where masks are
             return full.mask_scores(masks)[:, :k]
         return mask_class_scores(masks, full[:k].cpu().numpy())
+
+    def instances(self, image: np.ndarray, vocab, models, config: MethodConfig):
+        """Every instance of every class of ``vocab`` in ``image`` (RGB uint8 ``(H, W, 3)``),
+        with ``class_index`` int64 ``(N,)``, ``score`` float32 ``(N,)`` in [0, 1], ``box``
+        float32 ``(N, 4)`` XYXY pixels and ``mask`` bool ``(N, H, W)`` (SAM 3:
+        :class:`~ovseg.proposals.sam3.Sam3Instances`). By default a method finds none: raises
+        ``ValueError``."""
+        raise ValueError(f"method {self.name!r} finds no instances of its own")
 
     def region_scorer(self, models, config: MethodConfig):
         """The CLIP region scorer this method embeds regions with (grounding): by default

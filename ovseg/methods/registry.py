@@ -20,6 +20,9 @@ METHODS: dict[str, str] = {
     "corrclipv2": "ovseg.methods.corrclipv2:CorrCLIPv2",
     "sam-clip": "ovseg.methods.samclip:SamClip",
     "sam3": "ovseg.methods.sam3:Sam3",
+    "naclip+sam3": "ovseg.methods.mixed:NaclipSam3",
+    "proxyclip+sam3": "ovseg.methods.mixed:ProxyClipSam3",
+    "corrclip+sam3": "ovseg.methods.mixed:CorrClipSam3",
 }
 
 

@@ -112,6 +112,7 @@ class Sam3(Method):
     needs = frozenset({"sam"})
     Config = Sam3Config
     hints = {"sam": "sam3"}
+    finds_instances = True
 
     def __init__(self, **options):
         self._detectors: dict[int, Sam3Detector] = {}

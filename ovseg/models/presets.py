@@ -61,14 +61,16 @@ _MODELS = ("sam", "clip", "dino", "vfm", "aux_clip")
 
 
 def tiny_models(models: dict) -> dict:
-    """``models`` with each model replaced by its tiny random stand-in of the same kind (SAM 2
-    for a SAM 2 name, SAM 1 otherwise; CLIP; DINO): the method that would run with real weights
-    runs, in seconds, with meaningless labels."""
+    """``models`` with each model replaced by its tiny random stand-in of the same kind (SAM 3
+    for a SAM 3 name, SAM 2 for a SAM 2 name, SAM 1 otherwise; CLIP; DINO): the method that
+    would run with real weights runs, in seconds, with meaningless labels."""
     from ovseg.models.sam2_weights import is_sam2_spec
+    from ovseg.models.sam3_weights import SAM3_TINY, is_sam3_spec
 
     out = dict(models)
     if out.get("sam") is not None:
-        out["sam"] = SAM2_TINY if is_sam2_spec(out["sam"]) else TINY
+        sam = out["sam"]
+        out["sam"] = SAM3_TINY if is_sam3_spec(sam) else SAM2_TINY if is_sam2_spec(sam) else TINY
     out["clip"] = TINY
     for kind in ("dino", "vfm"):
         if out.get(kind) is not None:
