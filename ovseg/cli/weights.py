@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from ovseg.models import weights
-from ovseg.models.hub import SAM3_HUB_MODELS
+from ovseg.models.hub import PUBLISHED_BANKS, SAM3_HUB_MODELS
 from ovseg.models.presets import PRESETS
 
 CLIP_NOTE = (
@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "names",
         nargs="+",
         metavar="NAME",
-        help=f"one or more of: {', '.join([*weights.all_checkpoints(), *SAM3_HUB_MODELS])}, "
+        help="one or more of: "
+        f"{', '.join([*weights.all_checkpoints(), *SAM3_HUB_MODELS, *PUBLISHED_BANKS])}, "
         "a CLIP spec "
         "(ARCH/TAG for open_clip, hf:ORG/NAME), or a quality preset "
         f"({', '.join(PRESETS)}: every model it uses)",
@@ -125,6 +126,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for name, hub in SAM3_HUB_MODELS.items():
         gated = ", gated: `hf auth login` first" if hub.gated else ""
         print(f"  {name}  Hugging Face {hub.repo} ({hub.licence}{gated}): {_hub_status(hub)}")
+    for name, bank in PUBLISHED_BANKS.items():
+        there = (weights.weights_dir() / "banks" / name / bank.files[-1]).is_file()
+        print(f"  {name}  CorrCLIPv2 bank, Hugging Face dataset {bank.repo} ({bank.size}): "
+              f"{'downloaded' if there else 'missing'}")  # fmt: skip
     print()
     print(CLIP_NOTE)
     try:
@@ -170,6 +175,15 @@ def _hub_status(hub) -> str:
 
 
 def _download_one(name: str, args: argparse.Namespace) -> int:
+    if name in PUBLISHED_BANKS:
+        from ovseg.models.hub import fetch_bank
+
+        try:
+            folder = fetch_bank(name, args.dir)
+        except OSError as e:
+            return _error(f"could not download {name}: {e}")
+        print(f"{folder}  (use it as --bank {folder})")
+        return 0
     if name in SAM3_HUB_MODELS:
         from ovseg.models.sam3_weights import fetch_sam3
 

@@ -7,8 +7,16 @@ Light on purpose (no torch): ``ovseg weights list`` reads it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["SAM3_HUB_MODELS", "HubModel", "gated_help"]
+__all__ = [
+    "PUBLISHED_BANKS",
+    "SAM3_HUB_MODELS",
+    "HubModel",
+    "PublishedBank",
+    "fetch_bank",
+    "gated_help",
+]
 
 
 @dataclass(frozen=True)
@@ -66,3 +74,69 @@ def gated_help(model: HubModel) -> str:
         "(accepting the licence), log in with `hf auth login` (or set HF_TOKEN), then run: "
         f"ovseg weights download {model.name}"
     )
+
+
+@dataclass(frozen=True)
+class PublishedBank:
+    """One of CorrCLIPv2's published memory banks (Hugging Face dataset ``dk258/CorrCLIPv2``):
+    three files in the reference's ``memory_bank/`` layout, which
+    :class:`~ovseg.methods.bank.MemoryBank` reads unchanged.
+
+    Attributes:
+        name: the ovseg name (``"bank-coco-b"``).
+        corpus: ``"coco"`` (118k unlabeled COCO images) or ``"monet"`` (synthetic MONET
+            images, nothing shared with the test sets).
+        clip: the main CLIP's store key (``"metaclip_b"``, ``"metaclip_l"``); the auxiliary
+            store is DFN ViT-B/16's (``"dfnclip_b"``), the index RADIOv3-L's.
+        size: the total size as the reference's README gives it (rounded; no digest is
+            published, so nothing is checked beyond what the files' loaders check).
+    """
+
+    name: str
+    corpus: str
+    clip: str
+    size: str
+    repo: str = "dk258/CorrCLIPv2"
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        stores = "memory_bank/clip_embeddings"
+        return (
+            f"{stores}/{self.corpus}_{self.clip}.pt",
+            f"{stores}/{self.corpus}_dfnclip_b.pt",
+            f"memory_bank/vfm_embeddings/{self.corpus}_radiov3.faiss",
+        )
+
+
+# sizes: the "Memory bank" table of CorrCLIPv2/README.md (zdk258/CorrCLIP at 103bc18)
+PUBLISHED_BANKS: dict[str, PublishedBank] = {
+    b.name: b
+    for b in (
+        PublishedBank("bank-coco-b", "coco", "metaclip_b", "5.8 GB"),
+        PublishedBank("bank-coco-l", "coco", "metaclip_l", "7.2 GB"),
+        PublishedBank("bank-monet-b", "monet", "metaclip_b", "3.0 GB"),
+        PublishedBank("bank-monet-l", "monet", "metaclip_l", "3.7 GB"),
+    )
+}
+
+
+def fetch_bank(name: str, dest_dir: str | Path | None = None) -> Path:
+    """Download a published bank's files (resumable; files already there are kept) into
+    ``dest_dir/name`` (default: the weights folder's ``banks/``) and return that folder, to be
+    given as ``bank=`` / ``--bank``.
+
+    Raises:
+        ValueError: an unknown name. OSError: the download failed (network, disk).
+    """
+    from huggingface_hub import hf_hub_download
+
+    from ovseg.models.weights import weights_dir
+
+    if name not in PUBLISHED_BANKS:
+        raise ValueError(f"unknown bank {name!r}; published banks: {', '.join(PUBLISHED_BANKS)}")
+    bank = PUBLISHED_BANKS[name]
+    folder = Path(dest_dir) if dest_dir is not None else weights_dir() / "banks"
+    folder = folder / name
+    for file in bank.files:
+        hf_hub_download(bank.repo, file, repo_type="dataset", local_dir=folder)
+    return folder
