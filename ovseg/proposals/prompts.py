@@ -1,4 +1,5 @@
-"""Validation of user prompts: points, point labels, boxes, rough masks and scribbles.
+"""User prompts: validation of points, point labels, boxes, rough masks and scribbles, and the
+policy that turns a prompt into one object (SAM 2 and SAM 3).
 
 Coordinates follow ovseg's contract: points are ``(x, y)`` input-image pixels, boxes are
 ``(x0, y0, x1, y1)`` pixels (XYXY), masks are bool ``(H, W)`` arrays of the input size.
@@ -9,9 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ovseg.structures import Masks
 
 MAX_SCRIBBLE_POINTS = 8
 MASK_POINTS = 3
+MASK_PROMPT_LOGIT = 8.0
+"""A rough mask as a mask prompt: this logit inside, its negative outside."""
 
 
 @dataclass(frozen=True)
@@ -165,3 +172,31 @@ def _as_mask(value, name: str, shape: tuple[int, int]) -> np.ndarray | None:
     if not arr.any():
         raise ValueError(f"{name} is empty: no pixel is set")
     return arr
+
+
+def square_mask_prompt(mask: np.ndarray, side: int) -> np.ndarray:
+    """bool ``(H, W)`` -> a mask prompt ``(1, side, side)`` float32 of SAM 2 and SAM 3: the
+    whole image resized bilinearly, then :data:`MASK_PROMPT_LOGIT` where it is above 0.5 and
+    its negative elsewhere."""
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    small = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)[0]
+    return torch.where(small > 0.5, MASK_PROMPT_LOGIT, -MASK_PROMPT_LOGIT).numpy()
+
+
+def predict_prompt(prompt: Prompt, predict_arrays, mask_side: int) -> Masks:
+    """One object per box (points and a rough mask join a single box); a single point gives
+    three candidates and keeps the one with the highest predicted IoU; other prompts ask for
+    one mask. ``predict_arrays(points, labels, box, mask_logits, multimask_output)`` returns
+    ``(masks (N, M, H, W) or (M, H, W), scores, logits)``; rough masks become
+    :func:`square_mask_prompt` of ``mask_side``. The policy of SAM 2's and SAM 3's proposers."""
+    points, labels = prompt.all_points()
+    mask = None if prompt.mask is None else square_mask_prompt(prompt.mask, mask_side)
+    boxes = prompt.boxes
+    if boxes is not None and len(boxes) > 1:
+        masks, scores, _ = predict_arrays(box=boxes, multimask_output=False)
+        return Masks.from_masks(masks[:, 0], scores[:, 0])
+    multimask = boxes is None and points is not None and len(points) == 1 and mask is None
+    box = None if boxes is None else boxes[0]
+    masks, scores, _ = predict_arrays(points, labels, box, mask, multimask)
+    best = int(np.argmax(scores))
+    return Masks.from_masks(masks[best : best + 1], scores[best : best + 1])

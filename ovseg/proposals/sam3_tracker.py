@@ -24,14 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovseg.proposals.prompts import Prompt
+from ovseg.proposals.prompts import Prompt, predict_prompt, square_mask_prompt
 from ovseg.proposals.sam3 import Sam3Bundle
 from ovseg.structures import Masks
 
 __all__ = ["Sam3TrackerProposer"]
 
 MASK_THRESHOLD = 0.0
-_MASK_PROMPT_LOGIT = 8.0
 
 
 class Sam3TrackerProposer:
@@ -214,23 +213,8 @@ class Sam3TrackerProposer:
                 )
             if self._key is None:
                 raise RuntimeError("no image set: call set_image(image) first")
-            points, labels = prompt.all_points()
-            mask_logits = self._mask_logits(prompt.mask) if prompt.mask is not None else None
-            boxes = prompt.boxes
-            if boxes is not None and len(boxes) > 1:
-                masks, scores, _ = self.predict_arrays(box=boxes, multimask_output=False)
-                return Masks.from_masks(masks[:, 0], scores[:, 0])
-            multimask = boxes is None and points is not None and len(points) == 1
-            multimask = multimask and mask_logits is None
-            masks, scores, _ = self.predict_arrays(
-                points, labels, None if boxes is None else boxes[0], mask_logits, multimask
-            )
-            best = int(np.argmax(scores))
-            return Masks.from_masks(masks[best : best + 1], scores[best : best + 1])
+            return predict_prompt(prompt, self.predict_arrays, self.low_res_side)
 
     def _mask_logits(self, mask: np.ndarray) -> np.ndarray:
         """bool (H, W) -> a mask prompt (1, h, w): the whole image resized, +-8."""
-        side = self.low_res_side
-        t = torch.from_numpy(mask.astype(np.float32))[None, None]
-        small = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)[0]
-        return torch.where(small > 0.5, _MASK_PROMPT_LOGIT, -_MASK_PROMPT_LOGIT).numpy()
+        return square_mask_prompt(mask, self.low_res_side)
