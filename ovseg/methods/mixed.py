@@ -44,7 +44,7 @@ from ovseg.methods.corrclip import CorrClip
 from ovseg.methods.naclip import Naclip
 from ovseg.methods.protocol import Finished, Method
 from ovseg.methods.proxyclip import ProxyClip
-from ovseg.methods.sam3 import Sam3
+from ovseg.methods.sam3 import Sam3, check_sam3_family
 from ovseg.proposals.sam3 import Sam3Instances
 from ovseg.structures import image_key
 
@@ -169,13 +169,7 @@ class Mixed(Method):
     def check_specs(cls, specs, flags: bool = False) -> None:
         """Refuse a missing model, or a SAM of another family than SAM 3."""
         super().check_specs(specs, flags)
-        family = specs.get("sam_family")
-        if family not in (None, "sam3"):
-            where = "--sam" if flags else "Segmenter(sam=...)"
-            raise ValueError(
-                f"method {cls.name!r} needs a SAM 3 model ({where}: 'sam3' or "
-                f"'sam3-tiny-random'), got a {family} model"
-            )
+        check_sam3_family(cls.name, specs, flags)
 
     def check_models(self, models) -> None:
         self.dense_method.check_models(models)

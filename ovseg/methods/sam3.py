@@ -48,7 +48,7 @@ from ovseg.proposals.sam3 import Sam3Bundle, Sam3Instances
 from ovseg.proposals.sam3_detector import Sam3Detector
 from ovseg.structures import image_key
 
-__all__ = ["Sam3", "Sam3Config"]
+__all__ = ["Sam3", "Sam3Config", "check_sam3_family"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,17 @@ class Sam3Config(MethodConfig):
         return float(self.threshold) * float(self.mask_threshold)
 
 
+def check_sam3_family(method: str, specs, flags: bool = False) -> None:
+    """Refuse a SAM of another family than SAM 3 for ``method`` (``flags``: name the CLI flag)."""
+    family = specs.get("sam_family")
+    if family not in (None, "sam3"):
+        where = "--sam" if flags else "Segmenter(sam=...)"
+        raise ValueError(
+            f"method {method!r} needs a SAM 3 model ({where}: 'sam3', a Hugging Face id such "
+            f"as facebook/sam3, a local folder or 'sam3-tiny-random'), got a {family} model"
+        )
+
+
 class Sam3(Method):
     """SAM 3 as a segmentation method (see the module docstring).
 
@@ -130,13 +141,7 @@ class Sam3(Method):
     def check_specs(cls, specs, flags: bool = False) -> None:
         """Refuse a missing SAM, or one of another family (SAM 1, SAM 2)."""
         super().check_specs(specs, flags)
-        family = specs.get("sam_family")
-        if family not in (None, "sam3"):
-            where = "--sam" if flags else "Segmenter(sam=...)"
-            raise ValueError(
-                f"method 'sam3' needs a SAM 3 model ({where}: 'sam3', a Hugging Face id such "
-                f"as facebook/sam3, a local folder or 'sam3-tiny-random'), got a {family} model"
-            )
+        check_sam3_family(cls.name, specs, flags)
 
     def check_models(self, models) -> None:
         if not isinstance(models.sam, Sam3Bundle):
