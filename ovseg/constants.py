@@ -32,3 +32,9 @@ APP_MAX_SIDE = 2048
 """The app segments an upload whose longer side is above it downsized to it
 (``build_app(max_side=)``, ``ovseg app --max-side``): its memory and time stay those of a
 4-megapixel image."""
+
+EOMT = "eomt"
+"""Registry name of EoMT-L COCO panoptic 640 (``tue-mps/coco_panoptic_eomt_large_640``), the
+checkpoint of CorrCLIP's ``eomt`` mask generator."""
+EOMT_TINY = "eomt-tiny-random"
+"""Registry name of the tiny random EoMT (transformers' classes, 64x64 input)."""

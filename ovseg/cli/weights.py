@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from ovseg.models import weights
-from ovseg.models.hub import PUBLISHED_BANKS, SAM3_HUB_MODELS
+from ovseg.models.hub import EOMT_HUB_MODELS, PUBLISHED_BANKS, SAM3_HUB_MODELS
 from ovseg.models.presets import PRESETS
 
 CLIP_NOTE = (
@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="NAME",
         help="one or more of: "
-        f"{', '.join([*weights.all_checkpoints(), *SAM3_HUB_MODELS, *PUBLISHED_BANKS])}, "
+        f"{', '.join([*weights.all_checkpoints(), *SAM3_HUB_MODELS, *EOMT_HUB_MODELS])}, "
+        f"{', '.join(PUBLISHED_BANKS)}, "
         "a CLIP spec "
         "(ARCH/TAG for open_clip, hf:ORG/NAME), or a quality preset "
         f"({', '.join(PRESETS)}: every model it uses)",
@@ -123,7 +124,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
         print("  " + "  ".join([*cells, row[4]]))
-    for name, hub in SAM3_HUB_MODELS.items():
+    for name, hub in {**SAM3_HUB_MODELS, **EOMT_HUB_MODELS}.items():
         gated = ", gated: `hf auth login` first" if hub.gated else ""
         print(f"  {name}  Hugging Face {hub.repo} ({hub.licence}{gated}): {_hub_status(hub)}")
     for name, bank in PUBLISHED_BANKS.items():
@@ -189,6 +190,14 @@ def _download_one(name: str, args: argparse.Namespace) -> int:
 
         try:
             print(fetch_sam3(name))
+        except OSError as e:
+            return _error(e)
+        return 0
+    if name in EOMT_HUB_MODELS:
+        from ovseg.models.eomt_weights import fetch_eomt
+
+        try:
+            print(fetch_eomt(name))
         except OSError as e:
             return _error(e)
         return 0

@@ -37,8 +37,11 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ovseg.methods.region_options import RegionOptions
+
 __all__ = [
     "DATASETS",
+    "CorrClipConfig",
     "METHODS",
     "MethodConfig",
     "NaclipConfig",
@@ -228,6 +231,12 @@ class ProxyConfig(SlideConfig):
 
 
 @dataclass(frozen=True)
+class CorrClipConfig(RegionOptions, SlideConfig):
+    """CorrCLIP: :class:`SlideConfig` plus where its regions come from (``mask_generator``,
+    ``eomt_model``: :class:`~ovseg.methods.region_options.RegionOptions`)."""
+
+
+@dataclass(frozen=True)
 class TridentConfig(ProxyConfig):
     """Trident: :class:`ProxyConfig` plus its SAM aggregation and refinement.
 
@@ -364,7 +373,7 @@ _CLASSES: dict[str, type[MethodConfig]] = {
     "clearclip": SlideConfig,
     "naclip": NaclipConfig,
     "proxyclip": ProxyConfig,
-    "corrclip": SlideConfig,
+    "corrclip": CorrClipConfig,
     "trident": TridentConfig,
 }
 METHODS = tuple(_CLASSES)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ovseg.constants import OPENAI_MEAN, OPENAI_STD
+from ovseg.methods.config import CorrClipConfig
 from ovseg.methods.corrclip_window import (
     PAD_ID,
     corrclip_dino_features,
@@ -187,12 +188,14 @@ def _rows(text) -> int:
 
 class CorrClip(ClipMethod):
     """CorrCLIP v1 (51.0 mIoU over eight benchmarks): needs CLIP, DINO ViT-B/8 and regions
-    (``masks=`` per call, else SAM's automatic masks with :data:`CORRCLIP_GRID`, so a SAM
-    model). Its map is the one before the vote; :meth:`finish` gives every region its
-    majority class, and the regions are the instances."""
+    (``masks=`` per call; else ``mask_generator="sam"``: SAM's automatic masks with
+    :data:`CORRCLIP_GRID`, so a SAM model; or ``mask_generator="eomt"``: EoMT's panoptic
+    segments, :mod:`ovseg.proposals.eomt`). Its map is the one before the vote; :meth:`finish`
+    gives every region its majority class, and the regions are the instances."""
 
     name = "corrclip"
     needs = frozenset({"clip", "dino", "regions"})
+    Config = CorrClipConfig
     hints = {**ClipMethod.hints, "clip": "ViT-B-16-quickgelu/metaclip_fullcc"}
 
     def __init__(self, **options):
@@ -202,22 +205,39 @@ class CorrClip(ClipMethod):
     def clear_cache(self) -> None:
         self._regions = None
 
-    def region_map(self, image: np.ndarray, models, regions=None) -> np.ndarray:
+    def check_models(self, models) -> None:
+        super().check_models(models)
+        config = self.config()
+        if config.mask_generator == "eomt":  # a missing checkpoint fails now
+            models.eomt(config.eomt_model)
+
+    def region_map(self, image: np.ndarray, models, regions=None, config=None) -> np.ndarray:
         """The int64 id map ``(H, W)`` of ``regions`` (bool ``(N, H, W)`` or an id map), else
-        of SAM's automatic masks with CorrCLIP's settings (computed once per image)."""
+        of the config's ``mask_generator`` (computed once per image): SAM's automatic masks
+        with CorrCLIP's settings, or EoMT's segments."""
         from ovseg.methods.regions import region_id_map
+        from ovseg.structures import image_key
 
         if regions is not None:
             return region_id_map(regions, image.shape[:2])
+        config = self.config() if config is None else config
+        if config.mask_generator == "eomt":
+            from ovseg.proposals.eomt import eomt_regions
+
+            model = models.eomt(config.eomt_model)
+            key = (image_key(image), "eomt", id(model))
+            if self._regions is None or self._regions[0] != key:
+                self._regions = (key, eomt_regions(model, image))
+            return self._regions[1]
         if not models.has_sam:
             raise ValueError(
-                "method 'corrclip' needs regions: pass masks= (bool (N, H, W) or an int id map, "
-                "0 = unsegmented) or build the Segmenter with a SAM model"
+                f"method {self.name!r} needs regions: pass masks= (bool (N, H, W) or an int id "
+                "map, 0 = unsegmented), build the Segmenter with a SAM model, or set "
+                "mask_generator='eomt'"
             )
         from ovseg.proposals.grid import GridOptions, automatic_masks
         from ovseg.proposals.sam2 import Sam2Proposer
         from ovseg.proposals.sam2_grid import Sam2GridOptions
-        from ovseg.structures import image_key
 
         proposer = models.proposer
         options = GridOptions(**CORRCLIP_GRID)
@@ -231,7 +251,7 @@ class CorrClip(ClipMethod):
         return self._regions[1]
 
     def query_probabilities(self, image, text, owners, entries, models, config, regions=None):
-        ids = self.region_map(image, models, regions)
+        ids = self.region_map(image, models, regions, config)
         mean, std = self.mean_std(models)
         visual = self.clip_visual(models)
         return corrclip_probabilities(
@@ -241,7 +261,7 @@ class CorrClip(ClipMethod):
     def query_pixelmap(
         self, image, text, owners, entries, models, config, regions=None, **map_options
     ):
-        ids = self.region_map(image, models, regions)
+        ids = self.region_map(image, models, regions, config)
         mean, std = self.mean_std(models)
         return corrclip_pixelmap(
             self.clip_visual(models), models.dino, image, ids, text, owners, entries, config,
@@ -251,7 +271,7 @@ class CorrClip(ClipMethod):
     def finish(self, image, probs, labels, models, config, regions=None) -> Finished:
         from ovseg.methods.regions import region_vote
 
-        ids = self.region_map(image, models, regions)
+        ids = self.region_map(image, models, regions, config)
         voted = region_vote(labels, ids)
         values, inverse = np.unique(ids, return_inverse=True)
         inverse = inverse.reshape(ids.shape)

@@ -7,7 +7,8 @@ Reproduces ``zdk258/CorrCLIP`` folder ``CorrCLIPv2/`` (``corrclip_segmentor.py``
 runs float16 on CUDA). Per image (:func:`corrclipv2_logits`):
 
 1. The image is resized as mmcv ``imrescale(img, (2048, short_side))`` and CLIP-normalised;
-   the region id map (original size; SAM 2 automatic masks as CorrCLIP v1, or ``masks=``)
+   the region id map (original size; ``masks=``, else SAM 2 automatic masks as CorrCLIP v1
+   or, with ``mask_generator="eomt"``, EoMT's panoptic segments)
    resized to it by nearest.
 2. VFM features of the *original* image (:func:`~ovseg.methods.vfm.vfm_dense`), resized
    bilinearly to the resized image, L2-normalised per pixel.
@@ -58,6 +59,7 @@ from ovseg.methods.config import MethodConfig, preset
 from ovseg.methods.corrclip import PAD_ID, CorrClip, corrclip_window_core
 from ovseg.methods.dense import class_max
 from ovseg.methods.geometry import imrescale_size, normalize_image, resize_image
+from ovseg.methods.region_options import RegionOptions
 from ovseg.methods.regions import rank_ids, resize_ids
 from ovseg.methods.slide import slide_logits
 from ovseg.methods.vfm import vfm_dense
@@ -90,8 +92,10 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass(frozen=True)
-class CorrCLIPv2Config(MethodConfig):
-    """All of CorrCLIPv2's options (sizes in pixels), besides :class:`MethodConfig`'s.
+class CorrCLIPv2Config(RegionOptions, MethodConfig):
+    """All of CorrCLIPv2's options (sizes in pixels), besides :class:`MethodConfig`'s and
+    where its regions come from (``mask_generator``, ``eomt_model``:
+    :class:`~ovseg.methods.region_options.RegionOptions`).
 
     Attributes:
         short_side, long_cap: the mmcv ``imrescale`` target ``(long_cap, short_side)``.
@@ -270,7 +274,8 @@ def _use_aux(config: CorrCLIPv2Config, bank, aux_text) -> bool:
 class CorrCLIPv2(CorrClip):
     """``method="corrclipv2"`` (58.5 mIoU over eight benchmarks with ViT-B/16 and the COCO
     bank): see the module docstring. Needs the main CLIP, a VFM (``Segmenter(vfm="radiov3")``)
-    and regions (``masks=`` per call, else SAM 2's automatic masks, so a SAM model); with
+    and regions (``masks=`` per call, else SAM 2's automatic masks, so a SAM model, or
+    EoMT's segments with ``mask_generator="eomt"``); with
     ``use_bank`` (the default) a memory bank (``Segmenter(bank="BANK/")``), whose auxiliary
     store needs the auxiliary CLIP (``Segmenter(aux_clip="ViT-B-16/dfn2b")``) for DMCE. Its
     regions and its last step (every region takes its majority) are CorrCLIP's."""
@@ -304,7 +309,7 @@ class CorrCLIPv2(CorrClip):
 
     def probabilities(self, image, vocab, models, config, regions=None) -> Tensor:
         """``(E, H, W)`` float32: entries of ``vocab`` (classes then background names)."""
-        ids = self.region_map(image, models, regions)
+        ids = self.region_map(image, models, regions, config)
         clip = models.clip
         text = vocab.text_embeddings(clip)
         bank = None

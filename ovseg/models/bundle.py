@@ -161,6 +161,16 @@ class Models:
 
         return self._get("bank", open_bank)
 
+    def eomt(self, spec):
+        """The EoMT of ``spec`` (:func:`ovseg.models.eomt_weights.build_eomt`: ``"eomt"``, a
+        hub id, a folder, ``"eomt-tiny-random"`` or a built model), built once per spec."""
+        from ovseg.models.eomt_weights import build_eomt
+
+        key = ("eomt", spec if isinstance(spec, str) else id(spec))
+        return self._get(
+            key, lambda: build_eomt(spec, self.device, random_weights=self.random_weights)
+        )
+
     @property
     def sam(self):
         """The SAM model (``segment_anything`` ``Sam``, ``transformers`` ``Sam2Model``, or a

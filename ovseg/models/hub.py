@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "EOMT_HUB_MODELS",
     "PUBLISHED_BANKS",
     "SAM3_HUB_MODELS",
     "HubModel",
@@ -63,6 +64,22 @@ SAM3_HUB_MODELS: dict[str, HubModel] = {
         licence="SAM License",
         ignore=("*.pt", "*.pth"),
         source="huggingface.co/facebook/sam3 (model card: 848M parameters, SAM License)",
+    )
+}
+
+
+# tue-mps/coco_panoptic_eomt_large_640 holds EoMT's own checkpoint (pytorch_model.bin, read by
+# CorrCLIP's reference code) and the transformers checkpoint (config.json, model.safetensors,
+# preprocessor_config.json); ovseg reads the transformers files only. No published digest.
+EOMT_HUB_MODELS: dict[str, HubModel] = {
+    "eomt": HubModel(
+        name="eomt",
+        repo="tue-mps/coco_panoptic_eomt_large_640",
+        gated=False,
+        licence="MIT",
+        ignore=("*.bin", "*.pt", "*.pth", "*.ckpt"),
+        source="huggingface.co/tue-mps/coco_panoptic_eomt_large_640 (EoMT-L, DINOv2, COCO "
+        "panoptic, 640 x 640); the checkpoint of CorrCLIP's `eomt` mask generator",
     )
 }
 
