@@ -58,8 +58,8 @@ def tiny_eomt(seed: int = 0, num_labels: int = 133):
     far below the 0.8 a query needs, and masks of half the image each, which overlap too much
     to survive the panoptic merge): the class head with standard deviation 1; the mask
     embeddings scaled by 3, with a constant offset of -2 on every mask logit (the upscale
-    block's last channel made constant 1, the mask head's weight on it -2), so that each mask
-    covers a smaller part of the image.
+    block's first output channel made constant 1, the mask head's output on that channel -2),
+    so that each mask covers a smaller part of the image.
     """
     from transformers import EomtForUniversalSegmentation
 
