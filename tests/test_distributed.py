@@ -199,6 +199,36 @@ def test_eval_ray_sums_the_local_confusion_matrix(cluster, tmp_path):
     assert sorted(p.name for p in Path(ours["cache"]).glob("*.png")) == ["a.png", "b.png", "c.png"]
 
 
+def test_failed_run_on_a_joined_cluster_frees_its_workers(cluster, tmp_path):
+    """A run that fails in its workers (a label value outside the classes) on a cluster the
+    caller started and keeps: the error names the worker's exception, and the workers' CPUs
+    are free again at once, without Python's garbage collector (the failure's traceback kept
+    Ray Data's actors alive, and their CPUs held, until it ran)."""
+    import gc
+
+    from ovseg.distributed import evaluate_dataset
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(data / "images" / f"{name}.png")
+        Image.fromarray(np.full((16, 24), 7, np.uint8)).save(data / "labels" / f"{name}.png")
+    total = cluster.cluster_resources()["CPU"]
+    gc.disable()
+    try:
+        with pytest.raises(RuntimeError, match=r"ValueError: label .* values \[7\] outside"):
+            evaluate_dataset(data, tmp_path / "r.json", workers=2, **TINY)
+        deadline = time.monotonic() + 30
+        while cluster.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert cluster.available_resources().get("CPU", 0) == total
+    finally:
+        gc.enable()
+    assert cluster.is_initialized()  # the caller's session is left running
+
+
 def test_ray_input_whose_name_leaves_out_is_refused_alone(cluster, tmp_path):
     """A list entry ``file:///.../deep/../../x.png`` would name its outputs ``../../x.png``:
     it is a failed manifest row, nothing is written outside ``-o``, the good image completes

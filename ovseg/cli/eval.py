@@ -77,8 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--predictions",
         metavar="PRED_DIR",
         default=None,
-        help="score label PNGs (value i = class i, 255 = unlabeled, STEM.png) "
-        "instead of running a model",
+        help="score label PNGs (value i = class i, 255 = unlabeled, STEM.png; 16-bit with "
+        "65535 = unlabeled for ade847/context459) instead of running a model",
     )
     add_model_arguments(p, SCORERS, presets=False)
     p.add_argument(

@@ -3,12 +3,19 @@
 Without an address a run starts a local Ray on this machine and stops it at the end; with
 one (``auto``, ``ray://HOST:10001``) it joins that cluster. When the caller has already
 called ``ray.init``, that session is used as it is and left running.
+
+A run's workers (Ray Data's actor pool) live in a placement group of the run
+(:meth:`RayOptions.worker_pool`), removed when the run ends, failed or not: on a cluster that
+outlives the run, every worker is then gone and its CPUs and GPUs free. (After a failed run Ray
+Data only drops its handles of the actors, and the failure's traceback keeps them alive until
+Python's garbage collector runs, so the CPUs stayed held.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -104,6 +111,25 @@ class RayOptions:
             args["num_gpus"] = self.gpus_per_worker
         return args
 
+    @contextlib.contextmanager
+    def worker_pool(self, ray, items: int) -> Iterator[dict]:
+        """:meth:`map_batches_args` whose actors run in a placement group of one bundle per
+        worker (its CPUs and GPUs), removed on exit, failed run or not: the workers are killed
+        and what they reserved is released at once (see the module docstring)."""
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        args = self.map_batches_args(ray, items)
+        bundle = {"CPU": float(self.cpus_per_worker)}
+        if self.gpus_per_worker:
+            bundle["GPU"] = float(self.gpus_per_worker)
+        group = placement_group([dict(bundle) for _ in range(args["compute"].min_size)])
+        try:
+            # passed as a Ray remote argument (which Ray 2.60 marks deprecated for Ray 2.64)
+            yield args | {"scheduling_strategy": PlacementGroupSchedulingStrategy(group)}
+        finally:
+            remove_placement_group(group)
+
 
 @contextlib.contextmanager
 def connect(address: str | None, progress: bool = False) -> Iterator:
@@ -139,7 +165,13 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+_RAISED = re.compile(r"^(?:\w+\.)*\w*(?:Error|Exception|Exit|Interrupt)(?:: .*)?$")
+
+
 def worker_error(error: BaseException) -> str:
-    """The last line of a Ray error's text: the worker's own exception, e.g. ``ValueError: ...``."""
+    """The worker's own exception in a Ray error's text, e.g. ``ValueError: ...`` (its last
+    line naming an exception outside Ray, which Ray Data follows with its own advice), else
+    the text's last line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    raised = [line for line in lines if _RAISED.match(line) and not line.startswith("ray.")]
+    return raised[-1] if raised else lines[-1] if lines else type(error).__name__

@@ -178,12 +178,14 @@ def build_bank_ray(
             "fault_once": os.environ.get(FAULT_ENV) or None,
         }  # fmt: skip
         try:
-            with connect(options.address) as ray:
+            with (
+                connect(options.address) as ray,
+                options.worker_pool(ray, len(items)) as pool,
+            ):
                 blocks = -(-len(items) // options.batch_size)
                 rows = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-                    BankWorker, fn_constructor_kwargs=kwargs,
-                    **options.map_batches_args(ray, len(items)),
-                )  # fmt: skip
+                    BankWorker, fn_constructor_kwargs=kwargs, **pool
+                )
                 bar = tqdm(total=len(items), desc="bank", unit="img", disable=not progress)
                 for row in rows.iter_rows():
                     if row["prints"] != expected:

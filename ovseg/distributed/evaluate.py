@@ -93,7 +93,7 @@ def evaluate_dataset(
     cm = plan.matrix()
     items = [{"index": i} for i in range(plan.count)]
     try:
-        with connect(address) as ray:
+        with connect(address) as ray, ray_options.worker_pool(ray, len(items)) as pool:
             rows = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))
             rows = rows.map_batches(
                 EvalWorker,
@@ -102,7 +102,7 @@ def evaluate_dataset(
                     "threads": ray_options.threads(),
                     "fault_once": os.environ.get(FAULT_ENV),
                 },
-                **ray_options.map_batches_args(ray, len(items)),
+                **pool,
             )
             bar = tqdm(total=plan.count, desc=f"eval {plan.dataset.kind}", disable=not progress)
             for row in rows.iter_rows():

@@ -271,12 +271,13 @@ def _stream(out: Path, settings, todo, ray_options, device, progress, summary) -
         "threads": ray_options.threads(), "fault_once": os.environ.get(FAULT_ENV) or None,
     }  # fmt: skip
     try:
-        with connect(ray_options.address) as ray:
+        with (
+            connect(ray_options.address) as ray,
+            ray_options.worker_pool(ray, len(items)) as pool,
+        ):
             blocks = -(-len(items) // ray_options.batch_size)  # one block per batch: one task
             data = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-                SegmentWorker,
-                fn_constructor_kwargs=kwargs,
-                **ray_options.map_batches_args(ray, len(items)),
+                SegmentWorker, fn_constructor_kwargs=kwargs, **pool
             )
             bar = tqdm(total=len(items), desc="segment", unit="img", disable=not progress)
             try:

@@ -1,11 +1,13 @@
 """Readers for segmentation benchmarks in their standard on-disk layouts.
 
 Every dataset is a lazy sequence of :class:`Sample` ``(name, image, label)``: ``image`` is RGB
-uint8 (H, W, 3), ``label`` int64 (H, W) with class indices in ``[0, K)`` and :data:`IGNORE`
-(255) for pixels the metric skips. ``dataset.classes`` holds the K report names and
-``dataset.prompts`` the K prompt strings (synonyms separated by ``"; "``) from the class-name
-file of the benchmark. ``dataset.background_index`` is the index of a catch-all background
-class (VOC21, Context60, COCO-Object) or None.
+uint8 (H, W, 3), ``label`` int64 (H, W) with class indices in ``[0, K)`` and the dataset's
+``ignore_index`` for pixels the metric skips: :data:`IGNORE` (255), or :data:`IGNORE_WIDE`
+(65535) for the benchmarks with more than 255 classes (ADE20K-847, Context-459).
+``dataset.classes`` holds the K report names and ``dataset.prompts`` the K prompt strings
+(synonyms separated by ``"; "``) from the class-name file of the benchmark.
+``dataset.background_index`` is the index of a catch-all background class (VOC21, Context60,
+COCO-Object) or None.
 
 Kinds and expected layouts (``root`` is the folder named first):
 
@@ -16,6 +18,14 @@ Kinds and expected layouts (``root`` is the folder named first):
   val.txt`` (Context59 drops background).
 - ``ade150``: ``ADEChallengeData2016/`` with ``images/validation/*.jpg``,
   ``annotations/validation/*.png`` (0 = ignore, class = value - 1).
+- ``ade847`` (ADE20K-full): ``ADE20K_2021_17_01/`` with ``images_detectron2/validation/*.jpg``
+  and ``annotations_detectron2/validation/*.tif``, as detectron2's
+  ``prepare_ade20k_full_sem_seg.py`` writes them from the ``ADE20K_2021_17_01`` release
+  (uint16 TIFF, value = class in 0..846, 65535 = ignore).
+- ``context459``: ``VOC2010/`` with ``JPEGImages/``, ``annotations_detectron2/pc459_val/*.tif``
+  (CAT-Seg's ``prepare_pascal_context_459.py``: the full ``LabelMap`` minus 1 as uint16 TIFF,
+  value = class in 0..458, 65535 = ignore) and ``ImageSets/SegmentationContext/val.txt`` (used
+  when present, as CorrCLIPv2's config does).
 - ``cityscapes``: ``leftImg8bit/val/CITY/*_leftImg8bit.png``, ``gtFine/val/CITY/
   *_gtFine_labelIds.png`` (label ids mapped to the 19 train ids, others ignored).
 - ``coco_stuff171``: ``images/val2017/*.jpg``, ``annotations/val2017/*_labelTrainIds.png``
@@ -31,14 +41,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-IGNORE = 255
-_INVALID = -2
+from ovseg.eval.labels import (
+    CITYSCAPES_TRAIN_IDS,
+    COCO_UNUSED_IDS,
+    IGNORE,
+    IGNORE_WIDE,
+    INVALID,
+    builtin_classnames,
+    identity_lut,
+    lut_of,
+    parse_classnames,
+    reduce_zero_lut,
+    wide_lut,
+)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 KINDS = (
     "voc21",
@@ -49,106 +70,29 @@ KINDS = (
     "coco_stuff171",
     "cityscapes",
     "ade150",
+    "ade847",
+    "context459",
     "camvid",
     "folder",
 )
-
-# Cityscapes label id -> train id (the 19 evaluated classes); other ids are ignored.
-CITYSCAPES_TRAIN_IDS = {
-    7: 0,
-    8: 1,
-    11: 2,
-    12: 3,
-    13: 4,
-    17: 5,
-    19: 6,
-    20: 7,
-    21: 8,
-    22: 9,
-    23: 10,
-    24: 11,
-    25: 12,
-    26: 13,
-    27: 14,
-    28: 15,
-    31: 16,
-    32: 17,
-    33: 18,
-}
-# Raw COCO-Stuff maps store COCO category id - 1; these 11 ids are unused by COCO.
-COCO_UNUSED_IDS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
 
 
 @dataclass(frozen=True)
 class Sample:
     """One evaluation item: ``name`` (file stem), ``image`` uint8 (H, W, 3), ``label`` int64
-    (H, W) in ``[0, K)`` or :data:`IGNORE`."""
+    (H, W) in ``[0, K)`` or its dataset's ``ignore_index``."""
 
     name: str
     image: np.ndarray
     label: np.ndarray
 
 
-def parse_classnames(text: str) -> tuple[list[str], list[str]]:
-    """Parse a class-name file: one class per line, ``name`` or ``name: prompt; synonym; ...``
-    (a line without ``:`` but with ``;`` uses its first synonym as the name). Blank lines and
-    ``#`` comments are skipped. Returns ``(names, prompts)``."""
-    names, prompts = [], []
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if ":" in line:
-            name, prompt = (part.strip() for part in line.split(":", 1))
-        else:
-            name, prompt = line.split(";", 1)[0].strip(), line
-        syns = [s.strip() for s in prompt.split(";") if s.strip()]
-        if not name or not syns:
-            raise ValueError(f"bad class-name line {raw!r}: expected 'name' or 'name: a; b'")
-        names.append(name)
-        prompts.append("; ".join(syns))
-    if not names:
-        raise ValueError("class-name file lists no classes")
-    if len(set(names)) != len(names):
-        raise ValueError("class names must be distinct")
-    return names, prompts
-
-
-def builtin_classnames(kind: str) -> tuple[list[str], list[str]]:
-    """``(names, prompts)`` of a benchmark from ``ovseg/eval/classnames/<kind>.txt``."""
-    if kind not in KINDS or kind == "folder":
-        raise ValueError(f"no built-in class names for {kind!r}; known: {', '.join(KINDS[:-1])}")
-    folder = resources.files("ovseg.eval").joinpath("classnames")
-    text = folder.joinpath(f"{kind}.txt").read_text("utf-8")
-    return parse_classnames(text)
-
-
-def _lut(mapping: dict[int, int], size: int = 256) -> np.ndarray:
-    lut = np.full(size, _INVALID, np.int64)
-    for raw, value in mapping.items():
-        lut[raw] = value
-    return lut
-
-
-def identity_lut(k: int, ignore: int | None = IGNORE) -> np.ndarray:
-    """Raw value v < k -> v; ``ignore`` -> IGNORE; anything else is invalid."""
-    mapping = {v: v for v in range(k)}
-    if ignore is not None:
-        mapping[ignore] = IGNORE
-    mapping.setdefault(IGNORE, _INVALID)
-    return _lut(mapping)
-
-
-def reduce_zero_lut(k: int) -> np.ndarray:
-    """0 -> IGNORE, v in [1, k] -> v - 1, 255 -> IGNORE (ADE20K, VOC20, Context59)."""
-    return _lut({0: IGNORE, IGNORE: IGNORE, **{v: v - 1 for v in range(1, k + 1)}})
-
-
 class SegDataset(Sequence):
     """Lazy list of (stem, image path, label path) read on access.
 
-    ``lut`` maps raw label values (uint8 / uint16 PNG) to classes or IGNORE; values it marks
-    invalid raise ValueError naming the file.
+    ``lut`` maps raw label values (uint8 / uint16 PNG or TIFF) to classes or ``ignore_index``
+    (:data:`IGNORE`, or :data:`IGNORE_WIDE` for more than 255 classes); values it marks invalid
+    raise ValueError naming the file.
     """
 
     def __init__(
@@ -160,15 +104,19 @@ class SegDataset(Sequence):
         prompts: list[str],
         lut: np.ndarray,
         background_index: int | None = None,
+        ignore_index: int = IGNORE,
     ) -> None:
         if not items:
             raise FileNotFoundError(f"no image/label pairs found for {kind!r} under {root}")
-        if len(classes) > IGNORE:
-            raise ValueError(f"at most {IGNORE} classes are supported, got {len(classes)}")
+        if len(classes) > ignore_index:
+            raise ValueError(
+                f"at most {ignore_index} classes are supported with ignore index "
+                f"{ignore_index}, got {len(classes)}"
+            )
         self.kind, self.root, self.items = kind, Path(root), items
         self.classes, self.prompts = list(classes), list(prompts)
         self.lut, self.background_index = lut, background_index
-        self.ignore_index = IGNORE
+        self.ignore_index = ignore_index
 
     def __len__(self) -> int:
         return len(self.items)
@@ -199,7 +147,7 @@ class SegDataset(Sequence):
         return load_image(self.items[index][1])
 
     def load_label(self, index: int) -> np.ndarray:
-        """Converted label of item ``index``: int64 (H, W) in [0, K) or IGNORE."""
+        """Converted label of item ``index``: int64 (H, W) in [0, K) or ``ignore_index``."""
         path = self.items[index][2]
         try:
             with Image.open(path) as im:
@@ -212,10 +160,10 @@ class SegDataset(Sequence):
             raise ValueError(f"label {path} must hold non-negative integers")
         lut = self.lut
         if raw.max() >= len(lut):
-            lut = np.concatenate([lut, np.full(int(raw.max()) + 1 - len(lut), _INVALID)])
+            lut = np.concatenate([lut, np.full(int(raw.max()) + 1 - len(lut), INVALID)])
         label = lut[raw.astype(np.int64)]
-        if (label == _INVALID).any():
-            bad = np.unique(raw[label == _INVALID])[:8].tolist()
+        if (label == INVALID).any():
+            bad = np.unique(raw[label == INVALID])[:8].tolist()
             raise ValueError(
                 f"label {path} has values {bad} outside the {len(self.classes)} "
                 f"classes of {self.kind!r} and its ignore values"
@@ -250,6 +198,8 @@ def _pairs(
         stems = sorted(
             p.name[: -len(label_suffix)] for p in labels.iterdir() if p.name.endswith(label_suffix)
         )
+        if not stems:
+            raise FileNotFoundError(f"no '*{label_suffix}' labels in {labels}")
     by_stem = {p.stem: p for p in images.iterdir() if p.suffix.lower() in image_suffixes}
     items = []
     for stem in stems:
@@ -286,6 +236,28 @@ def _ade(root: Path, split: str) -> SegDataset:
     return SegDataset("ade150", root, items, names, prompts, reduce_zero_lut(150))
 
 
+def _ade847(root: Path, split: str) -> SegDataset:
+    base = _first_with(root, (".", "ADE20K_2021_17_01"), "annotations_detectron2")
+    sub = {"val": "validation"}.get(split, split)
+    images, labels = base / "images_detectron2" / sub, base / "annotations_detectron2" / sub
+    _require(labels, "16-bit TIFF labels (detectron2's prepare_ade20k_full_sem_seg.py)")
+    items = _pairs(images, labels, label_suffix=".tif")
+    names, prompts = builtin_classnames("ade847")
+    lut = wide_lut(len(names))
+    return SegDataset("ade847", root, items, names, prompts, lut, ignore_index=IGNORE_WIDE)
+
+
+def _context459(root: Path, split: str) -> SegDataset:
+    candidates = (".", "VOC2010", "VOCdevkit/VOC2010")
+    base = _first_with(root, candidates, f"annotations_detectron2/pc459_{split}")
+    labels = base / "annotations_detectron2" / f"pc459_{split}"
+    stems = _split_stems(base / "ImageSets" / "SegmentationContext" / f"{split}.txt")
+    items = _pairs(base / "JPEGImages", labels, stems, label_suffix=".tif")
+    names, prompts = builtin_classnames("context459")
+    lut = wide_lut(len(names))
+    return SegDataset("context459", root, items, names, prompts, lut, ignore_index=IGNORE_WIDE)
+
+
 def _cityscapes(root: Path, split: str) -> SegDataset:
     base = _first_with(root, (".", "cityscapes"), "gtFine")
     img_dir, gt_dir = base / "leftImg8bit" / split, _require(base / "gtFine" / split, "gtFine")
@@ -297,7 +269,7 @@ def _cityscapes(root: Path, split: str) -> SegDataset:
         items.append((stem, _require(image, "a leftImg8bit image"), label))
     mapping = {v: CITYSCAPES_TRAIN_IDS.get(v, IGNORE) for v in range(34)}
     names, prompts = builtin_classnames("cityscapes")
-    return SegDataset("cityscapes", root, items, names, prompts, _lut({**mapping, 255: IGNORE}))
+    return SegDataset("cityscapes", root, items, names, prompts, lut_of({**mapping, 255: IGNORE}))
 
 
 def _coco(root: Path, kind: str, split: str) -> SegDataset:
@@ -313,7 +285,7 @@ def _coco(root: Path, kind: str, split: str) -> SegDataset:
         return SegDataset(kind, root, items, names, prompts, identity_lut(171))
     used = [i for i in range(182) if i not in COCO_UNUSED_IDS]
     items = _pairs(images, labels)
-    lut = _lut({**{raw: i for i, raw in enumerate(used)}, 255: IGNORE})
+    lut = lut_of({**{raw: i for i, raw in enumerate(used)}, 255: IGNORE})
     return SegDataset(kind, root, items, names, prompts, lut)
 
 
@@ -345,6 +317,8 @@ def detect_kind(root: str | Path) -> str:
         ("folder", lambda r: (r / "classes.txt").exists()),
         ("voc21", lambda r: any(r.glob("**/SegmentationClass"))),
         ("context60", lambda r: any(r.glob("**/SegmentationClassContext"))),
+        ("context459", lambda r: any(r.glob("**/annotations_detectron2/pc459_*"))),
+        ("ade847", lambda r: any(r.glob("**/annotations_detectron2/validation"))),
         ("cityscapes", lambda r: any(r.glob("**/gtFine"))),
         ("ade150", lambda r: any(r.glob("**/annotations/validation"))),
         ("coco_object", lambda r: any(r.glob("**/annotations/*/*_instanceTrainIds.png"))),
@@ -381,6 +355,10 @@ def open_dataset(
         return _voc(root, kind, split)
     if kind == "ade150":
         return _ade(root, split)
+    if kind == "ade847":
+        return _ade847(root, split)
+    if kind == "context459":
+        return _context459(root, split)
     if kind == "cityscapes":
         return _cityscapes(root, split)
     if kind in ("coco_object", "coco_stuff171"):

@@ -13,6 +13,7 @@ import numpy as np
 from ovseg._io import atomic_write, atomic_write_text
 from ovseg.eval.metrics import ConfusionMatrix
 
+MAX_TICK_LABELS = 200  # more class names than this on an axis are unreadable (and slow to draw)
 HEADLINE = (
     ("miou", "mIoU"),
     ("fwiou", "fwIoU"),
@@ -64,23 +65,27 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
-    """Row-normalised confusion matrix (rows: truth, columns: prediction + unlabeled) as PNG."""
+    """Row-normalised confusion matrix (rows: truth, columns: prediction + unlabeled) as PNG;
+    class names on the axes up to :data:`MAX_TICK_LABELS` classes (indices beyond)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     k = len(classes)
     rows = matrix.sum(axis=1, keepdims=True)
     norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
-    side = min(4 + 0.3 * k, 40)
+    side = min(4 + 0.3 * k, 40 if k <= MAX_TICK_LABELS else 20)
     fig = Figure(figsize=(side + 1, side))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     image = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true pixels")
-    font = max(4, 10 - k // 20)
-    ax.set_xticks(range(k + 1), [*classes, "unlabeled"], rotation=90, fontsize=font)
-    ax.set_yticks(range(k), classes, fontsize=font)
-    ax.set_xlabel("predicted")
+    if k <= MAX_TICK_LABELS:
+        font = max(4, 10 - k // 20)
+        ax.set_xticks(range(k + 1), [*classes, "unlabeled"], rotation=90, fontsize=font)
+        ax.set_yticks(range(k), classes, fontsize=font)
+    ax.set_xlabel(
+        "predicted (class index; last column: unlabeled)" if k > MAX_TICK_LABELS else "predicted"
+    )
     ax.set_ylabel("ground truth")
     ax.set_title(title)
     fig.tight_layout()

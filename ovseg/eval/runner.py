@@ -9,9 +9,9 @@ Three modes (predictions in :mod:`ovseg.eval.predict`):
 - ``oracle``: the same SAM proposals, but each proposal takes the majority ground-truth class of
   its pixels (ignored pixels excluded; a proposal of only ignored pixels gets none), then the
   same fusion: the mIoU ceiling the proposals allow;
-- ``predictions``: saved label PNGs (class ``i`` = value ``i``, 255 = unlabeled, matched by
-  stem as ``STEM.png``, ``STEM_labels.png`` or ``FILE_labels.png``) are scored without any
-  model.
+- ``predictions``: saved label PNGs (class ``i`` = value ``i``, 255 = unlabeled; 16-bit PNGs
+  with 65535 = unlabeled for benchmarks with more than 255 classes; matched by stem as
+  ``STEM.png``, ``STEM_labels.png`` or ``FILE_labels.png``) are scored without any model.
 
 Protocol of ``sam-clip``: on benchmarks with a background class (VOC21, Context60,
 COCO-Object) the background words of the class-name file are background names, and pixels
@@ -77,6 +77,8 @@ PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
     "coco_stuff171": {"short_side": 448, "score_threshold": 0.0},
     "cityscapes": {"short_side": 560, "score_threshold": 0.0},
     "ade150": {"short_side": 336, "score_threshold": 0.0},
+    "ade847": {"short_side": 336, "score_threshold": 0.0},
+    "context459": {"short_side": 336, "score_threshold": 0.0},
     "camvid": {"short_side": None, "score_threshold": 0.0},
     "folder": {"short_side": None, "score_threshold": 0.0},
 }

@@ -40,8 +40,10 @@ from typing import ClassVar
 from ovseg.methods.region_options import RegionOptions
 
 __all__ = [
+    "ALL_DATASETS",
     "DATASETS",
     "CorrClipConfig",
+    "EXTRA_DATASETS",
     "METHODS",
     "MethodConfig",
     "NaclipConfig",
@@ -61,6 +63,10 @@ DATASETS = (
     "cityscapes",
     "ade20k",
 )
+# Benchmarks with many classes that only some references configure (CorrCLIPv2: ADE20K-full
+# with 847 classes, PASCAL Context with 459); any method may run on them with its defaults.
+EXTRA_DATASETS = ("ade847", "context459")
+ALL_DATASETS = DATASETS + EXTRA_DATASETS
 REFINES = (None, "masks")
 
 
@@ -116,8 +122,8 @@ class MethodConfig:
     refine: str | None = None
 
     def __post_init__(self) -> None:
-        if self.dataset is not None and self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be None or one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset is not None and self.dataset not in ALL_DATASETS:
+            raise ValueError(f"dataset must be None or one of {ALL_DATASETS}, got {self.dataset!r}")
         real_in(self, "score_threshold", 0.0, 1.0)
         if self.refine not in REFINES:
             raise ValueError(f"refine must be one of {REFINES}, got {self.refine!r}")
@@ -351,8 +357,8 @@ def preset(
         ValueError: unknown dataset or option name, or a value out of range (the message names
             the option and its allowed range).
     """
-    if dataset is not None and dataset not in DATASETS:
-        raise ValueError(f"dataset must be None or one of {DATASETS}, got {dataset!r}")
+    if dataset is not None and dataset not in ALL_DATASETS:
+        raise ValueError(f"dataset must be None or one of {ALL_DATASETS}, got {dataset!r}")
     allowed = cls.options()
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:

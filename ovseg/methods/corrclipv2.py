@@ -40,9 +40,12 @@ Reference defaults (``configs/base_config.py``): CLIP MetaCLIP ViT-L/14 QuickGEL
 (``metaclip_fullcc``; ViT-B/16 for the B rows), VFM C-RADIOv3-L (``radiov3``), bank ``coco``,
 auxiliary CLIP ``hf-hub:apple/DFN2B-CLIP-ViT-B-16`` (store ``dfnclip_b``), ``num_support`` 20,
 mask generator EntitySeg (pre-computed masks for the published rows). Per dataset
-(:meth:`CorrCLIPv2.configure`, from ``configs/cfg_*.py``): short side 336 (ADE20K, ADE-847 448;
-Cityscapes 784), windows 336 / 112 (Cityscapes 224 / 112), ``prob_threshold`` VOC21 0.2,
-Context60 0.15, COCO-Object 0.25, else 0.
+(:meth:`CorrCLIPv2.configure`, from ``configs/cfg_*.py``, on the ten benchmarks: the eight,
+ADE20K-847 ``ade847`` and PASCAL Context-459 ``context459``): short side 336 (ADE20K, ADE-847
+448; Cityscapes 784), windows 336 / 112 (Cityscapes 224 / 112), ``prob_threshold`` VOC21 0.2,
+Context60 0.15, COCO-Object 0.25, else 0. Class files (:meth:`CorrCLIPv2.class_file`):
+``CorrCLIPv2/configs/cls_*.txt``, which are CorrCLIP's but for Cityscapes, plus ADE-847's and
+Context-459's.
 """
 
 from __future__ import annotations
@@ -297,9 +300,9 @@ class CorrCLIPv2(CorrClip):
     @classmethod
     def class_file(cls, dataset: str) -> list[list[str]] | None:
         from ovseg.methods.classnames import class_names
-        from ovseg.methods.config import DATASETS
+        from ovseg.methods.config import ALL_DATASETS
 
-        return class_names("corrclip", dataset) if dataset in DATASETS else None
+        return class_names("corrclipv2", dataset) if dataset in ALL_DATASETS else None
 
     @classmethod
     def check_specs(cls, specs, flags: bool = False) -> None:
