@@ -28,14 +28,17 @@ __all__ = ["compose", "fuse", "mask_class_scores"]
 
 
 def _paint(masks: np.ndarray, scores: np.ndarray, score_threshold: float):
-    """The owner ``(H, W)`` (-1: none) of each pixel, and the kept masks strongest first."""
+    """The owner ``(H, W)`` int32 (-1: none) of each pixel, or None when no mask is kept,
+    and the kept masks strongest first."""
     n, h, w = masks.shape
     best = scores.argmax(1) if n else np.zeros(0, int)
     score = scores.max(1) if n else np.zeros(0, np.float32)
     areas = masks.reshape(n, h * w).sum(1)
     keep = np.flatnonzero((score > 0) & (score >= score_threshold) & (areas > 0))
+    if not len(keep):
+        return None, best, score, keep
     # Paint from weakest to strongest so the best mask wins; on equal scores, larger first.
-    owner = np.full((h, w), -1, np.int64)
+    owner = np.full((h, w), -1, np.int32)
     for i in keep[np.lexsort((-areas[keep], score[keep]))]:
         owner[masks[i]] = i
     return owner, best, score, keep[np.argsort(-score[keep], kind="stable")]
@@ -86,8 +89,11 @@ def compose(
             ``track_ids`` (N,) (video object ids, copied to ``Segment.track_id``).
         score_threshold: minimum mask score for a mask to label pixels, in [0, 1].
         image: optional RGB uint8 (H, W, 3) kept on the result for overlays.
+
+    ``labels`` (int32) and ``confidence`` (float32, 0 where unlabeled) become the result's
+    arrays without a copy when no mask paints over them (an output-sized array is held once).
     """
-    labels = np.asarray(labels).astype(np.int32)
+    labels = np.asarray(labels, dtype=np.int32)  # not copied unless a mask paints over it
     h, w = labels.shape
     k = len(classes)
     if probs is not None and (np.ndim(probs) != 3 or np.shape(probs) != (k, h, w)):
@@ -104,18 +110,13 @@ def compose(
     if track_ids is not None and len(track_ids) != n:
         raise ValueError(f"track_ids must have one id per mask ({n}), got {len(track_ids)}")
 
-    if probs is None:
-        conf = np.zeros((h, w), np.float32)
-    else:
-        index = np.clip(labels, 0, k - 1)[None].astype(np.int64)
-        conf = np.where(labels != UNLABELED, np.take_along_axis(probs, index, 0)[0], 0.0)
-    if confidence is not None:
-        conf = np.where((confidence > 0) & (labels != UNLABELED), confidence, conf)
+    conf = _confidence(labels, probs, confidence)
     owner, best, score, order = _paint(masks, mask_scores, score_threshold)
-    covered = owner >= 0
-    labels[covered] = best[owner[covered]]
-    conf = conf.astype(np.float32)
-    conf[covered] = score[owner[covered]]
+    if owner is not None:
+        covered = owner >= 0
+        labels, conf = labels.copy(), conf.copy()
+        labels[covered] = best[owner[covered]]
+        conf[covered] = score[owner[covered]]
 
     segments: list[Segment] = []
     segment_map = np.full((h, w), -1, np.int32)
@@ -148,9 +149,10 @@ def compose(
             own = inst_masks[i] & (labels == c) & (segment_map < 0)
             if 0 <= c < k and own.any():
                 add(own, c, float(conf[own].mean()), float(inst_scores[i]))
-    rest = (segment_map < 0) & (labels != UNLABELED)
-    for c in np.unique(labels[rest]):  # 3. the labelled pixels left, per class
-        own = rest & (labels == c)
+    for c in _classes_left(labels, segment_map, k):  # 3. the labelled pixels left, per class
+        own = labels == c
+        if segments:
+            own &= segment_map < 0
         add(own, int(c), float(conf[own].mean()), 0.0)
     return SegmentationResult(
         label_map=labels,
@@ -160,6 +162,35 @@ def compose(
         segment_map=segment_map,
         image=image,
     )
+
+
+def _confidence(labels: np.ndarray, probs, confidence) -> np.ndarray:
+    """float32 ``(H, W)``: ``confidence`` where > 0 on a labelled pixel, else the probability
+    of the pixel's label (0 without ``probs`` or where ``UNLABELED``). ``confidence`` itself
+    when it already is that (no copy of an output-sized array)."""
+    labelled = labels != UNLABELED
+    if probs is None:
+        conf = np.asarray(confidence if confidence is not None else 0.0, np.float32)
+        conf = np.broadcast_to(conf, labels.shape)
+        if conf.strides == (0, 0) or conf.min() < 0 or (conf[~labelled] > 0).any():
+            conf = np.where(labelled & (conf > 0), conf, np.float32(0))
+        return conf
+    index = np.clip(labels, 0, len(probs) - 1)[None].astype(np.int64)
+    conf = np.where(labelled, np.take_along_axis(probs, index, 0)[0], 0.0).astype(np.float32)
+    if confidence is not None:
+        np.copyto(conf, confidence, where=(confidence > 0) & labelled)
+    return conf
+
+
+def _classes_left(labels: np.ndarray, segment_map: np.ndarray, k: int, rows: int = 512):
+    """The classes in ``[0, k)`` of the labelled pixels no segment owns, ascending (counted
+    in blocks of ``rows`` rows: no output-sized temporary)."""
+    counts = np.zeros(k + 1, np.int64)
+    for r in range(0, labels.shape[0], rows):
+        lab = labels[r : r + rows]
+        free = lab[segment_map[r : r + rows] < 0]
+        counts += np.bincount(free.ravel() + 1, minlength=k + 1)
+    return np.flatnonzero(counts[1:])
 
 
 def fuse(

@@ -380,20 +380,16 @@ class Segmenter:
             scores = object_scores
             if objects is not None and scores is None:
                 scores = self._mask_scores(array, vocab, config, objects)
-        labels = np.where(finished.labels >= k, UNLABELED, finished.labels).astype(np.int32)
+        labels = finished.labels
+        if labels.size and labels.max() >= k:  # the background row: no class
+            labels = np.where(labels >= k, UNLABELED, labels)
         confidence = label_probability(full, labels)  # 0 where UNLABELED
+        del full  # from here on, only what the result keeps is held at the input size
         if finished.confidence is not None:  # the method's own score where it has one
             confidence = np.where(finished.confidence > 0, finished.confidence, confidence)
-        return compose(
-            labels,
-            None,
-            vocab.classes,
-            confidence=confidence,
-            instances=(finished.masks, finished.mask_classes, finished.mask_scores),
-            masks=None if objects is None else objects.masks,
-            mask_scores=scores,
-            proposal_scores=None if objects is None else objects.scores,
-            track_ids=track_ids,
-            score_threshold=config.score_threshold,
-            image=array,
-        )
+        own = (finished.masks, finished.mask_classes, finished.mask_scores)
+        masks, proposal = (None, None) if objects is None else (objects.masks, objects.scores)
+        return compose(labels, None, vocab.classes, confidence=confidence, instances=own,
+                       masks=masks, mask_scores=scores, proposal_scores=proposal,
+                       track_ids=track_ids, score_threshold=config.score_threshold,
+                       image=array)  # fmt: skip

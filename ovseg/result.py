@@ -148,11 +148,10 @@ class SegmentationResult:
         if conf.shape != shape or conf.dtype.kind != "f":
             raise ValueError(f"confidence must be float {shape}; got {conf.dtype} {conf.shape}")
         conf = np.ascontiguousarray(conf, dtype=np.float32)
-        if conf.size and (
-            not np.isfinite(conf).all() or conf.min() < -_EPS or conf.max() > 1 + _EPS
-        ):
-            raise ValueError(f"confidence must be in [0, 1]; found [{conf.min()}, {conf.max()}]")
-        self.confidence = np.clip(conf, 0.0, 1.0)
+        low, high = (conf.min(), conf.max()) if conf.size else (0.0, 0.0)
+        if not -_EPS <= low <= high <= 1 + _EPS:  # NaN fails too (inf is out of range)
+            raise ValueError(f"confidence must be in [0, 1]; found [{low}, {high}]")
+        self.confidence = conf if 0 <= low and high <= 1 else np.clip(conf, 0.0, 1.0)
         self.segments = list(self.segments)
         for seg in self.segments:
             if not isinstance(seg, Segment):

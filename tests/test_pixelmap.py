@@ -341,3 +341,14 @@ def test_predict_memory_is_the_output_plus_a_tile():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     grown_mb = float(out.stdout.strip().splitlines()[-1])
     assert grown_mb < 128, grown_mb
+
+
+def test_predict_returns_its_own_arrays_and_pick_notices_changes():
+    probs = _probs_tensor(h=45, w=38)
+    pm = PixelMap.from_tensor(probs, tile_size=17)
+    labels, confidence = pm.predict()
+    assert pm.predict()[0] is not labels  # each call its own arrays, remembered (not copied)
+    labels, confidence = pm.predict()
+    labels[:5] = (labels[:5] + 1) % 5  # the caller changes them in place
+    expected = np.take_along_axis(probs.numpy(), labels[None].astype(np.int64), 0)[0]
+    np.testing.assert_array_equal(pm.pick(labels), expected)  # a pass, not the stale values

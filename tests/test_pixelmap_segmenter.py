@@ -122,3 +122,27 @@ def test_area_rule_on_a_map(image, small_tiles):
     assert len(np.unique(a.label_map)) == 2
     clear = np.abs(kept[0] - kept[1]) > MARGIN
     np.testing.assert_array_equal(b.label_map[clear], a.label_map[clear])
+
+
+def test_output_sized_arrays_are_held_once(monkeypatch):
+    """After a tiled map, segment() holds the output and a few bytes per pixel more: the
+    prediction, its confidence and the fused arrays are not copied along the way (numpy's
+    allocations, traced; the torch tiles are bounded by the map's work_bytes)."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    monkeypatch.setattr(PixelMap, "tile_size", property(lambda self: 128))
+    seg = Segmenter(None, "tiny-random", "cpu", method="sclip")
+    seg.method.map_bytes = 0
+    image = _image(300, 400)
+    seg.segment(image, CLASSES)  # imports, text embeddings
+    seg._probs_cache = None
+    tracemalloc.start()
+    try:
+        result = seg.segment(image, CLASSES)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    pixels = image.shape[0] * image.shape[1]
+    # the image's copy (3 B), labels, confidence, segment map (4 B each), one byte per segment
+    output = (3 + 4 + 4 + 4 + len(result.segments)) * pixels
+    assert held < output + pixels  # nothing output-sized besides the result is left
+    assert peak < held + 14 * pixels  # before: labels int64, copies, an owner map: +38 B/px

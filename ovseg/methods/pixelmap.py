@@ -63,9 +63,12 @@ from ovseg.methods.tiles import (
     check_predict_args,
     check_size,
     check_span,
+    digest,
     group_rows,
     positive_int,
     row_plan,
+    same_where_valid,
+    zero_where_invalid,
 )
 
 __all__ = ["DEFAULT_WORK_BYTES", "PixelMap"]
@@ -102,7 +105,7 @@ class PixelMap:
         self.shape = (rows, *source.size)
         self.work_bytes = positive_int(work_bytes, "work_bytes")
         self._tile_size = None if tile_size is None else positive_int(tile_size, "tile_size")
-        self._predicted: tuple[np.ndarray, np.ndarray] | None = None  # the last predict()
+        self._predicted: tuple[np.ndarray, np.ndarray, bytes] | None = None  # the last predict()
 
     # -- constructors
     @classmethod
@@ -278,7 +281,9 @@ class PixelMap:
 
         Returns:
             ``labels`` int32 ``(H, W)`` in ``[0, C)`` and ``confidence`` float32 ``(H, W)``, the
-            map's probability of each pixel's label (before the area rule's zeroing).
+            map's probability of each pixel's label (before the area rule's zeroing). The map
+            remembers both (not a copy: the output is held once) so that :meth:`pick` of these
+            labels needs no pass; a caller changing them in place only costs that shortcut.
         """
         c, h, w = self.shape
         check_predict_args(c, prob_threshold, area_threshold, background_class)
@@ -303,8 +308,8 @@ class PixelMap:
                 labels[rows, cols] = lab.cpu().numpy()
                 confidence[rows, cols] = top.cpu().numpy()
             if not area_rule:
-                self._predicted = (labels, confidence)
-                return labels.copy(), confidence.copy()
+                self._predicted = (labels, confidence, digest(labels, confidence))
+                return labels, confidence
             fg = torch.ones(c, dtype=torch.bool)
             fg[bg] = False
             area = counts.to(torch.float32)[fg]
@@ -328,8 +333,8 @@ class PixelMap:
                     low = confidence[rows, cols] < prob_threshold
                     labels[rows, cols][low] = bg
                     confidence[rows, cols][low] = bg_prob[rows, cols][low]
-        self._predicted = (labels, confidence)
-        return labels.copy(), confidence.copy()
+        self._predicted = (labels, confidence, digest(labels, confidence))
+        return labels, confidence
 
     def pick(self, labels: np.ndarray, tile_size: int | None = None) -> np.ndarray:
         """The map's value of each pixel's row: float32 ``(H, W)``, 0 where ``labels`` is
@@ -339,11 +344,14 @@ class PixelMap:
         labels = np.asarray(labels)
         if labels.shape != self.size or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"labels must be an int array of shape {self.size}")
-        valid = (labels >= 0) & (labels < self.num_classes)
         if self._predicted is not None:
-            known, confidence = self._predicted
-            if np.array_equal(np.where(valid, labels, known), known):
-                return np.where(valid, confidence, 0.0).astype(np.float32)
+            known, confidence, kept = self._predicted
+            if digest(known, confidence) == kept and same_where_valid(
+                labels, known, self.num_classes
+            ):
+                out = confidence.copy()
+                zero_where_invalid(out, labels, self.num_classes)
+                return out
         out = np.zeros(self.size, np.float32)
         with torch.inference_mode():
             for rows, cols, p in self.tiles(tile_size):

@@ -63,8 +63,8 @@ class Finished:
     """What a method's last step leaves: the final map and the instances behind it.
 
     Attributes:
-        labels: int64 ``(H, W)`` in ``[0, C)``, C the rows of the probabilities it finished,
-            or -1 where no class fits.
+        labels: int ``(H, W)`` (int64, or int32 from a map) in ``[0, C)``, C the rows of the
+            probabilities it finished, or -1 where no class fits.
         masks: bool ``(N, H, W)``, instances behind the map (Trident's kept SAM masks,
             CorrCLIP's regions), or None.
         mask_classes: int ``(N,)``, the class of each instance (those outside ``[0, C)`` are
@@ -203,10 +203,11 @@ class Method(ABC):
     def predict(
         self, probs: torch.Tensor | PixelMap, config: MethodConfig, background: int | None
     ) -> np.ndarray:
-        """Labels int64 ``(H, W)`` in ``[0, C)`` (or -1: no class) from ``(C, H, W)``
+        """Labels int ``(H, W)`` in ``[0, C)`` (or -1: no class) from ``(C, H, W)``
         probabilities: the references' rule (:func:`~ovseg.methods.dense.predict_labels`:
         SCLIP's area rule, argmax, ``prob_threshold`` -> ``background``; on a map,
-        :meth:`~ovseg.methods.pixelmap.PixelMap.predict`, tile by tile)."""
+        :meth:`~ovseg.methods.pixelmap.PixelMap.predict`, tile by tile: int32, the map's
+        own array, which its ``pick`` answers without a pass)."""
         from ovseg.methods.dense import predict_labels
 
         if isinstance(probs, PixelMap):
@@ -215,7 +216,7 @@ class Method(ABC):
                 area_threshold=getattr(config, "area_threshold", None),
                 background_class=background,
             )
-            return labels.astype(np.int64)
+            return labels
 
         return predict_labels(probs, config, background).cpu().numpy()
 

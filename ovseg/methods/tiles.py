@@ -9,11 +9,14 @@ the sources a map's tiles come from, and the regrouping of rows.
   (low-resolution logits -> resize -> PAMR with its halo -> softmax), :class:`MapSource` and
   :class:`ResizeSource` (another map, as is or resized);
 - :func:`group_rows`: row ``j`` = max over a group of rows (a class over its queries, a
-  background row over the background names).
+  background row over the background names);
+- :func:`digest`, :func:`same_where_valid`, :func:`zero_where_invalid`: a remembered
+  prediction's checks, in row blocks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -363,3 +366,32 @@ def check_predict_args(c, prob_threshold, area_threshold, background_class) -> N
         raise ValueError(
             f"background_class must be None or an int in [0, {c}), got {background_class!r}"
         )
+
+
+# ----------------------------------------------------------------------------- predictions
+_ROWS = 512  # rows per block of the full-size comparisons below (bounded temporaries)
+
+
+def digest(*arrays: np.ndarray) -> bytes:
+    """A content hash of ``arrays`` (to notice a caller changing a remembered prediction)."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).data)
+    return h.digest()
+
+
+def same_where_valid(labels: np.ndarray, known: np.ndarray, c: int) -> bool:
+    """Whether ``labels`` equals ``known`` wherever it is in ``[0, c)``, row block by block."""
+    for r in range(0, labels.shape[0], _ROWS):
+        lab, ref = labels[r : r + _ROWS], known[r : r + _ROWS]
+        valid = (lab >= 0) & (lab < c)
+        if not np.array_equal(lab[valid], ref[valid]):
+            return False
+    return True
+
+
+def zero_where_invalid(values: np.ndarray, labels: np.ndarray, c: int) -> None:
+    """Set ``values`` to 0 (in place) where ``labels`` is outside ``[0, c)``."""
+    for r in range(0, labels.shape[0], _ROWS):
+        lab = labels[r : r + _ROWS]
+        values[r : r + _ROWS][(lab < 0) | (lab >= c)] = 0.0
