@@ -7,6 +7,18 @@ below provide exactly that (installed only where mmseg / mmengine are not import
 :func:`build_reference` builds a method's reference segmentor on the CPU from an open_clip
 model's weights and returns a ``frame -> probabilities`` callable that applies mmseg's test
 pipeline (``Resize`` keep-ratio, bilinear; normalisation) and calls ``predict``.
+
+Per reference: its own CLIP class (OpenAI ``clip`` for SCLIP and NACLIP, its modified
+``open_clip`` otherwise) loaded with the benchmark's weights; DINO's own ``vision_transformer``
+where it loads DINO from ``torch.hub`` (ProxyCLIP, Trident, CorrCLIP); Trident's own
+``segment_anything`` SAM ViT-B, built by its ``sam_model_registry`` from a state dict file of the
+benchmark's SAM. Their float16 casts are kept float32 (``Tensor.half`` as the identity while
+they are built and called). Trident and CorrCLIP read the frame's path: the frame is written
+to a PNG (lossless) before each call, and CorrCLIP, built with ``mask_generator=None``, loads
+the region id map from ``<instance_mask_path>/<stem>.npz`` (written by ``call.set_regions``).
+Imports that the benchmarked configurations never reach are stubbed (ClearCLIP's BLIP and GEM,
+``openpyxl``, Trident's ``skimage`` for its refinement, CorrCLIP's optional EoMT, EntitySeg
+and SAM 2 generators).
 """
 
 from __future__ import annotations

@@ -1,26 +1,33 @@
 """Each training-free method against its reference repository's own code, side by side.
 
     python benchmarks/references.py --sclip /path/to/SCLIP --naclip /path/to/NACLIP \
-        [--clearclip /path/to/ClearCLIP] [--proxyclip /path/to/ProxyCLIP --dino-repo /path/to/dino]
-        [--data ../shared/data/camvid-val] [--frames 2]
+        [--clearclip /path/to/ClearCLIP] [--proxyclip /path/to/ProxyCLIP] \
+        [--trident /path/to/Trident] [--corrclip /path/to/CorrCLIP] \
+        [--dino-repo /path/to/dino] [--data ../shared/data/camvid-val] [--frames 2] \
         [--repeats 3] [--clip ViT-B-16] [-o benchmarks/results]
 
 A checkout path may also come from the environment (``OVSEG_SCLIP_REF``, ``OVSEG_NACLIP_REF``,
-``OVSEG_CLEARCLIP_REF``, ``OVSEG_PROXYCLIP_REF``, ``OVSEG_DINO_REF``). The reference code is
-imported from that path at run time (never vendored); its ``mmseg`` / ``mmengine`` imports are
-served by the minimal shims in ``benchmarks/reference_shims.py`` (only what the segmentor
-classes touch), and it runs on the CPU.
+``OVSEG_CLEARCLIP_REF``, ``OVSEG_PROXYCLIP_REF``, ``OVSEG_TRIDENT_REF``,
+``OVSEG_CORRCLIP_REF``, ``OVSEG_DINO_REF``). The reference code is imported from that path at
+run time (never vendored); its ``mmseg`` / ``mmengine`` imports are served by the minimal shims
+in ``benchmarks/reference_shims.py`` (only what the segmentor classes touch), and it runs on
+the CPU.
 
 Both sides get the same CLIP weights (an open_clip model with random weights, its state dict
-loaded into the reference's own CLIP class), the same frames (CamVid when present, else
-generated), the same classes (CamVid's eleven, one name each, the 80 ImageNet templates) and the
-same options (ovseg's method defaults, which are the references' segmentor defaults, passed
-to the reference constructor). The reference side is timed from the RGB frame: mmseg's test
-pipeline (``Resize`` keep-ratio to the short side, bilinear; normalisation) and
-``segmentor.predict``. The ovseg side is ``Segmenter.pixel_probabilities`` on a frame whose
-probabilities are not cached. Text embeddings are computed once per side and not timed. After
-one untimed warm-up call each, the repeats alternate reference and ovseg calls so that a change
-of load hits both; per frame is the median over frames x repeats.
+loaded into the reference's own CLIP class), the same DINO weights (ProxyCLIP and CorrCLIP:
+ViT-B/8, Trident: ViT-B/16, in DINO's own class), the same SAM ViT-B weights (Trident, in its
+own ``segment_anything``), the same frames (CamVid when present, else generated), the same
+classes (CamVid's eleven, one name each, the 80 ImageNet templates) and the same options
+(ovseg's method defaults, which are the references' segmentor defaults, passed to the reference
+constructor). Trident's reference runs without its SAM refinement (``sam_refinement=False``):
+both sides give the map before it. CorrCLIP gets the same region id map on both sides
+(:func:`regions_of`, written where its code loads pre-generated masks from); both sides time
+its majority vote. The reference side is timed from the RGB frame: mmseg's test pipeline
+(``Resize`` keep-ratio to the short side, bilinear; normalisation) and ``segmentor.predict``.
+The ovseg side is ``Segmenter.pixel_probabilities`` after ``clear_cache()`` (no cached
+probabilities or SAM embeddings). Text embeddings are computed once per side and not timed.
+After one untimed warm-up call each, the repeats alternate reference and ovseg calls so that a
+change of load hits both; per frame is the median over frames x repeats.
 
 Agreement: the largest absolute difference of the class probabilities (K, H, W) and the
 fraction of pixels whose argmax label agrees.
