@@ -7,6 +7,18 @@ below provide exactly that (installed only where mmseg / mmengine are not import
 :func:`build_reference` builds a method's reference segmentor on the CPU from an open_clip
 model's weights and returns a ``frame -> probabilities`` callable that applies mmseg's test
 pipeline (``Resize`` keep-ratio, bilinear; normalisation) and calls ``predict``.
+
+Per reference: its own CLIP class (OpenAI ``clip`` for SCLIP and NACLIP, its modified
+``open_clip`` otherwise) loaded with the benchmark's weights; DINO's own ``vision_transformer``
+where it loads DINO from ``torch.hub`` (ProxyCLIP, Trident, CorrCLIP); Trident's own
+``segment_anything`` SAM ViT-B, built by its ``sam_model_registry`` from a state dict file of the
+benchmark's SAM. Their float16 casts are kept float32 (``Tensor.half`` as the identity while
+they are built and called). Trident and CorrCLIP read the frame's path: the frame is written
+to a PNG (lossless) before each call, and CorrCLIP, built with ``mask_generator=None``, loads
+the region id map from ``<instance_mask_path>/<stem>.npz`` (written by ``call.set_regions``).
+Imports that the benchmarked configurations never reach are stubbed (ClearCLIP's BLIP and GEM,
+``openpyxl``, Trident's ``skimage`` for its refinement, CorrCLIP's optional EoMT, EntitySeg
+and SAM 2 generators).
 """
 
 from __future__ import annotations
@@ -236,12 +248,10 @@ def _float32_half():
         torch.Tensor.half = half
 
 
-def _proxyclip(checkout, model, names_file, cfg, tmp, dino=None, dino_checkout=None):
+def _ref_dino(dino, dino_checkout):
+    """DINO's own ViT class (what its ``torch.hub`` entry builds) with ``dino``'s weights."""
     if dino is None or dino_checkout is None:
-        raise ValueError(
-            "ProxyCLIP's reference needs DINO's code: --dino-repo (facebookresearch/dino)"
-        )
-    # DINO's own ViT class (what its torch.hub entry builds), with the benchmark's DINO weights
+        raise ValueError("the reference needs DINO's code: --dino-repo (facebookresearch/dino)")
     vit = import_reference(
         dino_checkout,
         "vision_transformer",
@@ -252,28 +262,117 @@ def _proxyclip(checkout, model, names_file, cfg, tmp, dino=None, dino_checkout=N
     width = dino.cls_token.shape[-1]
     ref_dino = {384: vit.vit_small, 768: vit.vit_base}[width](patch_size=patch)
     ref_dino.load_state_dict(dino.state_dict())
-    # its myutils imports openpyxl for spreadsheet logging, unused by the segmentor
-    mod = import_reference(checkout, "proxyclip_segmentor", {"openpyxl": _module("openpyxl")})
+    return ref_dino
+
+
+@contextlib.contextmanager
+def _hub(model):
+    """``torch.hub.load`` returning ``model`` (the references load DINO from the hub)."""
+    hub_load = torch.hub.load
+    torch.hub.load = lambda *args, **kwargs: model
+    try:
+        yield
+    finally:
+        torch.hub.load = hub_load
+
+
+def _own_clip(mod, model):
+    """The reference's own open_clip classes (its modified ViT) with the benchmark's weights, in
+    float32; its ``create_model`` then returns them whatever it is asked for."""
     net = mod.create_model(arch_of(model), pretrained=None, precision="fp32")
     net.load_state_dict(model.state_dict())
     mod.create_model = lambda *args, **kwargs: net
-    hub_load = torch.hub.load
-    torch.hub.load = lambda *args, **kwargs: ref_dino  # its DINO comes from torch.hub
-    try:
-        with _float32_half():  # it casts CLIP and DINO to float16 for a GPU: kept float32
-            seg = mod.ProxyCLIPSegmentation(
-                clip_type="openai",
-                model_type=arch_of(model),
-                vfm_model="dino",
-                name_path=str(names_file),
-                device=torch.device("cpu"),
-                beta=cfg.beta,
-                gamma=cfg.gamma,
-                **_slide(cfg),
-            )
-    finally:
-        torch.hub.load = hub_load
+    return net
+
+
+def _proxyclip(checkout, model, names_file, cfg, tmp, dino=None, dino_checkout=None, **_):
+    ref_dino = _ref_dino(dino, dino_checkout)
+    # its myutils imports openpyxl for spreadsheet logging, unused by the segmentor
+    mod = import_reference(checkout, "proxyclip_segmentor", {"openpyxl": _module("openpyxl")})
+    _own_clip(mod, model)
+    with _hub(ref_dino), _float32_half():  # it casts CLIP and DINO to float16 for a GPU
+        seg = mod.ProxyCLIPSegmentation(
+            clip_type="openai",
+            model_type=arch_of(model),
+            vfm_model="dino",
+            name_path=str(names_file),
+            device=torch.device("cpu"),
+            beta=cfg.beta,
+            gamma=cfg.gamma,
+            **_slide(cfg),
+        )
     seg.float_inputs = True
+    return seg
+
+
+def _trident(checkout, model, names_file, cfg, tmp, dino=None, dino_checkout=None, sam=None,
+             **_):  # fmt: skip
+    if sam is None:
+        raise ValueError("Trident's reference needs SAM's weights (a segment_anything Sam)")
+    ref_dino = _ref_dino(dino, dino_checkout)
+    # openpyxl (its myutils' spreadsheet logging) and skimage (its SAM refinement, off here)
+    stubs = {
+        "openpyxl": _module("openpyxl"),
+        "skimage": _module("skimage", measure=_module("skimage.measure")),
+    }
+    mod = import_reference(checkout, "trident", stubs)
+    _own_clip(mod, model)
+    ckpt = tmp / "sam.pt"  # its own segment_anything builds SAM and loads this state dict
+    torch.save({k: v.detach().clone() for k, v in sam.state_dict().items()}, ckpt)
+    patch = model.visual.conv1.kernel_size[0]
+    with _hub(ref_dino), _float32_half():  # it casts CLIP, DINO and SAM to float16
+        seg = mod.Trident(
+            clip_type="openai",
+            model_type=f"ViT-B/{patch}",  # it reads the patch from the name's last two digits
+            vfm_model="dino",
+            name_path=str(names_file),
+            device=torch.device("cpu"),
+            beta=cfg.beta,
+            gamma=cfg.gamma,
+            sam_refinement=False,  # ovseg's pixel probabilities are the map before it
+            sam_model_type="vit_b",
+            sam_ckpt=str(ckpt),
+            cos_fac=cfg.cos_fac,
+            refine_neg_cos=cfg.refine_neg_cos,
+            **{k: v for k, v in _slide(cfg).items()},
+        )
+    seg.float_inputs = True
+    seg.needs_file = True  # it reads the frame again from img_path (cv2.imread)
+    return seg
+
+
+def _corrclip(checkout, model, names_file, cfg, tmp, dino=None, dino_checkout=None,
+              regions=None, **_):  # fmt: skip
+    if regions is None:
+        raise ValueError("CorrCLIP's reference needs the region id map (regions=)")
+    ref_dino = _ref_dino(dino, dino_checkout)
+    if (checkout / "CorrCLIPv1").is_dir():
+        checkout = checkout / "CorrCLIPv1"
+    # its optional mask generators (EoMT, EntitySeg, SAM 2) are imported inside try blocks:
+    # empty stand-ins make those imports fail as they do where the packages are absent
+    stubs = {name: _module(name) for name in ("eomt", "CropFormer", "sam2", "detectron2")}
+    stubs["openpyxl"] = _module("openpyxl")
+    mod = import_reference(checkout, "corrclip_segmentor", stubs)
+    _own_clip(mod, model)
+    # mask_generator=None: it loads the instance mask of each frame from instance_mask_path
+    # (<stem>.npz, key instance_mask): the same id map ovseg is given
+    masks = tmp / "masks"
+    masks.mkdir(exist_ok=True)
+    np.savez(masks / "frame.npz", instance_mask=np.asarray(regions))
+    with _hub(ref_dino), _float32_half():
+        seg = mod.CorrCLIPSegmentation(
+            clip_type="openai",
+            model_type=arch_of(model),
+            dino_type="dino_vitb8",
+            name_path=str(names_file),
+            device=torch.device("cpu"),
+            instance_mask_path=str(masks),
+            mask_generator=None,
+            **_slide(cfg),
+        )
+    seg.float_inputs = True
+    seg.needs_file = True  # the mask file is named after img_path's stem
+    seg.logits_field = "seg_logit"  # its data sample field (the others: seg_logits)
     return seg
 
 
@@ -284,7 +383,14 @@ def arch_of(model) -> str:
     return arch + "-quickgelu" if quick else arch
 
 
-BUILDERS = {"sclip": _sclip, "naclip": _naclip, "clearclip": _clearclip, "proxyclip": _proxyclip}
+BUILDERS = {
+    "sclip": _sclip,
+    "naclip": _naclip,
+    "clearclip": _clearclip,
+    "proxyclip": _proxyclip,
+    "trident": _trident,
+    "corrclip": _corrclip,
+}
 
 
 def build_reference(name: str, checkout: Path, model, classes, cfg, tmp: Path, **extra):
@@ -295,15 +401,27 @@ def build_reference(name: str, checkout: Path, model, classes, cfg, tmp: Path, *
     names_file = tmp / "classes.txt"
     names_file.write_text("\n".join(classes) + "\n")
     seg = BUILDERS[name](checkout, model, names_file, cfg, tmp, **extra).eval()
+    frame_file = tmp / "frame.png"  # Trident and CorrCLIP read their frame's path
 
     def call(image: np.ndarray) -> np.ndarray:
         inputs = mmseg_inputs(image, cfg.short_side)
         h, w = image.shape[:2]
-        sample = DataSample(ori_shape=(h, w), img_shape=tuple(inputs.shape[2:]), img_path="x")
+        if getattr(seg, "needs_file", False):
+            cv2.imwrite(str(frame_file), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        sample = DataSample(
+            ori_shape=(h, w), img_shape=tuple(inputs.shape[2:]), img_path=str(frame_file)
+        )
+        sample.img_path = str(frame_file)  # Trident and CorrCLIP read it as an attribute
         keep = _float32_half() if getattr(seg, "float_inputs", False) else contextlib.nullcontext()
         with torch.no_grad(), keep:
             out = seg.predict(inputs, [sample])[0]
-        return out.seg_logits.data.float().numpy()
+        field = getattr(out, getattr(seg, "logits_field", "seg_logits"))
+        return field.data.float().numpy()
+
+    def set_regions(ids: np.ndarray) -> None:
+        """CorrCLIP: the instance mask its next ``predict`` loads (``<stem>.npz``)."""
+        np.savez(tmp / "masks" / f"{frame_file.stem}.npz", instance_mask=np.asarray(ids))
 
     call.segmentor = seg  # the reference object itself (its query features, options)
+    call.set_regions = set_regions
     return call

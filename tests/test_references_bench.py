@@ -130,3 +130,29 @@ def test_sclip_reference_matches_ovseg(tmp_path):
         ours = dense_probabilities("sclip", clip.visual, image, text, [0, 1, 2], 3, cfg)
     assert theirs.shape == (3, 190, 250)
     np.testing.assert_allclose(ours.numpy(), theirs, atol=2e-4)
+
+
+def test_trident_and_corrclip_checkouts(refs, tmp_path, capsys):
+    (tmp_path / "trident.py").write_text("")
+    (tmp_path / "CorrCLIPv1").mkdir()
+    (tmp_path / "CorrCLIPv1" / "corrclip_segmentor.py").write_text("")
+    assert "--dino-repo" in _error(refs, ["--trident", str(tmp_path)], capsys)
+    dino = tmp_path / "dino"
+    dino.mkdir()
+    (dino / "vision_transformer.py").write_text("")
+    args = refs.parse_args(
+        ["--trident", str(tmp_path), "--corrclip", str(tmp_path), "--dino-repo", str(dino)]
+    )
+    assert set(args.checkouts) == {"trident", "corrclip"}
+    assert refs.DINO["trident"] == "dino_vitb16" and refs.DINO["corrclip"] == "dino_vitb8"
+
+
+def test_corrclip_regions_are_numbered_by_area(refs):
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[:, 40:] = 200  # two colours: a left and a right half
+    image[10:30, 5:25] = 100  # a square inside the left half
+    ids = refs.regions_of(image, min_area=50)
+    assert ids.dtype == np.int64 and ids.shape == (60, 80)
+    areas = [int((ids == i).sum()) for i in range(1, int(ids.max()) + 1)]
+    assert areas == sorted(areas) and areas[0] == 400 and len(areas) == 3
+    assert (refs.regions_of(image, min_area=1000) == 0).sum() == 400  # the square left out
