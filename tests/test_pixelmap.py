@@ -36,6 +36,15 @@ def _low(q=8, h=23, w=31, seed=0, spread=0.3):
     return torch.randn(q, h, w, generator=g) * spread
 
 
+# Tiles against the whole-image tensors: torch's vectorised and scalar bilinear kernels (an
+# AVX2/AVX-512 CPU or not) round the source coordinates differently, a few units in the last
+# place of the values (measured up to 3.5e-6 on probabilities); a softmax at logit scale 40
+# multiplies that by up to 10 (1.9e-5 measured, 5.1e-5 after 10 PAMR steps). Window errors
+# (a missing halo, a wrong offset) are above 1e-3.
+TOL = 1e-5
+TOL_40 = 1e-4
+
+
 def _full_probs(low, size, scale=40.0, guide=None, steps=0, dilations=(8, 16)):
     logits = F.interpolate(low[None], size=size, mode="bilinear", align_corners=False)
     if steps:
@@ -83,7 +92,7 @@ def test_from_logits_equals_full_path(size, tile):
     pm = PixelMap.from_logits(low, size, 40.0, QUERY_CLASS, K, tile_size=tile)
     assert pm.shape == (K, *size)
     out = pm.numpy()
-    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out, ref, atol=TOL_40, rtol=0)
     assert not out[4].any()  # a class without queries is 0
 
 
@@ -91,7 +100,7 @@ def test_one_row_per_query_without_classes():
     low = _low(q=3)
     pm = PixelMap.from_logits(low[None], (40, 50), 10.0, tile_size=16)
     full = F.interpolate(low[None], size=(40, 50), mode="bilinear", align_corners=False)[0]
-    np.testing.assert_allclose(pm.numpy(), torch.softmax(full * 10, 0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(pm.numpy(), torch.softmax(full * 10, 0).numpy(), atol=TOL)
 
 
 # ----------------------------------------------------------------------------- PAMR halo
@@ -103,7 +112,7 @@ def test_pamr_tiles_equal_whole_image_pamr(tile):
     pm = PixelMap.from_logits(low, size, 40.0, QUERY_CLASS, K, guide=guide, pamr_steps=steps,
                               pamr_dilations=dilations, tile_size=tile)  # fmt: skip
     assert pamr_halo(steps, dilations) == 15  # interior tiles refine a window 2 x 15 wider
-    np.testing.assert_allclose(pm.numpy(), ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(pm.numpy(), ref, atol=TOL_40, rtol=0)
     # the halo is what makes the tiles exact: without it the tile borders are wrong
     pm._source.halo = 2
     assert np.abs(pm.numpy() - ref).max() > 1e-3
@@ -115,7 +124,7 @@ def test_naclip_pamr_settings_on_a_few_tiles():
     ref = _full_probs(low, size, 40.0, guide, 10, (8, 16)).numpy()
     pm = PixelMap.from_logits(low, size, 40.0, QUERY_CLASS, K, guide=guide, pamr_steps=10,
                               tile_size=190)  # fmt: skip
-    np.testing.assert_allclose(pm.numpy(), ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(pm.numpy(), ref, atol=2 * TOL_40, rtol=0)  # 10 PAMR steps
 
 
 # ----------------------------------------------------------------------------- predict
@@ -177,7 +186,7 @@ def test_predict_from_logits_where_the_margin_is_clear():
     assert clear.mean() > 0.9
     np.testing.assert_array_equal(labels[clear], ref[clear])
     np.testing.assert_allclose(conf, np.take_along_axis(p, labels[None].astype(int), 0)[0],
-                               atol=1e-5)  # fmt: skip
+                               atol=TOL_40)  # fmt: skip
 
 
 def test_predict_bad_arguments():
@@ -273,7 +282,7 @@ def test_resize_equals_interpolate(size):
     probs = _probs_tensor(h=109, w=145)
     pm = PixelMap.from_tensor(probs, tile_size=31).resize(size)
     full = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
-    np.testing.assert_allclose(pm.numpy(), full.numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(pm.numpy(), full.numpy(), atol=TOL, rtol=0)
 
 
 def test_tile_arguments_and_sizing():
