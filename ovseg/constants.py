@@ -6,6 +6,9 @@ UNLABELED = -1
 PNG_UNLABELED = 255
 """Pixel value of unlabeled pixels in exported label PNGs."""
 
+PNG_UNLABELED_WIDE = 65535
+"""Pixel value of unlabeled pixels in 16-bit label PNGs (benchmarks with over 255 classes)."""
+
 PNG_MAX_CLASSES = 255
 """Most classes a label PNG holds (values 0-254; 255 is unlabeled)."""
 

@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 
 from ovseg import viz
 from ovseg._io import atomic_write, atomic_write_text
-from ovseg.constants import PNG_MAX_CLASSES, PNG_UNLABELED, UNLABELED
+from ovseg.constants import PNG_MAX_CLASSES, PNG_UNLABELED, PNG_UNLABELED_WIDE, UNLABELED
 
 __all__ = [
     "UNLABELED",
@@ -305,7 +305,9 @@ class SegmentationResult:
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a label PNG (mode ``P`` or ``L``) as int32 ``(H, W)``; 255 becomes :data:`UNLABELED`.
+    """Read a label PNG as int32 ``(H, W)``: 8-bit (mode ``P`` or ``L``, 255 becomes
+    :data:`UNLABELED`) or 16-bit (65535 becomes :data:`UNLABELED`; benchmarks with more than
+    255 classes).
 
     Other values are returned as stored (class indices for ovseg's own exports).
     """
@@ -315,12 +317,15 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode not in ("P", "L"):
-                raise ValueError(f"expected a single-channel P or L image; got mode {im.mode}")
+            wide = im.mode.startswith("I;16") or im.mode == "I"
+            if not wide and im.mode not in ("P", "L"):
+                raise ValueError(
+                    f"expected a single-channel P, L or 16-bit image; got mode {im.mode}"
+                )
             values = np.asarray(im).astype(np.int32)
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read label PNG {path}: {e}") from e
-    values[values == PNG_UNLABELED] = UNLABELED
+    values[values == (PNG_UNLABELED_WIDE if wide else PNG_UNLABELED)] = UNLABELED
     return values
 
 

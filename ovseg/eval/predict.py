@@ -15,10 +15,16 @@ import numpy as np
 from PIL import Image
 
 from ovseg._io import atomic_write
-from ovseg.constants import DEFAULT_CLIP, DEFAULT_METHOD, DEFAULT_SAM, PNG_UNLABELED, UNLABELED
+from ovseg.constants import (
+    DEFAULT_CLIP,
+    DEFAULT_METHOD,
+    DEFAULT_SAM,
+    PNG_UNLABELED,
+    PNG_UNLABELED_WIDE,
+    UNLABELED,
+)
 from ovseg.eval.datasets import IGNORE, SegDataset
-
-WIDE_UNLABELED = 65535  # unlabeled in 16-bit label PNGs
+from ovseg.result import read_label_png
 
 
 @dataclass(frozen=True)
@@ -118,28 +124,11 @@ def write_label_png(path: Path, prediction: np.ndarray) -> None:
     """Atomically write int (H, W) in [-1, 65535) as a PNG: uint8 (-1 -> 255) when every value
     is below 255, else 16-bit (-1 -> 65535; benchmarks with more than 255 classes)."""
     wide = prediction.size and int(prediction.max()) >= PNG_UNLABELED
-    if wide and int(prediction.max()) >= WIDE_UNLABELED:
-        raise ValueError(f"label values must be below {WIDE_UNLABELED}, got {prediction.max()}")
-    dtype, unlabeled = (np.uint16, WIDE_UNLABELED) if wide else (np.uint8, PNG_UNLABELED)
+    if wide and int(prediction.max()) >= PNG_UNLABELED_WIDE:
+        raise ValueError(f"label values must be below {PNG_UNLABELED_WIDE}, got {prediction.max()}")
+    dtype, unlabeled = (np.uint16, PNG_UNLABELED_WIDE) if wide else (np.uint8, PNG_UNLABELED)
     array = np.where(prediction < 0, unlabeled, prediction).astype(dtype)
     atomic_write(path, lambda fh: Image.fromarray(array).save(fh, format="PNG"))
-
-
-def read_labels(path: Path) -> np.ndarray:
-    """A label PNG as int32 (H, W): 8-bit (255 = unlabeled, as ``ovseg segment`` writes) or
-    16-bit (65535 = unlabeled, for more than 255 classes); unlabeled becomes -1."""
-    from ovseg.result import read_label_png
-
-    try:
-        with Image.open(path) as im:
-            wide = im.mode.startswith("I;16") or im.mode == "I"
-            values = np.asarray(im).astype(np.int32) if wide else None
-    except OSError as e:
-        raise ValueError(f"cannot read label PNG {path}: {e}") from e
-    if values is None:
-        return read_label_png(path)
-    values[values == WIDE_UNLABELED] = UNLABELED
-    return values
 
 
 def read_prediction(
@@ -147,13 +136,13 @@ def read_prediction(
 ) -> tuple[Path, np.ndarray]:
     """Read ``PRED_DIR/STEM.png``, ``STEM_labels.png`` or ``FILE_NAME_labels.png`` (what
     ``ovseg segment`` writes for the image file ``FILE_NAME``, e.g. ``x.jpg_labels.png``) as
-    int32 (H, W) with :func:`read_labels` (unlabeled -> -1)."""
+    int32 (H, W) with :func:`~ovseg.result.read_label_png` (8 or 16-bit; unlabeled -> -1)."""
     names = [f"{stem}.png", f"{stem}_labels.png"]
     if file_name:
         names.append(f"{file_name}_labels.png")
     for name in names:
         if (pred_dir / name).is_file():
-            return pred_dir / name, read_labels(pred_dir / name)
+            return pred_dir / name, read_label_png(pred_dir / name)
     raise FileNotFoundError(f"no prediction for {stem!r}: expected {pred_dir / (stem + '.png')}")
 
 
