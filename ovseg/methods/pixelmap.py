@@ -63,13 +63,13 @@ from ovseg.methods.tiles import (
     check_predict_args,
     check_size,
     check_span,
-    digest,
     group_rows,
     positive_int,
     row_plan,
     same_where_valid,
     zero_where_invalid,
 )
+from ovseg.structures import image_key
 
 __all__ = ["DEFAULT_WORK_BYTES", "PixelMap"]
 
@@ -105,7 +105,7 @@ class PixelMap:
         self.shape = (rows, *source.size)
         self.work_bytes = positive_int(work_bytes, "work_bytes")
         self._tile_size = None if tile_size is None else positive_int(tile_size, "tile_size")
-        self._predicted: tuple[np.ndarray, np.ndarray, bytes] | None = None  # the last predict()
+        self._predicted: tuple[np.ndarray, np.ndarray, str] | None = None  # the last predict()
 
     # -- constructors
     @classmethod
@@ -281,9 +281,8 @@ class PixelMap:
 
         Returns:
             ``labels`` int32 ``(H, W)`` in ``[0, C)`` and ``confidence`` float32 ``(H, W)``, the
-            map's probability of each pixel's label (before the area rule's zeroing). The map
-            remembers both (not a copy: the output is held once) so that :meth:`pick` of these
-            labels needs no pass; a caller changing them in place only costs that shortcut.
+            map's probability of each pixel's label (before the area rule's zeroing); the map
+            keeps both, not copies, so that :meth:`pick` of these labels needs no pass.
         """
         c, h, w = self.shape
         check_predict_args(c, prob_threshold, area_threshold, background_class)
@@ -308,8 +307,7 @@ class PixelMap:
                 labels[rows, cols] = lab.cpu().numpy()
                 confidence[rows, cols] = top.cpu().numpy()
             if not area_rule:
-                self._predicted = (labels, confidence, digest(labels, confidence))
-                return labels, confidence
+                return self._remember(labels, confidence)
             fg = torch.ones(c, dtype=torch.bool)
             fg[bg] = False
             area = counts.to(torch.float32)[fg]
@@ -333,7 +331,11 @@ class PixelMap:
                     low = confidence[rows, cols] < prob_threshold
                     labels[rows, cols][low] = bg
                     confidence[rows, cols][low] = bg_prob[rows, cols][low]
-        self._predicted = (labels, confidence, digest(labels, confidence))
+        return self._remember(labels, confidence)
+
+    def _remember(self, labels: np.ndarray, confidence: np.ndarray):
+        """Keep a prediction for :meth:`pick`, with hashes that show if a caller changes it."""
+        self._predicted = (labels, confidence, image_key(labels) + image_key(confidence))
         return labels, confidence
 
     def pick(self, labels: np.ndarray, tile_size: int | None = None) -> np.ndarray:
@@ -346,9 +348,8 @@ class PixelMap:
             raise ValueError(f"labels must be an int array of shape {self.size}")
         if self._predicted is not None:
             known, confidence, kept = self._predicted
-            if digest(known, confidence) == kept and same_where_valid(
-                labels, known, self.num_classes
-            ):
+            unchanged = image_key(known) + image_key(confidence) == kept
+            if unchanged and same_where_valid(labels, known, self.num_classes):
                 out = confidence.copy()
                 zero_where_invalid(out, labels, self.num_classes)
                 return out

@@ -10,13 +10,12 @@ the sources a map's tiles come from, and the regrouping of rows.
   :class:`ResizeSource` (another map, as is or resized);
 - :func:`group_rows`: row ``j`` = max over a group of rows (a class over its queries, a
   background row over the background names);
-- :func:`digest`, :func:`same_where_valid`, :func:`zero_where_invalid`: a remembered
-  prediction's checks, in row blocks.
+- :func:`same_where_valid`, :func:`zero_where_invalid`: a remembered prediction's checks,
+  in row blocks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 
@@ -370,14 +369,6 @@ def check_predict_args(c, prob_threshold, area_threshold, background_class) -> N
 
 # ----------------------------------------------------------------------------- predictions
 _ROWS = 512  # rows per block of the full-size comparisons below (bounded temporaries)
-
-
-def digest(*arrays: np.ndarray) -> bytes:
-    """A content hash of ``arrays`` (to notice a caller changing a remembered prediction)."""
-    h = hashlib.blake2b(digest_size=16)
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).data)
-    return h.digest()
 
 
 def same_where_valid(labels: np.ndarray, known: np.ndarray, c: int) -> bool:
