@@ -169,10 +169,11 @@ def _confidence(labels: np.ndarray, probs, confidence) -> np.ndarray:
     of the pixel's label (0 without ``probs`` or where ``UNLABELED``). ``confidence`` itself
     when it already is that (no copy of an output-sized array)."""
     labelled = labels != UNLABELED
+    if probs is None and confidence is None:
+        return np.zeros(labels.shape, np.float32)
     if probs is None:
-        conf = np.asarray(confidence if confidence is not None else 0.0, np.float32)
-        conf = np.broadcast_to(conf, labels.shape)
-        if conf.strides == (0, 0) or conf.min() < 0 or (conf[~labelled] > 0).any():
+        conf = np.asarray(confidence, np.float32)
+        if conf.min() < 0 or (conf[~labelled] > 0).any():
             conf = np.where(labelled & (conf > 0), conf, np.float32(0))
         return conf
     index = np.clip(labels, 0, len(probs) - 1)[None].astype(np.int64)
